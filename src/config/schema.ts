@@ -1,0 +1,193 @@
+import { z } from 'zod';
+
+/**
+ * The whole configuration, validated once at start-up and frozen. Every limit names its unit and has
+ * its default here, in one visible place. config/pixeld.example.yaml documents each key.
+ */
+
+const MiB = 1024 * 1024;
+
+const sizeString = z.string().regex(/^\d{2,5}x\d{2,5}$/, 'must look like 1024x1024');
+const weiString = z
+  .union([z.string().regex(/^\d+$/, 'must be a whole number of wei'), z.number().int().nonnegative()])
+  .transform((v) => BigInt(v));
+
+const backendCommon = {
+  id: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'lowercase letters, digits, - and _'),
+  /** Backend calls running at once. */
+  concurrency: z.number().int().min(1).max(256).default(1),
+  /** Jobs waiting for this backend beyond which submits get 429. */
+  maxQueuedJobs: z.number().int().min(1).default(200),
+  /** Images one upstream call may return; the runner splits larger n. */
+  maxImagesPerCall: z.number().int().min(1).max(16).default(4),
+  /**
+   * After a crash, jobs that were running on this backend are run again (true) or failed with a clear
+   * message (false). Stateless HTTP backends re-run safely: nothing was delivered or billed.
+   */
+  rerunInterruptedJobs: z.boolean().default(true),
+};
+
+export const referenceBackendSchema = z
+  .object({
+    ...backendCommon,
+    type: z.literal('reference'),
+    /** Simulated model time per image, to imitate a slow GPU. */
+    latencyMsPerImage: z.number().int().min(0).max(600_000).default(0),
+  })
+  .strict();
+
+export const openaiBackendSchema = z
+  .object({
+    ...backendCommon,
+    type: z.literal('openai'),
+    /** Base URL up to and including /v1, e.g. http://127.0.0.1:30000/v1 */
+    baseUrl: z.url(),
+    /** Sent as a bearer token when set; taken from the env var named by apiKeyEnv when that is set. */
+    apiKey: z.string().optional(),
+    apiKeyEnv: z.string().optional(),
+    /** Field the edit endpoint expects for several input images: `image[]` (OpenAI, vLLM-Omni) or `image`. */
+    editImageField: z.enum(['image[]', 'image']).default('image[]'),
+    /** Field for the mask, and its convention: OpenAI's alpha mask, or white = inpaint (vLLM-Omni `mask_image`). */
+    editMaskField: z.enum(['mask', 'mask_image']).default('mask'),
+    maskConvention: z.enum(['openai-alpha', 'white-inpaint']).default('openai-alpha'),
+    /** Ask the backend for b64_json; set false for servers that only return url. */
+    requestB64: z.boolean().default(true),
+    /** Largest image the adapter downloads from a backend-returned URL. */
+    maxDownloadBytes: z.number().int().min(1).default(64 * MiB),
+    connectTimeoutMs: z.number().int().min(1).default(10_000),
+    /** Path probed by /readyz. */
+    healthPath: z.string().default('/models'),
+  })
+  .strict();
+
+export const backendSchema = z.discriminatedUnion('type', [referenceBackendSchema, openaiBackendSchema]);
+
+export const modelSchema = z
+  .object({
+    /** The id clients send as `model` and see in /v1/models. */
+    id: z.string().min(1).max(200),
+    backend: z.string(),
+    /** The name the backend knows the model by; defaults to id. */
+    backendModel: z.string().optional(),
+    capabilities: z.array(z.enum(['generation', 'edit'])).min(1),
+    sizes: z.array(sizeString).min(1),
+    defaultSize: sizeString.optional(),
+    maxN: z.number().int().min(1).max(10).default(4),
+    /** Quality reported when the caller sends none or `auto`. */
+    defaultQuality: z.enum(['low', 'medium', 'high']).default('high'),
+    /** Price of one delivered image, in wei. */
+    pricePerImageWei: weiString.default(0n),
+    /** Non-OpenAI request fields this model accepts and passes to its backend; others get 400. */
+    extensions: z
+      .array(z.enum(['seed', 'negative_prompt', 'num_inference_steps', 'guidance_scale']))
+      .default(['seed', 'negative_prompt']),
+    description: z.string().optional(),
+  })
+  .strict()
+  .refine((m) => m.defaultSize === undefined || m.sizes.includes(m.defaultSize), {
+    message: 'defaultSize must be one of sizes',
+    path: ['defaultSize'],
+  });
+
+export const configSchema = z
+  .object({
+    server: z
+      .object({
+        host: z.string().default('127.0.0.1'),
+        port: z.number().int().min(0).max(65535).default(8080),
+        /** Absolute base URL used in `url` results; derived from the request Host when unset. */
+        publicBaseUrl: z.url().optional(),
+        /** Express `trust proxy` setting, for X-Forwarded-* behind a reverse proxy. */
+        trustProxy: z.union([z.boolean(), z.number(), z.string()]).default(false),
+        maxBodyBytes: z.number().int().min(1024).default(100 * MiB),
+        /** Sockets with no request activity for this long are closed; must exceed the longest sync job. */
+        requestTimeoutMs: z.number().int().min(1000).default(15 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    /** Where the SQLite file and image files live. */
+    dataDir: z.string().default('./data'),
+    store: z.object({ type: z.literal('sqlite') }).strict().prefault({ type: 'sqlite' }),
+    auth: z.object({ mode: z.literal('none') }).strict().prefault({ mode: 'none' }),
+    log: z
+      .object({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info') })
+      .strict()
+      .prefault({}),
+    limits: z
+      .object({
+        maxInputImages: z.number().int().min(1).max(16).default(16),
+        maxInputImageBytes: z.number().int().min(1).default(50 * MiB),
+        /** Width × height above which an input is refused without being decoded. */
+        maxInputPixels: z.number().int().min(1).default(40_000_000),
+        maxPromptChars: z.number().int().min(1).default(32_000),
+      })
+      .strict()
+      .prefault({}),
+    jobs: z
+      .object({
+        /** How long results (images) are kept after a job ends. */
+        resultTtlMs: z.number().int().min(1000).default(60 * 60_000),
+        /** How long job records (status, and later signatures and receipts) are kept. */
+        recordRetentionMs: z.number().int().min(1000).default(30 * 24 * 60 * 60_000),
+        /** One backend attempt is aborted after this long. */
+        attemptTimeoutMs: z.number().int().min(100).default(5 * 60_000),
+        /** Attempts per job, including the first, for transient backend failures. */
+        maxAttempts: z.number().int().min(1).max(10).default(3),
+        retryBackoffMs: z.number().int().min(0).default(2_000),
+        /** Extra backend calls allowed when a backend returns fewer images than asked. */
+        maxTopUpCalls: z.number().int().min(0).max(10).default(2),
+        sweepIntervalMs: z.number().int().min(100).default(60_000),
+        /**
+         * A blob file no job references is deleted only once it is this old, so a file written a moment
+         * before its job row is never swept in between.
+         */
+        orphanGraceMs: z.number().int().min(0).default(10 * 60_000),
+        /** Longest `?wait=` a poll may ask for. */
+        maxLongPollSeconds: z.number().int().min(1).max(600).default(60),
+        /** How long an Idempotency-Key is remembered. */
+        idempotencyTtlMs: z.number().int().min(1000).default(24 * 60 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    backends: z.array(backendSchema).min(1),
+    models: z.array(modelSchema).min(1),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const backendIds = new Set<string>();
+    cfg.backends.forEach((b, i) => {
+      if (backendIds.has(b.id)) ctx.addIssue({ code: 'custom', message: `duplicate backend id "${b.id}"`, path: ['backends', i, 'id'] });
+      backendIds.add(b.id);
+    });
+    const modelIds = new Set<string>();
+    cfg.models.forEach((m, i) => {
+      if (modelIds.has(m.id)) ctx.addIssue({ code: 'custom', message: `duplicate model id "${m.id}"`, path: ['models', i, 'id'] });
+      modelIds.add(m.id);
+      if (!backendIds.has(m.backend)) {
+        ctx.addIssue({ code: 'custom', message: `unknown backend "${m.backend}"`, path: ['models', i, 'backend'] });
+      }
+    });
+  });
+
+export type ConfigInput = z.input<typeof configSchema>;
+export type Config = z.output<typeof configSchema>;
+export type BackendConfig = z.output<typeof backendSchema>;
+export type ReferenceBackendConfig = z.output<typeof referenceBackendSchema>;
+export type OpenAIBackendConfig = z.output<typeof openaiBackendSchema>;
+export type ModelConfig = z.output<typeof modelSchema>;
+
+/** What `npm start` runs with when there is no config file: one reference backend, two models, no auth. */
+export const DEVELOPMENT_DEFAULTS: ConfigInput = {
+  backends: [{ id: 'reference', type: 'reference', concurrency: 2, latencyMsPerImage: 200 }],
+  models: [
+    {
+      id: 'reference-image-1',
+      backend: 'reference',
+      capabilities: ['generation', 'edit'],
+      sizes: ['256x256', '512x512', '1024x1024', '1024x1536', '1536x1024'],
+      defaultSize: '1024x1024',
+      maxN: 4,
+      description: 'Built-in reference renderer (no GPU): deterministic pictures for smoke tests and demos',
+    },
+  ],
+};

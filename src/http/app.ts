@@ -1,0 +1,61 @@
+import { randomUUID } from 'node:crypto';
+import express, { type Express } from 'express';
+import type { ModelCatalog } from '../backends/catalog.js';
+import type { Config } from '../config/schema.js';
+import type { BlobStore } from '../images/blob-store.js';
+import type { JobService } from '../jobs/service.js';
+import type { Logger } from '../obs/logger.js';
+import type { Readiness } from '../obs/readiness.js';
+import { errorHandler, notFoundHandler } from './errors.js';
+import { imageRoutes } from './routes/images.js';
+import { jobRoutes } from './routes/jobs.js';
+import { serviceInfoRoutes } from './routes/service-info.js';
+
+declare module 'express-serve-static-core' {
+  interface Request {
+    /** Echoed as x-request-id on every response and written into every log line about this request. */
+    requestId: string;
+    /** Who is calling; every job records it and only its owner may read it. */
+    owner: string;
+  }
+}
+
+export interface AppDeps {
+  config: Readonly<Config>;
+  catalog: ModelCatalog;
+  service: JobService;
+  blobs: BlobStore;
+  readiness: Readiness;
+  logger: Logger;
+  now: () => number;
+  startedAtSeconds: number;
+}
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+export function createApp(deps: AppDeps): Express {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('trust proxy', deps.config.server.trustProxy);
+  app.set('etag', false);
+
+  app.use((req, res, next) => {
+    const incoming = req.headers['x-request-id'];
+    req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : `req_${randomUUID().replace(/-/g, '')}`;
+    res.setHeader('x-request-id', req.requestId);
+    // Authentication lands with the access-control work; until then every caller is the same owner.
+    req.owner = 'anonymous';
+    const started = Date.now();
+    res.on('finish', () => {
+      deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started });
+    });
+    next();
+  });
+
+  app.use(serviceInfoRoutes(deps));
+  app.use(imageRoutes(deps));
+  app.use(jobRoutes(deps));
+  app.use(notFoundHandler);
+  app.use(errorHandler(deps.logger));
+  return app;
+}

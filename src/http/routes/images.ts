@@ -1,0 +1,106 @@
+import { Router, type Request, type Response } from 'express';
+import { PixeldError } from '../../errors.js';
+import type { Job, JobKind } from '../../jobs/model.js';
+import type { AppDeps } from '../app.js';
+import { sendError } from '../errors.js';
+import { parseImageRequest } from '../image-request.js';
+import { readImageRequestBody } from '../read-body.js';
+import { renderImagesResponse, theRouterJobBody } from '../render.js';
+
+/**
+ * Submitting work. The sync endpoints (`/v1/images/*`, `/v1/proxy/images/*`) answer with the images;
+ * the async ones answer 202 at once: `/v1/async/images/*` in 0G's shape, and `?async=true` on the sync
+ * paths in theRouter's shape. All of them make the same job.
+ */
+export function imageRoutes(deps: AppDeps): Router {
+  const router = Router();
+  for (const kind of ['generation', 'edit'] as const) {
+    const path = kind === 'generation' ? 'generations' : 'edits';
+    router.post([`/v1/images/${path}`, `/v1/proxy/images/${path}`], (req, res) => submit(deps, kind, req, res, 'sync'));
+    router.post(`/v1/async/images/${path}`, (req, res) => submit(deps, kind, req, res, 'async-0g'));
+  }
+  return router;
+}
+
+type Mode = 'sync' | 'async-0g';
+
+async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response, mode: Mode): Promise<void> {
+  const idempotencyKey = readIdempotencyKey(req);
+  const body = await readImageRequestBody(req, res, {
+    maxBodyBytes: deps.config.server.maxBodyBytes,
+    maxFileBytes: deps.config.limits.maxInputImageBytes,
+    maxFiles: deps.config.limits.maxInputImages + 1,
+    tmpDir: deps.blobs.tmpDir,
+  });
+  const request = await parseImageRequest(kind, body, {
+    catalog: deps.catalog,
+    limits: deps.config.limits,
+    tmpPath: () => deps.blobs.tempPath(),
+  });
+  const { job, created } = await deps.service.submit(request, {
+    owner: req.owner,
+    idempotencyKey,
+    baseUrl: baseUrlOf(deps, req),
+  });
+  res.setHeader('X-Job-Id', job.id);
+
+  if (mode === 'async-0g') {
+    res.status(created ? 202 : 200).json({ jobId: job.id, status: job.status === 'processing' ? 'processing' : 'pending' });
+    return;
+  }
+  if (req.query.async === 'true') {
+    res.status(created ? 202 : 200).location(`/v1/jobs/${job.id}`).json(theRouterJobBody(job, deps.now(), undefined));
+    return;
+  }
+  await answerWhenDone(deps, job, req, res);
+}
+
+/**
+ * A sync caller waits on the open connection. If it goes away first, the job is cancelled: nobody is
+ * left to receive the images.
+ */
+async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Response): Promise<void> {
+  const gone = new AbortController();
+  const onClose = () => {
+    if (!res.writableFinished) gone.abort();
+  };
+  res.on('close', onClose);
+  try {
+    const ended = await deps.service.waitForEnd(job.id, Number.MAX_SAFE_INTEGER, gone.signal);
+    if (gone.signal.aborted) {
+      if (ended && (ended.status === 'pending' || ended.status === 'processing')) {
+        await deps.service.cancel(job.id);
+        deps.logger.info('sync caller disconnected; job cancelled', { jobId: job.id, requestId: req.requestId });
+      }
+      return;
+    }
+    if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);
+    if (ended.status === 'completed') {
+      const response = await renderImagesResponse(ended, deps.blobs, deps.now());
+      res.setHeader('ZG-Res-Key', ended.id);
+      res.status(200).json(response);
+      return;
+    }
+    const code = ended.error?.code ?? 'internal_error';
+    sendError(res, new PixeldError(code, ended.error?.message ?? 'the job failed'));
+  } finally {
+    res.off('close', onClose);
+  }
+}
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+
+function readIdempotencyKey(req: Request): string | undefined {
+  const value = req.headers['idempotency-key'];
+  if (value === undefined) return undefined;
+  if (Array.isArray(value) || !IDEMPOTENCY_KEY.test(value)) {
+    throw new PixeldError('invalid_request', 'Idempotency-Key must be 1–255 printable ASCII characters without spaces', {
+      param: 'Idempotency-Key',
+    });
+  }
+  return value;
+}
+
+export function baseUrlOf(deps: AppDeps, req: Request): string {
+  return deps.config.server.publicBaseUrl?.replace(/\/+$/, '') ?? `${req.protocol}://${req.get('host') ?? 'localhost'}`;
+}

@@ -1,0 +1,85 @@
+import { Router, type Request, type Response } from 'express';
+import { PixeldError } from '../../errors.js';
+import { isExpired, isTerminal, JOB_ID_PATTERN, type Job } from '../../jobs/model.js';
+import type { AppDeps } from '../app.js';
+import { expiredError, renderImagesResponse, theRouterJobBody, zeroGPollBody, type ImagesResponse } from '../render.js';
+
+/**
+ * Polling and cancelling. `/v1/async/jobs/{id}` answers in 0G's shape (expired → 404), `/v1/jobs/{id}`
+ * in theRouter's (expired → status "expired"). Both honour `?wait=N` (or `Prefer: wait=N`) to hold the
+ * poll open until the job ends, and tell unfinished pollers when to come back with Retry-After.
+ */
+export function jobRoutes(deps: AppDeps): Router {
+  const router = Router();
+
+  router.get('/v1/async/jobs/:jobId', async (req, res) => {
+    const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
+    if (job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
+    const response = await responseIfCompleted(deps, job);
+    await setPollHeaders(deps, job, res);
+    res.json(zeroGPollBody(job, response));
+  });
+
+  router.get('/v1/jobs/:jobId', async (req, res) => {
+    const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
+    const response = job.status === 'completed' && !isExpired(job, deps.now()) ? await responseIfCompleted(deps, job) : undefined;
+    await setPollHeaders(deps, job, res);
+    res.json(theRouterJobBody(job, deps.now(), response));
+  });
+
+  const cancel = (shape: '0g' | 'therouter') => async (req: Request, res: Response) => {
+    const found = await findJob(deps, req, String(req.params.jobId));
+    if (found.status === 'completed' || found.status === 'failed') {
+      throw new PixeldError('job_not_cancellable', `job ${found.id} has already ${found.status === 'completed' ? 'completed' : 'failed'}`);
+    }
+    const job = (await deps.service.cancel(found.id)) ?? found;
+    res.json(shape === '0g' ? zeroGPollBody(job, undefined) : theRouterJobBody(job, deps.now(), undefined));
+  };
+  router.post('/v1/async/jobs/:jobId/cancel', cancel('0g'));
+  router.post('/v1/jobs/:jobId/cancel', cancel('therouter'));
+  return router;
+}
+
+async function findJob(deps: AppDeps, req: Request, id: string): Promise<Job> {
+  const job = JOB_ID_PATTERN.test(id) ? await deps.service.get(id) : undefined;
+  // Someone else's job reads exactly like a job that does not exist, so ids cannot be probed.
+  if (!job || job.owner !== req.owner) throw new PixeldError('job_not_found', `no job with id ${id}`);
+  return job;
+}
+
+async function waitIfAsked(deps: AppDeps, req: Request, job: Job): Promise<Job> {
+  const seconds = requestedWaitSeconds(req, deps.config.jobs.maxLongPollSeconds);
+  if (seconds === 0 || isTerminal(job.status)) return job;
+  const gone = new AbortController();
+  const onClose = () => gone.abort();
+  req.on('close', onClose);
+  try {
+    return (await deps.service.waitForEnd(job.id, seconds * 1000, gone.signal)) ?? job;
+  } finally {
+    req.off('close', onClose);
+  }
+}
+
+function requestedWaitSeconds(req: Request, max: number): number {
+  const fromQuery = req.query.wait;
+  const fromPrefer = /(?:^|[,;\s])wait=(\d+)/i.exec(String(req.headers.prefer ?? ''))?.[1];
+  const raw = typeof fromQuery === 'string' ? fromQuery : fromPrefer;
+  if (raw === undefined) return 0;
+  if (!/^\d+(\.\d+)?$/.test(raw)) {
+    throw new PixeldError('invalid_request', `wait must be a number of seconds from 0 to ${max}`, { param: 'wait' });
+  }
+  const seconds = Number(raw);
+  if (seconds > max) throw new PixeldError('invalid_request', `wait must be at most ${max} seconds`, { param: 'wait' });
+  return seconds;
+}
+
+async function responseIfCompleted(deps: AppDeps, job: Job): Promise<ImagesResponse | undefined> {
+  return job.status === 'completed' ? renderImagesResponse(job, deps.blobs, deps.now()) : undefined;
+}
+
+async function setPollHeaders(deps: AppDeps, job: Job, res: Response): Promise<void> {
+  if (job.status === 'completed') res.setHeader('ZG-Res-Key', job.id);
+  if (job.status === 'pending' || job.status === 'processing') {
+    res.setHeader('Retry-After', String(await deps.service.retryAfterSeconds(job)));
+  }
+}

@@ -1,0 +1,122 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { PixeldError } from '../errors.js';
+
+/**
+ * Image bytes live here as files named by their sha256 (`blobs/ab/abcdef…`), never in the database.
+ * The same bytes are stored once; the job store's `blob_refs` says who still needs a file, and the
+ * sweeper removes files nobody references.
+ */
+export interface StoredBlob {
+  sha256: string;
+  bytes: number;
+}
+
+export class BlobStore {
+  readonly blobDir: string;
+  readonly tmpDir: string;
+
+  constructor(dataDir: string) {
+    this.blobDir = path.join(dataDir, 'blobs');
+    this.tmpDir = path.join(dataDir, 'tmp');
+  }
+
+  async init(): Promise<void> {
+    await mkdir(this.blobDir, { recursive: true });
+    await mkdir(this.tmpDir, { recursive: true });
+  }
+
+  pathOf(sha256: string): string {
+    return path.join(this.blobDir, sha256.slice(0, 2), sha256);
+  }
+
+  /** A fresh path under the temp dir, for uploads on their way in. */
+  tempPath(suffix = ''): string {
+    return path.join(this.tmpDir, `${Date.now()}-${randomBytes(8).toString('hex')}${suffix}`);
+  }
+
+  async putBuffer(bytes: Uint8Array): Promise<StoredBlob> {
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const tmp = this.tempPath();
+    try {
+      await writeFile(tmp, bytes);
+      await this.moveIntoPlace(tmp, sha256);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw storageError(err);
+    }
+    return { sha256, bytes: bytes.byteLength };
+  }
+
+  /** Moves a finished temp file into the store, hashing it as a stream (it may be tens of MB). */
+  async putFile(tmpPath: string, knownSha256?: string): Promise<StoredBlob> {
+    const sha256 = knownSha256 ?? (await sha256OfFile(tmpPath));
+    const { size } = await stat(tmpPath);
+    try {
+      await this.moveIntoPlace(tmpPath, sha256);
+    } catch (err) {
+      throw storageError(err);
+    }
+    return { sha256, bytes: size };
+  }
+
+  async remove(sha256: string): Promise<void> {
+    await rm(this.pathOf(sha256), { force: true });
+  }
+
+  /** Every stored blob with its modification time, for the sweeper. */
+  async *list(): AsyncGenerator<{ sha256: string; mtimeMs: number }> {
+    for (const shard of await readdir(this.blobDir).catch(() => [] as string[])) {
+      const dir = path.join(this.blobDir, shard);
+      for (const name of await readdir(dir).catch(() => [] as string[])) {
+        const info = await stat(path.join(dir, name)).catch(() => undefined);
+        if (info) yield { sha256: name, mtimeMs: info.mtimeMs };
+      }
+    }
+  }
+
+  /** Temp files older than the cut-off: uploads of requests that died half-way. */
+  async removeStaleTemp(olderThanMs: number): Promise<number> {
+    let removed = 0;
+    for (const name of await readdir(this.tmpDir).catch(() => [] as string[])) {
+      const file = path.join(this.tmpDir, name);
+      const info = await stat(file).catch(() => undefined);
+      if (info && info.mtimeMs < olderThanMs) {
+        await rm(file, { force: true, recursive: true });
+        removed += 1;
+      }
+    }
+    return removed;
+  }
+
+  private async moveIntoPlace(tmpPath: string, sha256: string): Promise<void> {
+    const target = this.pathOf(sha256);
+    await mkdir(path.dirname(target), { recursive: true });
+    // rename also refreshes the mtime of an already-present blob, which keeps the sweeper's grace
+    // period from deleting it between this write and the job row that references it.
+    await rename(tmpPath, target);
+  }
+}
+
+export async function sha256OfFile(file: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+export function storageError(err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new PixeldError('insufficient_storage', 'the provider is out of storage space; try again later', {
+      cause: err,
+      retryAfterSeconds: 30,
+    });
+  }
+  return err;
+}
+
+export async function removeQuietly(file: string): Promise<void> {
+  await unlink(file).catch(() => undefined);
+}

@@ -1,0 +1,72 @@
+import sharp from 'sharp';
+import type { MediaType, OutputFormat } from '../jobs/model.js';
+import { formatOf, mediaTypeOf, sniffImageType } from './sniff.js';
+
+export interface OutputRequest {
+  outputFormat: OutputFormat;
+  outputCompression: number | undefined;
+  background: 'transparent' | 'opaque' | 'auto';
+  maxPixels: number;
+}
+
+export interface NormalizedImage {
+  bytes: Buffer;
+  mediaType: MediaType;
+  width: number;
+  height: number;
+  hasAlpha: boolean;
+  reencoded: boolean;
+}
+
+/** What a backend returned is not an image we can deliver. */
+export class NotAnImageError extends Error {
+  override readonly name = 'NotAnImageError';
+}
+
+/**
+ * The one place backend output becomes what the caller asked for. Bytes already in the requested format
+ * are delivered untouched (no generation loss, no wasted CPU); otherwise they are converted once. Every
+ * image is fully decoded first, so a truncated or garbage answer never reaches a caller.
+ */
+export async function normalizeOutputImage(input: Uint8Array, request: OutputRequest): Promise<NormalizedImage> {
+  const bytes = Buffer.from(input.buffer, input.byteOffset, input.byteLength);
+  const sourceType = sniffImageType(bytes.subarray(0, 16));
+  if (sourceType === undefined) throw new NotAnImageError('the backend returned bytes that are not a png, jpeg or webp image');
+  let meta: sharp.Metadata;
+  try {
+    meta = await sharp(bytes, { limitInputPixels: request.maxPixels, failOn: 'error' }).metadata();
+    await sharp(bytes, { limitInputPixels: request.maxPixels, failOn: 'error' }).stats();
+  } catch (err) {
+    throw new NotAnImageError(`the backend returned a damaged image: ${String((err as Error).message).split('\n')[0]}`);
+  }
+  const width = meta.width ?? 0;
+  const height = meta.height ?? 0;
+  const hasAlpha = meta.hasAlpha === true;
+  const flatten = request.background === 'opaque' && hasAlpha;
+  if (formatOf(sourceType) === request.outputFormat && !flatten) {
+    return { bytes, mediaType: sourceType, width, height, hasAlpha, reencoded: false };
+  }
+  let pipeline = sharp(bytes, { limitInputPixels: request.maxPixels });
+  if (flatten || (request.outputFormat === 'jpeg' && hasAlpha)) pipeline = pipeline.flatten({ background: '#ffffff' });
+  const quality = request.outputCompression;
+  switch (request.outputFormat) {
+    case 'png':
+      pipeline = pipeline.png();
+      break;
+    case 'jpeg':
+      pipeline = pipeline.jpeg(quality === undefined ? {} : { quality: Math.max(1, quality) });
+      break;
+    case 'webp':
+      pipeline = pipeline.webp(quality === undefined ? {} : { quality: Math.max(1, quality) });
+      break;
+  }
+  const { data, info } = await pipeline.toBuffer({ resolveWithObject: true });
+  return {
+    bytes: data,
+    mediaType: mediaTypeOf(request.outputFormat),
+    width: info.width,
+    height: info.height,
+    hasAlpha: info.channels === 4 || info.channels === 2,
+    reencoded: true,
+  };
+}

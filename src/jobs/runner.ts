@@ -1,0 +1,334 @@
+import { EventEmitter } from 'node:events';
+import { BackendError } from '../backends/errors.js';
+import type { BackendCallOptions, ImageBackend, InputImage } from '../backends/types.js';
+import type { ModelCatalog } from '../backends/catalog.js';
+import type { Config } from '../config/schema.js';
+import { PixeldError } from '../errors.js';
+import type { BlobStore } from '../images/blob-store.js';
+import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../images/normalize-output.js';
+import type { Logger } from '../obs/logger.js';
+import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
+import type { ClaimedJob, JobStore } from './store.js';
+
+export interface RunnerDeps {
+  store: JobStore;
+  blobs: BlobStore;
+  backends: ReadonlyMap<string, ImageBackend>;
+  /** Calls each backend may run at once, by backend id. */
+  concurrency: ReadonlyMap<string, number>;
+  catalog: ModelCatalog;
+  jobs: Config['jobs'];
+  maxOutputPixels: number;
+  logger: Logger;
+  now: () => number;
+}
+
+/** How often the runner looks for work it was not told about (backoff timers, recovered jobs). */
+const IDLE_POLL_MS = 500;
+/** A lease outlives the attempt deadline by this much: normalising and storing images take time too. */
+const LEASE_GRACE_MS = 60_000;
+/** Per-image run times remembered for the Retry-After estimate. */
+const DURATION_SAMPLES = 20;
+
+/**
+ * Runs jobs from the store on their backends, at most `concurrency` at a time per backend. The runner
+ * owns cancellation and deadlines: every attempt gets an AbortSignal that fires on cancel or when
+ * `attemptTimeoutMs` passes. It splits n into calls of `maxImagesPerCall`, tops up short answers with
+ * extra calls on fresh seeds, retries transient failures with backoff, normalises the output and
+ * completes the job in one store transition.
+ */
+export class JobRunner {
+  /** Emits `finished:<jobId>` when a job reaches a terminal state in this process. */
+  readonly events = new EventEmitter();
+  private readonly running = new Map<string, { controller: AbortController; backendId: string }>();
+  private readonly runningPerBackend = new Map<string, number>();
+  private readonly perImageMs = new Map<string, number[]>();
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = true;
+  private pumping = new Set<string>();
+
+  constructor(private readonly deps: RunnerDeps) {
+    this.events.setMaxListeners(0);
+  }
+
+  async start(): Promise<void> {
+    const { store, jobs, now, logger } = this.deps;
+    const recovered = await store.recoverInterrupted(
+      (job) => (this.deps.backends.get(job.backendId)?.rerunInterruptedJobs === false ? 'fail' : 'rerun'),
+      jobs.maxAttempts,
+      now(),
+      now() + jobs.resultTtlMs,
+    );
+    if (recovered.requeued + recovered.failed > 0) {
+      logger.warn('recovered jobs interrupted by the last shutdown', recovered);
+    }
+    for (const backendId of this.deps.backends.keys()) {
+      const samples = await store.recentPerImageMs(backendId, DURATION_SAMPLES);
+      this.perImageMs.set(backendId, samples);
+    }
+    this.stopped = false;
+    this.timer = setInterval(() => this.wakeAll(), IDLE_POLL_MS);
+    this.timer.unref();
+    this.wakeAll();
+  }
+
+  /** Stops claiming work and aborts running attempts; their jobs are picked up again at the next start. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    for (const { controller } of this.running.values()) {
+      controller.abort(new PixeldError('shutting_down', 'the daemon is shutting down'));
+    }
+    const deadline = Date.now() + 5_000;
+    while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  /** Called after a submit: look for work on this backend now rather than at the next poll. */
+  wake(backendId: string): void {
+    if (!this.stopped) void this.pump(backendId);
+  }
+
+  /** Aborts the running attempt of a job that was just cancelled in the store. */
+  abort(jobId: string): void {
+    this.running.get(jobId)?.controller.abort(new DOMException('the job was cancelled', 'AbortError'));
+  }
+
+  runningCount(backendId: string): number {
+    return this.runningPerBackend.get(backendId) ?? 0;
+  }
+
+  /** Typical milliseconds one image takes on this backend, from recent jobs; undefined before any ran. */
+  typicalPerImageMs(backendId: string): number | undefined {
+    const samples = this.perImageMs.get(backendId);
+    if (!samples || samples.length === 0) return undefined;
+    const sorted = [...samples].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)];
+  }
+
+  concurrencyOf(backendId: string): number {
+    return this.concurrency(backendId);
+  }
+
+  private wakeAll(): void {
+    for (const backendId of this.deps.backends.keys()) void this.pump(backendId);
+  }
+
+  private concurrency(backendId: string): number {
+    return this.deps.concurrency.get(backendId) ?? 1;
+  }
+
+  private async pump(backendId: string): Promise<void> {
+    if (this.pumping.has(backendId)) return;
+    this.pumping.add(backendId);
+    try {
+      while (!this.stopped && this.runningCount(backendId) < this.concurrency(backendId)) {
+        const { store, now, jobs } = this.deps;
+        let job: ClaimedJob | undefined;
+        try {
+          job = await store.claimNext(backendId, now(), jobs.attemptTimeoutMs + LEASE_GRACE_MS);
+        } catch (err) {
+          this.deps.logger.error('could not claim a job', { backendId, error: String(err) });
+          return;
+        }
+        if (!job) return;
+        this.runningPerBackend.set(backendId, this.runningCount(backendId) + 1);
+        void this.run(job).finally(() => {
+          this.runningPerBackend.set(backendId, this.runningCount(backendId) - 1);
+          this.wake(backendId);
+        });
+      }
+    } finally {
+      this.pumping.delete(backendId);
+    }
+  }
+
+  private async run(job: ClaimedJob): Promise<void> {
+    const { store, jobs, now, logger } = this.deps;
+    const backend = this.deps.backends.get(job.backendId);
+    const controller = new AbortController();
+    this.running.set(job.id, { controller, backendId: job.backendId });
+    const startedMs = now();
+    const deadlineMs = startedMs + jobs.attemptTimeoutMs;
+    const deadline = setTimeout(
+      () => controller.abort(new DOMException(`no result within ${jobs.attemptTimeoutMs} ms`, 'TimeoutError')),
+      jobs.attemptTimeoutMs,
+    );
+    const log = logger.child({ jobId: job.id, backendId: job.backendId, attempt: job.attempts });
+    try {
+      if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
+      log.debug('attempt started');
+      const result = await this.produce(job, backend, controller.signal, deadlineMs);
+      const finishedMs = now();
+      if (await store.complete(job.id, job.leaseToken, result, finishedMs, finishedMs + jobs.resultTtlMs)) {
+        this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
+        log.info('job completed', { images: result.images.length, requested: job.params.n, ms: finishedMs - startedMs });
+      } else {
+        log.info('job finished after it was cancelled or re-leased; result dropped');
+      }
+    } catch (err) {
+      await this.handleFailure(job, err, controller.signal, log);
+    } finally {
+      clearTimeout(deadline);
+      this.running.delete(job.id);
+      this.events.emit(`finished:${job.id}`);
+    }
+  }
+
+  private async handleFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<void> {
+    const { store, jobs, now } = this.deps;
+    const reason: unknown = signal.aborted ? signal.reason : undefined;
+    if (reason instanceof DOMException && reason.name === 'AbortError') {
+      log.info('attempt aborted: job cancelled');
+      return;
+    }
+    if (reason instanceof PixeldError && reason.code === 'shutting_down') {
+      // Leave the job processing: recoverInterrupted re-queues it at the next start.
+      log.info('attempt aborted: shutting down');
+      return;
+    }
+    const failure = classify(err, reason, jobs.attemptTimeoutMs);
+    const finishedMs = now();
+    if (failure.retryable && job.attempts < jobs.maxAttempts) {
+      const backoff = failure.retryAfterMs ?? jobs.retryBackoffMs * 2 ** (job.attempts - 1);
+      await store.retryLater(job.id, job.leaseToken, failure.error, finishedMs + backoff, finishedMs);
+      log.warn('attempt failed; will retry', { code: failure.error.code, message: failure.error.message, retryInMs: backoff, details: failure.details });
+      return;
+    }
+    await store.fail(job.id, job.leaseToken, failure.error, finishedMs, finishedMs + jobs.resultTtlMs);
+    const level = failure.error.code === 'internal_error' ? 'error' : 'warn';
+    log.log(level, 'job failed', { code: failure.error.code, message: failure.error.message, details: failure.details, attempts: job.attempts });
+  }
+
+  private async produce(job: Job, backend: ImageBackend, signal: AbortSignal, deadlineMs: number): Promise<JobResult> {
+    const { params } = job;
+    const inputs = job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i));
+    const maskInput = job.inputs.find((i) => i.role === 'mask');
+    const base: Omit<BackendCallOptions, 'n' | 'seed'> = {
+      model: this.backendModel(job),
+      prompt: params.prompt,
+      size: params.size,
+      quality: params.quality,
+      background: params.background,
+      outputFormat: params.outputFormat,
+      negativePrompt: params.negativePrompt,
+      numInferenceSteps: params.numInferenceSteps,
+      guidanceScale: params.guidanceScale,
+      images: job.kind === 'edit' ? inputs : undefined,
+      mask: maskInput ? this.inputImage(maskInput) : undefined,
+      signal,
+      deadlineMs,
+    };
+    const delivered: NormalizedImage[] = [];
+    const warnings = new Set<string>();
+    let lastRejection: string | undefined;
+    let nextSeed = params.seed;
+    const callLimit = Math.ceil(params.n / backend.maxImagesPerCall) + this.deps.jobs.maxTopUpCalls;
+    for (let call = 0; call < callLimit && delivered.length < params.n; call += 1) {
+      const want = Math.min(backend.maxImagesPerCall, params.n - delivered.length);
+      const seed = nextSeed;
+      // Every image gets its own seed, also in top-up calls, so a short answer is never filled with copies.
+      nextSeed += want;
+      const answer = await backend.generate({ ...base, n: want, seed });
+      for (const w of answer.warnings) warnings.add(w.feature ? `${w.feature}: ${w.message}` : w.message);
+      for (const bytes of answer.images.slice(0, want)) {
+        try {
+          delivered.push(
+            await normalizeOutputImage(bytes, {
+              outputFormat: params.outputFormat,
+              outputCompression: params.outputCompression,
+              background: params.background,
+              maxPixels: this.deps.maxOutputPixels,
+            }),
+          );
+        } catch (err) {
+          if (!(err instanceof NotAnImageError)) throw err;
+          lastRejection = err.message;
+        }
+      }
+    }
+    if (delivered.length === 0) {
+      throw new BackendError(backend.id, 'bad_response', lastRejection ?? 'the backend answered without any image');
+    }
+    if (delivered.length < params.n) warnings.add(`delivered ${delivered.length} of ${params.n} requested images`);
+    const images: StoredImage[] = [];
+    for (const image of delivered) {
+      const stored = await this.deps.blobs.putBuffer(image.bytes);
+      images.push({ sha256: stored.sha256, mediaType: image.mediaType, bytes: stored.bytes, width: image.width, height: image.height });
+    }
+    const first = delivered[0]!;
+    return {
+      created: Math.floor(this.deps.now() / 1000),
+      images,
+      size: `${first.width}x${first.height}`,
+      quality: params.quality,
+      outputFormat: params.outputFormat,
+      background: delivered.some((i) => i.hasAlpha) && params.background !== 'opaque' ? 'transparent' : 'opaque',
+      fileToken: newToken(),
+      warnings: [...warnings],
+    };
+  }
+
+  private backendModel(job: Job): string {
+    const model = this.deps.catalog.models.find((m) => m.id === job.model);
+    return model?.backendModel ?? job.model;
+  }
+
+  private inputImage(input: Job['inputs'][number]): InputImage {
+    return {
+      path: this.deps.blobs.pathOf(input.sha256),
+      mediaType: input.mediaType,
+      width: input.width,
+      height: input.height,
+      sha256: input.sha256,
+    };
+  }
+
+  private recordDuration(backendId: string, perImageMs: number): void {
+    const samples = this.perImageMs.get(backendId) ?? [];
+    samples.unshift(perImageMs);
+    if (samples.length > DURATION_SAMPLES) samples.length = DURATION_SAMPLES;
+    this.perImageMs.set(backendId, samples);
+  }
+}
+
+interface Failure {
+  error: JobError;
+  retryable: boolean;
+  retryAfterMs: number | undefined;
+  details: string[];
+}
+
+function classify(err: unknown, abortReason: unknown, attemptTimeoutMs: number): Failure {
+  if ((abortReason instanceof DOMException && abortReason.name === 'TimeoutError') || (err instanceof BackendError && err.kind === 'timeout')) {
+    return {
+      error: { code: 'upstream_timeout', message: `the backend did not finish within ${Math.round(attemptTimeoutMs / 1000)} s` },
+      retryable: false,
+      retryAfterMs: undefined,
+      details: [],
+    };
+  }
+  if (err instanceof BackendError) {
+    switch (err.kind) {
+      case 'moderation':
+        return { error: { code: 'moderation_blocked', message: err.message }, retryable: false, retryAfterMs: undefined, details: err.details };
+      case 'unavailable':
+        return {
+          error: { code: 'upstream_error', message: `the backend is unavailable: ${err.message}` },
+          retryable: true,
+          retryAfterMs: err.retryAfterMs,
+          details: err.details,
+        };
+      default:
+        return { error: { code: 'upstream_error', message: `the backend failed: ${err.message}` }, retryable: false, retryAfterMs: undefined, details: err.details };
+    }
+  }
+  if (err instanceof PixeldError) {
+    return { error: { code: err.code, message: err.message }, retryable: err.retryable, retryAfterMs: undefined, details: err.details };
+  }
+  return {
+    error: { code: 'internal_error', message: 'the job failed inside the daemon; the operator can find the cause in the log' },
+    retryable: false,
+    retryAfterMs: undefined,
+    details: [String((err as Error)?.stack ?? err)],
+  };
+}

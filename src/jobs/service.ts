@@ -1,0 +1,166 @@
+import { once } from 'node:events';
+import type { Config } from '../config/schema.js';
+import { PixeldError } from '../errors.js';
+import { removeQuietly, type BlobStore } from '../images/blob-store.js';
+import type { Logger } from '../obs/logger.js';
+import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput } from './model.js';
+import type { JobRunner } from './runner.js';
+import type { JobStore } from './store.js';
+
+export interface JobServiceDeps {
+  store: JobStore;
+  blobs: BlobStore;
+  runner: JobRunner;
+  jobs: Config['jobs'];
+  /** Pending jobs each backend may hold before submits get 429. */
+  maxQueuedJobs: ReadonlyMap<string, number>;
+  logger: Logger;
+  now: () => number;
+}
+
+export interface SubmitOptions {
+  owner: string;
+  idempotencyKey: string | undefined;
+  baseUrl: string;
+}
+
+/** Seconds a poll is told to wait, whatever the estimate says. */
+const MIN_RETRY_AFTER_S = 1;
+const MAX_RETRY_AFTER_S = 60;
+
+/**
+ * What the HTTP routes call: admission (bounded queue, idempotency), reads, cancel and waiting for a
+ * job to end. It owns the handing of uploaded files to the blob store so that an accepted job's inputs
+ * are on disk before its row exists.
+ */
+export class JobService {
+  constructor(private readonly deps: JobServiceDeps) {}
+
+  /** Returns the job and whether it was created now (false: an Idempotency-Key replay). */
+  async submit(request: ImageJobRequest, options: SubmitOptions): Promise<{ job: Job; created: boolean }> {
+    const { store, blobs, now, jobs } = this.deps;
+    const temps = [...request.images, ...(request.mask ? [request.mask] : [])];
+    try {
+      const backendId = request.model.backend;
+      const limit = this.deps.maxQueuedJobs.get(backendId) ?? Number.POSITIVE_INFINITY;
+      if ((await store.countPending(backendId)) >= limit) {
+        throw new PixeldError('queue_full', `the queue for model '${request.model.id}' is full; retry later`, {
+          retryAfterSeconds: await this.queueDrainSeconds(backendId),
+        });
+      }
+      const inputs: JobInput[] = [];
+      for (const [i, image] of temps.entries()) {
+        const stored = await blobs.putFile(image.tmpPath, image.sha256);
+        inputs.push({
+          role: i < request.images.length ? 'image' : 'mask',
+          sha256: stored.sha256,
+          bytes: stored.bytes,
+          mediaType: image.info.mediaType,
+          width: image.info.width,
+          height: image.info.height,
+        });
+      }
+      const outcome = await store.create(
+        {
+          id: newJobId(),
+          owner: options.owner,
+          kind: request.kind,
+          model: request.model.id,
+          backendId,
+          params: request.params,
+          inputs,
+          requestSha256: request.requestSha256,
+          fingerprint: request.fingerprint,
+          idempotencyKey: options.idempotencyKey,
+          baseUrl: options.baseUrl,
+          createdMs: now(),
+        },
+        jobs.idempotencyTtlMs,
+      );
+      if (!outcome.created && outcome.job.fingerprint !== request.fingerprint) {
+        throw new PixeldError(
+          'idempotency_key_reused',
+          'this Idempotency-Key was already used for a different request; use a new key for a new request',
+        );
+      }
+      if (outcome.created) this.deps.runner.wake(backendId);
+      return outcome;
+    } finally {
+      // Uploads still in the temp dir were not taken into the blob store (an error happened first).
+      await Promise.all(temps.map((t) => removeQuietly(t.tmpPath)));
+    }
+  }
+
+  async get(id: string): Promise<Job | undefined> {
+    return this.deps.store.get(id);
+  }
+
+  /** Cancels a pending or running job; a finished job is returned as it is. */
+  async cancel(id: string): Promise<Job | undefined> {
+    const { store, now, jobs, runner } = this.deps;
+    const job = await store.cancel(id, now(), now() + jobs.resultTtlMs);
+    if (job?.status === 'cancelled') {
+      runner.abort(id);
+      runner.events.emit(`finished:${id}`);
+    }
+    return job;
+  }
+
+  /**
+   * Resolves with the job once it has ended, or as it is when `timeoutMs` passes or `signal` aborts.
+   * Wakes on this process's runner events; a slow re-read also catches jobs finished elsewhere.
+   */
+  async waitForEnd(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Job | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    const events = this.deps.runner.events;
+    for (;;) {
+      const job = await this.deps.store.get(id);
+      if (!job || isTerminal(job.status)) return job;
+      const remaining = deadline - Date.now();
+      if (remaining <= 0 || signal?.aborted) return job;
+      const wait = new AbortController();
+      const onAbort = () => wait.abort();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const timer = setTimeout(() => wait.abort(), Math.min(remaining, 1_000));
+      try {
+        await once(events, `finished:${id}`, { signal: wait.signal });
+      } catch {
+        // timeout slice or caller gone: loop re-reads the job
+      } finally {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      }
+    }
+  }
+
+  /**
+   * When a poller should come back: the estimated time until this job ends, from its place in the queue,
+   * the backend's concurrency and recent per-image run times.
+   */
+  async retryAfterSeconds(job: Job): Promise<number> {
+    const { runner, now } = this.deps;
+    const perImageMs = runner.typicalPerImageMs(job.backendId) ?? 5_000;
+    const ownMs = perImageMs * job.params.n;
+    let estimateMs: number;
+    if (job.status === 'processing') {
+      estimateMs = ownMs - (now() - (job.startedMs ?? now()));
+    } else {
+      const ahead = await this.deps.store.countAhead(job);
+      const slots = runner.concurrencyOf(job.backendId);
+      const busy = runner.runningCount(job.backendId);
+      // Jobs ahead (assumed the same size as this one) drain through `slots` lanes, after the running ones.
+      const waves = Math.floor((ahead + busy) / slots);
+      estimateMs = waves * ownMs + ownMs;
+    }
+    return clampSeconds(estimateMs / 1000);
+  }
+
+  /** A full queue frees a place when a running job ends: about one image's time. */
+  private async queueDrainSeconds(backendId: string): Promise<number> {
+    return clampSeconds((this.deps.runner.typicalPerImageMs(backendId) ?? 5_000) / 1000);
+  }
+}
+
+function clampSeconds(seconds: number): number {
+  return Math.min(MAX_RETRY_AFTER_S, Math.max(MIN_RETRY_AFTER_S, Math.ceil(seconds)));
+}

@@ -1,0 +1,367 @@
+import Database from 'better-sqlite3';
+import { newToken, type Job, type JobError, type JobResult } from '../model.js';
+import type { ClaimedJob, InterruptedJobPolicy, JobStore, NewJob } from '../store.js';
+
+/**
+ * The embedded store: one SQLite file in WAL mode. Rows hold metadata only; image bytes live as files
+ * (images/blob-store.ts) and `blob_refs` says which job still needs which file.
+ */
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE jobs (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     id TEXT NOT NULL UNIQUE,
+     owner TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     model TEXT NOT NULL,
+     backend_id TEXT NOT NULL,
+     status TEXT NOT NULL,
+     params TEXT NOT NULL,
+     inputs TEXT NOT NULL,
+     request_sha256 TEXT NOT NULL,
+     fingerprint TEXT NOT NULL,
+     idempotency_key TEXT,
+     base_url TEXT NOT NULL,
+     created_ms INTEGER NOT NULL,
+     updated_ms INTEGER NOT NULL,
+     run_after_ms INTEGER NOT NULL,
+     started_ms INTEGER,
+     finished_ms INTEGER,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     lease_token TEXT,
+     lease_expires_ms INTEGER,
+     error TEXT,
+     result TEXT,
+     expires_ms INTEGER,
+     results_deleted_ms INTEGER
+   );
+   CREATE INDEX jobs_queue ON jobs (backend_id, status, seq);
+   CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+   CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL;
+   CREATE INDEX jobs_finished ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
+   CREATE TABLE blob_refs (
+     job_id TEXT NOT NULL,
+     sha256 TEXT NOT NULL,
+     role TEXT NOT NULL CHECK (role IN ('input', 'output')),
+     PRIMARY KEY (job_id, sha256, role)
+   );
+   CREATE INDEX blob_refs_sha ON blob_refs (sha256);`,
+];
+
+interface JobRow {
+  seq: number;
+  id: string;
+  owner: string;
+  kind: string;
+  model: string;
+  backend_id: string;
+  status: string;
+  params: string;
+  inputs: string;
+  request_sha256: string;
+  fingerprint: string;
+  idempotency_key: string | null;
+  base_url: string;
+  created_ms: number;
+  updated_ms: number;
+  run_after_ms: number;
+  started_ms: number | null;
+  finished_ms: number | null;
+  attempts: number;
+  lease_token: string | null;
+  lease_expires_ms: number | null;
+  error: string | null;
+  result: string | null;
+  expires_ms: number | null;
+  results_deleted_ms: number | null;
+}
+
+function fromRow(row: JobRow): Job {
+  return {
+    id: row.id,
+    owner: row.owner,
+    kind: row.kind as Job['kind'],
+    model: row.model,
+    backendId: row.backend_id,
+    status: row.status as Job['status'],
+    params: JSON.parse(row.params) as Job['params'],
+    inputs: JSON.parse(row.inputs) as Job['inputs'],
+    requestSha256: row.request_sha256,
+    fingerprint: row.fingerprint,
+    idempotencyKey: row.idempotency_key ?? undefined,
+    baseUrl: row.base_url,
+    createdMs: row.created_ms,
+    updatedMs: row.updated_ms,
+    runAfterMs: row.run_after_ms,
+    startedMs: row.started_ms ?? undefined,
+    finishedMs: row.finished_ms ?? undefined,
+    attempts: row.attempts,
+    leaseToken: row.lease_token ?? undefined,
+    leaseExpiresMs: row.lease_expires_ms ?? undefined,
+    error: row.error === null ? undefined : (JSON.parse(row.error) as JobError),
+    result: row.result === null ? undefined : (JSON.parse(row.result) as JobResult),
+    expiresMs: row.expires_ms ?? undefined,
+    resultsDeletedMs: row.results_deleted_ms ?? undefined,
+  };
+}
+
+export interface SqliteJobStoreOptions {
+  /** Path of the database file, or ':memory:'. */
+  file: string;
+}
+
+export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
+  const db = new Database(options.file);
+  db.pragma('journal_mode = WAL');
+  // NORMAL is durable across process crashes in WAL mode; only an OS crash may lose the last commits.
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  migrate(db);
+
+  const stmt = {
+    get: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE id = ?'),
+    byIdempotencyKey: db.prepare<[string, string], JobRow>('SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?'),
+    forgetIdempotencyKey: db.prepare<[string, string, number]>(
+      'UPDATE jobs SET idempotency_key = NULL WHERE owner = ? AND idempotency_key = ? AND created_ms < ?',
+    ),
+    insert: db.prepare(
+      `INSERT INTO jobs (id, owner, kind, model, backend_id, status, params, inputs, request_sha256, fingerprint,
+         idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
+       VALUES (@id, @owner, @kind, @model, @backend_id, 'pending', @params, @inputs, @request_sha256, @fingerprint,
+         @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms)`,
+    ),
+    insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
+    dropRefs: db.prepare<[string, string]>('DELETE FROM blob_refs WHERE job_id = ? AND role = ?'),
+    countPending: db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending'"),
+    countAhead: db.prepare<[string, number], { n: number }>(
+      "SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending' AND seq < ?",
+    ),
+    seqOf: db.prepare<[string], { seq: number }>('SELECT seq FROM jobs WHERE id = ?'),
+    claimNext: db.prepare<[string, number, number, number, string, number], JobRow>(
+      `UPDATE jobs SET status = 'processing', lease_token = ?, lease_expires_ms = ?, attempts = attempts + 1,
+         started_ms = ?, updated_ms = ?
+       WHERE id = (SELECT id FROM jobs WHERE backend_id = ? AND status = 'pending' AND run_after_ms <= ?
+                   ORDER BY seq LIMIT 1)
+       RETURNING *`,
+    ),
+    extendLease: db.prepare<[number, string, string]>(
+      "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ? AND status = 'processing'",
+    ),
+    complete: db.prepare<[string, number, number, number, string, string]>(
+      `UPDATE jobs SET status = 'completed', result = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+         lease_token = NULL, lease_expires_ms = NULL, error = NULL
+       WHERE id = ? AND lease_token = ? AND status = 'processing'`,
+    ),
+    fail: db.prepare<[string, number, number, number, string, string]>(
+      `UPDATE jobs SET status = 'failed', error = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+         lease_token = NULL, lease_expires_ms = NULL
+       WHERE id = ? AND lease_token = ? AND status = 'processing'`,
+    ),
+    retryLater: db.prepare<[string, number, number, string, string]>(
+      `UPDATE jobs SET status = 'pending', error = ?, run_after_ms = ?, updated_ms = ?,
+         lease_token = NULL, lease_expires_ms = NULL
+       WHERE id = ? AND lease_token = ? AND status = 'processing'`,
+    ),
+    cancel: db.prepare<[string, number, number, number, string]>(
+      `UPDATE jobs SET status = 'cancelled', error = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+         lease_token = NULL, lease_expires_ms = NULL
+       WHERE id = ? AND status IN ('pending', 'processing')`,
+    ),
+    processing: db.prepare<[], JobRow>("SELECT * FROM jobs WHERE status = 'processing'"),
+    requeue: db.prepare<[number, string]>(
+      `UPDATE jobs SET status = 'pending', lease_token = NULL, lease_expires_ms = NULL, updated_ms = ?
+       WHERE id = ? AND status = 'processing'`,
+    ),
+    failInterrupted: db.prepare<[string, number, number, number, string]>(
+      `UPDATE jobs SET status = 'failed', error = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+         lease_token = NULL, lease_expires_ms = NULL
+       WHERE id = ? AND status = 'processing'`,
+    ),
+    requeueExpiredLeases: db.prepare<[number, number]>(
+      `UPDATE jobs SET status = 'pending', lease_token = NULL, lease_expires_ms = NULL, updated_ms = ?
+       WHERE status = 'processing' AND lease_expires_ms < ?`,
+    ),
+    dueForExpiry: db.prepare<[number, number], { id: string }>(
+      `SELECT id FROM jobs WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= ?
+       ORDER BY expires_ms LIMIT ?`,
+    ),
+    markExpired: db.prepare<[number, string]>('UPDATE jobs SET results_deleted_ms = ? WHERE id = ?'),
+    isReferenced: db.prepare<[string], { one: number }>('SELECT 1 AS one FROM blob_refs WHERE sha256 = ? LIMIT 1'),
+    oldFinished: db.prepare<[number, number], { id: string }>(
+      'SELECT id FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms < ? ORDER BY finished_ms LIMIT ?',
+    ),
+    deleteJob: db.prepare<[string]>('DELETE FROM jobs WHERE id = ?'),
+    dropAllRefs: db.prepare<[string]>('DELETE FROM blob_refs WHERE job_id = ?'),
+    recentDurations: db.prepare<[string, number], { d: number }>(
+      `SELECT (finished_ms - started_ms) * 1.0 / MAX(1, json_array_length(result, '$.images')) AS d FROM jobs
+       WHERE backend_id = ? AND status = 'completed' AND started_ms IS NOT NULL
+       ORDER BY finished_ms DESC LIMIT ?`,
+    ),
+    ping: db.prepare('SELECT 1'),
+  };
+
+  const create = db.transaction((job: NewJob, idempotencyTtlMs: number): { job: Job; created: boolean } => {
+    if (job.idempotencyKey !== undefined) {
+      stmt.forgetIdempotencyKey.run(job.owner, job.idempotencyKey, job.createdMs - idempotencyTtlMs);
+      const existing = stmt.byIdempotencyKey.get(job.owner, job.idempotencyKey);
+      if (existing) return { job: fromRow(existing), created: false };
+    }
+    stmt.insert.run({
+      id: job.id,
+      owner: job.owner,
+      kind: job.kind,
+      model: job.model,
+      backend_id: job.backendId,
+      params: JSON.stringify(job.params),
+      inputs: JSON.stringify(job.inputs),
+      request_sha256: job.requestSha256,
+      fingerprint: job.fingerprint,
+      idempotency_key: job.idempotencyKey ?? null,
+      base_url: job.baseUrl,
+      created_ms: job.createdMs,
+    });
+    for (const input of job.inputs) stmt.insertRef.run(job.id, input.sha256, 'input');
+    return { job: fromRow(stmt.get.get(job.id)!), created: true };
+  });
+
+  const complete = db.transaction((id: string, leaseToken: string, result: JobResult, nowMs: number, expiresMs: number) => {
+    const changed = stmt.complete.run(JSON.stringify(result), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
+    if (changed) {
+      stmt.dropRefs.run(id, 'input');
+      for (const image of result.images) stmt.insertRef.run(id, image.sha256, 'output');
+    }
+    return changed;
+  });
+
+  const fail = db.transaction((id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number) => {
+    const changed = stmt.fail.run(JSON.stringify(error), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
+    if (changed) stmt.dropRefs.run(id, 'input');
+    return changed;
+  });
+
+  const cancel = db.transaction((id: string, nowMs: number, expiresMs: number) => {
+    const error: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
+    const changed = stmt.cancel.run(JSON.stringify(error), nowMs, nowMs, expiresMs, id).changes > 0;
+    if (changed) stmt.dropRefs.run(id, 'input');
+    return changed;
+  });
+
+  const recoverInterrupted = db.transaction(
+    (policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) => {
+      let requeued = 0;
+      let failed = 0;
+      for (const row of stmt.processing.all()) {
+        const job = fromRow(row);
+        const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
+        if (decision === 'rerun') {
+          stmt.requeue.run(nowMs, job.id);
+          requeued += 1;
+        } else {
+          const message =
+            job.attempts >= maxAttempts
+              ? `the daemon stopped while running this job, and it had used all ${maxAttempts} attempts`
+              : 'the daemon stopped while running this job, and this backend cannot safely run it again';
+          stmt.failInterrupted.run(JSON.stringify({ code: 'upstream_error', message }), nowMs, nowMs, expiresMs, job.id);
+          stmt.dropRefs.run(job.id, 'input');
+          failed += 1;
+        }
+      }
+      return { requeued, failed };
+    },
+  );
+
+  const expireResults = db.transaction((nowMs: number, limit: number): string[] => {
+    const ids = stmt.dueForExpiry.all(nowMs, limit).map((r) => r.id);
+    for (const id of ids) {
+      stmt.markExpired.run(nowMs, id);
+      stmt.dropAllRefs.run(id);
+    }
+    return ids;
+  });
+
+  const deleteFinishedBefore = db.transaction((cutoffMs: number, limit: number): number => {
+    const ids = stmt.oldFinished.all(cutoffMs, limit).map((r) => r.id);
+    for (const id of ids) {
+      stmt.dropAllRefs.run(id);
+      stmt.deleteJob.run(id);
+    }
+    return ids.length;
+  });
+
+  return {
+    async create(job, idempotencyTtlMs) {
+      return create(job, idempotencyTtlMs);
+    },
+    async get(id) {
+      const row = stmt.get.get(id);
+      return row ? fromRow(row) : undefined;
+    },
+    async countPending(backendId) {
+      return stmt.countPending.get(backendId)!.n;
+    },
+    async countAhead(job) {
+      const seq = stmt.seqOf.get(job.id);
+      return seq ? stmt.countAhead.get(job.backendId, seq.seq)!.n : 0;
+    },
+    async claimNext(backendId, nowMs, leaseMs) {
+      const token = newToken();
+      const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, backendId, nowMs);
+      return row ? ({ ...fromRow(row), leaseToken: token } as ClaimedJob) : undefined;
+    },
+    async extendLease(id, leaseToken, leaseExpiresMs) {
+      return stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0;
+    },
+    async complete(id, leaseToken, result, nowMs, expiresMs) {
+      return complete(id, leaseToken, result, nowMs, expiresMs);
+    },
+    async fail(id, leaseToken, error, nowMs, expiresMs) {
+      return fail(id, leaseToken, error, nowMs, expiresMs);
+    },
+    async retryLater(id, leaseToken, error, runAfterMs, nowMs) {
+      return stmt.retryLater.run(JSON.stringify(error), runAfterMs, nowMs, id, leaseToken).changes > 0;
+    },
+    async cancel(id, nowMs, expiresMs) {
+      cancel(id, nowMs, expiresMs);
+      const row = stmt.get.get(id);
+      return row ? fromRow(row) : undefined;
+    },
+    async recoverInterrupted(policy, maxAttempts, nowMs, expiresMs) {
+      return recoverInterrupted(policy, maxAttempts, nowMs, expiresMs);
+    },
+    async requeueExpiredLeases(nowMs) {
+      return stmt.requeueExpiredLeases.run(nowMs, nowMs).changes;
+    },
+    async expireResults(nowMs, limit) {
+      return expireResults(nowMs, limit);
+    },
+    async isBlobReferenced(sha256) {
+      return stmt.isReferenced.get(sha256) !== undefined;
+    },
+    async deleteFinishedBefore(cutoffMs, limit) {
+      return deleteFinishedBefore(cutoffMs, limit);
+    },
+    async recentPerImageMs(backendId, limit) {
+      return stmt.recentDurations.all(backendId, limit).map((r) => r.d);
+    },
+    async ping() {
+      stmt.ping.get();
+    },
+    async close() {
+      if (db.open) db.close();
+    },
+  };
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) {
+    throw new Error(`the database was written by a newer pixeld (schema ${version}, this one knows ${MIGRATIONS.length})`);
+  }
+  for (let v = version; v < MIGRATIONS.length; v += 1) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}

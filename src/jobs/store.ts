@@ -1,0 +1,68 @@
+import type { Job, JobError, JobResult } from './model.js';
+
+/** What the HTTP layer hands the store; the store fills in the lifecycle fields. */
+export type NewJob = Pick<
+  Job,
+  | 'id'
+  | 'owner'
+  | 'kind'
+  | 'model'
+  | 'backendId'
+  | 'params'
+  | 'inputs'
+  | 'requestSha256'
+  | 'fingerprint'
+  | 'idempotencyKey'
+  | 'baseUrl'
+  | 'createdMs'
+>;
+
+export interface ClaimedJob extends Job {
+  leaseToken: string;
+}
+
+export type InterruptedJobPolicy = (job: Job) => 'rerun' | 'fail';
+
+/**
+ * Where jobs live. Every transition is one named, atomic verb; writes by a runner carry the lease token
+ * it got from `claimNext`, so a runner that lost its lease cannot overwrite anyone's result.
+ * One conformance suite (test/jobs/store-conformance.ts) runs against every implementation.
+ */
+export interface JobStore {
+  /**
+   * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
+   * `idempotencyTtlMs`, nothing is inserted and the earlier job is returned with `created: false`.
+   */
+  create(job: NewJob, idempotencyTtlMs: number): Promise<{ job: Job; created: boolean }>;
+  get(id: string): Promise<Job | undefined>;
+  /** Pending jobs waiting for this backend. */
+  countPending(backendId: string): Promise<number>;
+  /** Pending jobs of the same backend that will be claimed before this one. */
+  countAhead(job: Job): Promise<number>;
+  /** Takes the oldest runnable pending job of the backend, starting an attempt under a fresh lease. */
+  claimNext(backendId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
+  extendLease(id: string, leaseToken: string, leaseExpiresMs: number): Promise<boolean>;
+  complete(id: string, leaseToken: string, result: JobResult, nowMs: number, expiresMs: number): Promise<boolean>;
+  fail(id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number): Promise<boolean>;
+  /** Back to pending, to be claimed again no earlier than runAfterMs; the error is kept for the record. */
+  retryLater(id: string, leaseToken: string, error: JobError, runAfterMs: number, nowMs: number): Promise<boolean>;
+  /** Pending or processing → cancelled. Returns the job after the call (unchanged when already finished). */
+  cancel(id: string, nowMs: number, expiresMs: number): Promise<Job | undefined>;
+  /**
+   * At start-up, after a crash: every job left processing is re-queued or failed, as the policy says;
+   * jobs that already used `maxAttempts` are failed.
+   */
+  recoverInterrupted(policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number): Promise<{ requeued: number; failed: number }>;
+  /** Processing jobs whose lease ran out (a stalled runner) go back to pending. */
+  requeueExpiredLeases(nowMs: number): Promise<number>;
+  /** Marks finished jobs whose TTL passed as expired and drops their file references; returns their ids. */
+  expireResults(nowMs: number, limit: number): Promise<string[]>;
+  /** Whether any job still needs the blob (inputs of unfinished jobs, outputs of unexpired ones). */
+  isBlobReferenced(sha256: string): Promise<boolean>;
+  /** Forgets finished jobs that ended before the cut-off; returns how many. */
+  deleteFinishedBefore(cutoffMs: number, limit: number): Promise<number>;
+  /** Milliseconds per delivered image (last attempt's start → end) of recently completed jobs, newest first. */
+  recentPerImageMs(backendId: string, limit: number): Promise<number[]>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,80 @@
+import type { Config } from '../config/schema.js';
+import type { BlobStore } from '../images/blob-store.js';
+import type { Logger } from '../obs/logger.js';
+import type { JobStore } from './store.js';
+
+export interface SweeperDeps {
+  store: JobStore;
+  blobs: BlobStore;
+  jobs: Config['jobs'];
+  logger: Logger;
+  now: () => number;
+}
+
+/** Upload temp files older than this belong to requests that died half-way. */
+const STALE_TEMP_MS = 60 * 60_000;
+const BATCH = 500;
+
+export interface SweepReport {
+  leasesRequeued: number;
+  resultsExpired: number;
+  blobsDeleted: number;
+  tempFilesDeleted: number;
+  recordsDeleted: number;
+}
+
+/**
+ * Periodic housekeeping: re-queues jobs whose runner stalled past its lease, expires results whose TTL
+ * passed, deletes blob files no job needs any more, stale upload temp files, and job records past their
+ * retention.
+ */
+export class Sweeper {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<SweepReport> | undefined;
+
+  constructor(private readonly deps: SweeperDeps) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.sweep().catch((err) => this.deps.logger.error('sweep failed', { error: String(err) })), this.deps.jobs.sweepIntervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    await this.running?.catch(() => undefined);
+  }
+
+  /** One pass; concurrent calls share the pass in progress. */
+  sweep(): Promise<SweepReport> {
+    this.running ??= this.pass().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async pass(): Promise<SweepReport> {
+    const { store, blobs, jobs, now, logger } = this.deps;
+    const report: SweepReport = { leasesRequeued: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0 };
+    report.leasesRequeued = await store.requeueExpiredLeases(now());
+    for (;;) {
+      const expired = await store.expireResults(now(), BATCH);
+      report.resultsExpired += expired.length;
+      if (expired.length < BATCH) break;
+    }
+    for (;;) {
+      const deleted = await store.deleteFinishedBefore(now() - jobs.recordRetentionMs, BATCH);
+      report.recordsDeleted += deleted;
+      if (deleted < BATCH) break;
+    }
+    const graceCutoff = now() - jobs.orphanGraceMs;
+    for await (const blob of blobs.list()) {
+      if (blob.mtimeMs > graceCutoff) continue;
+      if (await store.isBlobReferenced(blob.sha256)) continue;
+      await blobs.remove(blob.sha256);
+      report.blobsDeleted += 1;
+    }
+    report.tempFilesDeleted = await blobs.removeStaleTemp(now() - STALE_TEMP_MS);
+    if (Object.values(report).some((n) => n > 0)) logger.info('sweep', report);
+    return report;
+  }
+}

@@ -1,0 +1,179 @@
+import { mkdirSync } from 'node:fs';
+import type { Server } from 'node:http';
+import path from 'node:path';
+import type { Express } from 'express';
+import { ModelCatalog } from './backends/catalog.js';
+import { createBackend } from './backends/create-backend.js';
+import type { ImageBackend } from './backends/types.js';
+import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
+import type { Config } from './config/schema.js';
+import { createApp } from './http/app.js';
+import { BlobStore } from './images/blob-store.js';
+import { JobRunner } from './jobs/runner.js';
+import { JobService } from './jobs/service.js';
+import { openSqliteJobStore } from './jobs/sqlite/sqlite-store.js';
+import type { JobStore } from './jobs/store.js';
+import { Sweeper } from './jobs/sweeper.js';
+import { createLogger, type Logger } from './obs/logger.js';
+import { Readiness } from './obs/readiness.js';
+
+export interface DaemonOptions {
+  config: Readonly<Config>;
+  logger: Logger;
+  /** Replaces the configured adapters (tests inject fakes that need no network). */
+  backends?: ReadonlyMap<string, ImageBackend>;
+  now?: () => number;
+}
+
+export interface Daemon {
+  app: Express;
+  store: JobStore;
+  runner: JobRunner;
+  service: JobService;
+  sweeper: Sweeper;
+  blobs: BlobStore;
+  /** Starts the runner and sweeper (recovering interrupted jobs first). */
+  start(): Promise<void>;
+  /** Listens on the configured host and port; resolves with the server once it accepts connections. */
+  listen(): Promise<Server>;
+  /** Stops taking work, lets running attempts end or aborts them, and closes the store. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Wires one daemon: every dependency (clock, store, blob files, backends, runner) is made here and
+ * handed down, so tests can build the same thing around a temp dir.
+ */
+export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
+  const { config, logger } = options;
+  const now = options.now ?? Date.now;
+  mkdirSync(config.dataDir, { recursive: true });
+  const blobs = new BlobStore(config.dataDir);
+  await blobs.init();
+  const store = openSqliteJobStore({ file: path.join(config.dataDir, 'pixeld.sqlite') });
+  const catalog = new ModelCatalog(config.models);
+  const backends = options.backends ?? new Map(config.backends.map((b) => [b.id, createBackend(b, { logger })]));
+  const runner = new JobRunner({
+    store,
+    blobs,
+    backends,
+    concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
+    catalog,
+    jobs: config.jobs,
+    maxOutputPixels: 4 * config.limits.maxInputPixels,
+    logger,
+    now,
+  });
+  const service = new JobService({
+    store,
+    blobs,
+    runner,
+    jobs: config.jobs,
+    maxQueuedJobs: new Map(config.backends.map((b) => [b.id, b.maxQueuedJobs])),
+    logger,
+    now,
+  });
+  const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
+  const readiness = new Readiness({ store, backends });
+  const app = createApp({ config, catalog, service, blobs, readiness, logger, now, startedAtSeconds: Math.floor(now() / 1000) });
+  let server: Server | undefined;
+
+  return {
+    app,
+    store,
+    runner,
+    service,
+    sweeper,
+    blobs,
+    async start() {
+      await runner.start();
+      sweeper.start();
+    },
+    listen() {
+      return new Promise((resolve, reject) => {
+        const s = app.listen(config.server.port, config.server.host, (err?: Error) => (err ? reject(err) : resolve(s)));
+        // Large uploads on slow links take a while; the default 5 min would cut them off.
+        s.requestTimeout = config.server.requestTimeoutMs;
+        s.keepAliveTimeout = 65_000;
+        server = s;
+      });
+    },
+    async stop() {
+      if (server) {
+        const closing = new Promise<void>((resolve) => server!.close(() => resolve()));
+        server.closeIdleConnections();
+        await runner.stop();
+        await sweeper.stop();
+        server.closeAllConnections();
+        await closing;
+      } else {
+        await runner.stop();
+        await sweeper.stop();
+      }
+      await Promise.all([...backends.values()].map((b) => b.close?.()));
+      await store.close();
+    },
+  };
+}
+
+export interface ServeOptions {
+  configPath?: string | undefined;
+}
+
+/** `pixeld serve`: load config, start, and stop cleanly on SIGTERM/SIGINT. Returns the exit code. */
+export async function serve(options: ServeOptions): Promise<number> {
+  let loaded: LoadedConfig;
+  try {
+    loaded = loadConfig({ configPath: options.configPath });
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(err.message);
+      return 2;
+    }
+    throw err;
+  }
+  const { config, source } = loaded;
+  const logger = createLogger({ level: config.log.level, format: process.stdout.isTTY ? 'pretty' : 'json' });
+  for (const warning of developmentWarnings(config)) logger.warn(warning);
+  const daemon = await createDaemon({ config, logger });
+  await daemon.start();
+  const server = await daemon.listen();
+  const address = server.address();
+  const where = typeof address === 'object' && address ? `http://${address.address}:${address.port}` : String(address);
+  logger.info(`pixeld listening on ${where}`, {
+    config: source ?? 'built-in development defaults',
+    dataDir: config.dataDir,
+    models: config.models.map((m) => m.id),
+  });
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const shutdown = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info(`received ${signal}; shutting down`);
+      daemon.stop().then(
+        () => resolve(0),
+        (err: unknown) => {
+          logger.error('shutdown failed', { error: String(err) });
+          resolve(1);
+        },
+      );
+    };
+    process.once('SIGTERM', () => shutdown('SIGTERM'));
+    process.once('SIGINT', () => shutdown('SIGINT'));
+  });
+}
+
+/** Loud lines for settings that are fine on a laptop and wrong in front of paying users. */
+export function developmentWarnings(config: Readonly<Config>): string[] {
+  const warnings: string[] = [];
+  if (config.auth.mode === 'none') {
+    warnings.push('DEVELOPMENT CONFIGURATION: auth.mode is "none" — anyone who can reach this port can use the GPU. Do not expose it.');
+  }
+  const reference = config.backends.filter((b) => b.type === 'reference').map((b) => b.id);
+  if (reference.length > 0) {
+    warnings.push(`DEVELOPMENT CONFIGURATION: backend(s) ${reference.join(', ')} are the built-in reference renderer, not a model.`);
+  }
+  return warnings;
+}
