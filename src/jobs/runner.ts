@@ -191,6 +191,7 @@ export class JobRunner {
     if (failure.retryable && job.attempts < jobs.maxAttempts) {
       const backoff = failure.retryAfterMs ?? jobs.retryBackoffMs * 2 ** (job.attempts - 1);
       await store.retryLater(job.id, job.leaseToken, failure.error, finishedMs + backoff, finishedMs);
+      setTimeout(() => this.wake(job.backendId), backoff).unref();
       log.warn('attempt failed; will retry', { code: failure.error.code, message: failure.error.message, retryInMs: backoff, details: failure.details });
       return;
     }
