@@ -35,6 +35,18 @@ export interface JobParams {
   user: string | undefined;
 }
 
+/** JSON drops undefined keys; stores call this so a read-back job has every params key, as written. */
+export function reviveParams(stored: JobParams): JobParams {
+  return {
+    ...stored,
+    outputCompression: stored.outputCompression ?? undefined,
+    negativePrompt: stored.negativePrompt ?? undefined,
+    numInferenceSteps: stored.numInferenceSteps ?? undefined,
+    guidanceScale: stored.guidanceScale ?? undefined,
+    user: stored.user ?? undefined,
+  };
+}
+
 export interface StoredImage {
   sha256: string;
   mediaType: MediaType;

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { newToken, type Job, type JobError, type JobResult } from '../model.js';
+import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
 import type { ClaimedJob, InterruptedJobPolicy, JobStore, NewJob } from '../store.js';
 
 /**
@@ -84,7 +84,7 @@ function fromRow(row: JobRow): Job {
     model: row.model,
     backendId: row.backend_id,
     status: row.status as Job['status'],
-    params: JSON.parse(row.params) as Job['params'],
+    params: reviveParams(JSON.parse(row.params) as Job['params']),
     inputs: JSON.parse(row.inputs) as Job['inputs'],
     requestSha256: row.request_sha256,
     fingerprint: row.fingerprint,

@@ -1,0 +1,204 @@
+import { beforeEach, describe, expect, it } from 'vitest';
+import { newJobId, type JobResult } from '../../src/jobs/model.js';
+import type { JobStore, NewJob } from '../../src/jobs/store.js';
+
+/**
+ * The behaviour every JobStore implementation must have. Each implementation's test file calls this
+ * with a factory that returns a fresh, empty store.
+ */
+export function describeJobStoreConformance(name: string, open: () => Promise<JobStore>): void {
+  describe(`JobStore conformance: ${name}`, () => {
+    let store: JobStore;
+    beforeEach(async () => {
+      store = await open();
+      return () => store.close();
+    });
+
+    const T0 = 1_000_000;
+    const newJob = (over: Partial<NewJob> = {}): NewJob => ({
+      id: newJobId(),
+      owner: 'alice',
+      kind: 'generation',
+      model: 'm',
+      backendId: 'b1',
+      params: {
+        prompt: 'p',
+        n: 2,
+        size: '64x64',
+        quality: 'high',
+        responseFormat: 'b64_json',
+        outputFormat: 'png',
+        outputCompression: undefined,
+        background: 'auto',
+        seed: 1,
+        negativePrompt: undefined,
+        numInferenceSteps: undefined,
+        guidanceScale: undefined,
+        user: undefined,
+      },
+      inputs: [],
+      requestSha256: 'a'.repeat(64),
+      fingerprint: 'f'.repeat(64),
+      idempotencyKey: undefined,
+      baseUrl: 'http://x',
+      createdMs: T0,
+      ...over,
+    });
+    const result = (shas: string[]): JobResult => ({
+      created: 1,
+      images: shas.map((sha256) => ({ sha256, mediaType: 'image/png', bytes: 10, width: 64, height: 64 })),
+      size: '64x64',
+      quality: 'high',
+      outputFormat: 'png',
+      background: 'opaque',
+      fileToken: 't'.repeat(32),
+      warnings: [],
+    });
+
+    it('creates a pending job and reads it back whole', async () => {
+      const job = newJob({ idempotencyKey: 'k' });
+      const { job: created, created: isNew } = await store.create(job, 60_000);
+      expect(isNew).toBe(true);
+      expect(created).toMatchObject({ ...job, status: 'pending', attempts: 0, runAfterMs: T0, updatedMs: T0 });
+      expect(await store.get(job.id)).toEqual(created);
+      expect(await store.get(newJobId())).toBeUndefined();
+    });
+
+    it('returns the earlier job for a known idempotency key, per owner, within its TTL', async () => {
+      const first = newJob({ idempotencyKey: 'k' });
+      await store.create(first, 60_000);
+      const replay = await store.create(newJob({ idempotencyKey: 'k', createdMs: T0 + 10 }), 60_000);
+      expect(replay.created).toBe(false);
+      expect(replay.job.id).toBe(first.id);
+      expect((await store.create(newJob({ idempotencyKey: 'k', owner: 'bob' }), 60_000)).created).toBe(true);
+      const afterTtl = await store.create(newJob({ idempotencyKey: 'k', createdMs: T0 + 60_001 }), 60_000);
+      expect(afterTtl.created).toBe(true);
+      expect(afterTtl.job.id).not.toBe(first.id);
+    });
+
+    it('claims FIFO per backend, honours runAfterMs, and counts the queue', async () => {
+      const a = newJob();
+      const b = newJob();
+      const other = newJob({ backendId: 'b2' });
+      await store.create(a, 0);
+      await store.create(b, 0);
+      await store.create(other, 0);
+      expect(await store.countPending('b1')).toBe(2);
+      expect(await store.countAhead((await store.get(b.id))!)).toBe(1);
+      const claimed = await store.claimNext('b1', T0 + 1, 1000);
+      expect(claimed).toMatchObject({ id: a.id, status: 'processing', attempts: 1, startedMs: T0 + 1, leaseExpiresMs: T0 + 1001 });
+      expect(claimed!.leaseToken).toMatch(/^[0-9a-f]{32}$/);
+      expect(await store.countAhead((await store.get(b.id))!)).toBe(0);
+      expect(await store.retryLater(a.id, claimed!.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 500, T0 + 2)).toBe(true);
+      // a is back but not runnable yet; b goes first.
+      expect((await store.claimNext('b1', T0 + 3, 1000))!.id).toBe(b.id);
+      expect(await store.claimNext('b1', T0 + 4, 1000)).toBeUndefined();
+      const again = await store.claimNext('b1', T0 + 500, 1000);
+      expect(again).toMatchObject({ id: a.id, attempts: 2 });
+    });
+
+    it('only the current lease holder may complete, fail or retry', async () => {
+      const job = newJob();
+      await store.create(job, 0);
+      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      expect(await store.complete(job.id, 'wrong', result(['s1']), T0 + 5, T0 + 100)).toBe(false);
+      expect(await store.fail(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0 + 5, T0 + 100)).toBe(false);
+      expect(await store.retryLater(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0, T0)).toBe(false);
+      expect(await store.extendLease(job.id, 'wrong', T0 + 9999)).toBe(false);
+      expect(await store.extendLease(job.id, claimed.leaseToken, T0 + 9999)).toBe(true);
+      expect(await store.complete(job.id, claimed.leaseToken, result(['s1']), T0 + 5, T0 + 100)).toBe(true);
+      const done = (await store.get(job.id))!;
+      expect(done).toMatchObject({ status: 'completed', finishedMs: T0 + 5, expiresMs: T0 + 100, leaseToken: undefined });
+      expect(done.result).toEqual(result(['s1']));
+      // A finished job cannot be completed twice.
+      expect(await store.complete(job.id, claimed.leaseToken, result(['s2']), T0 + 6, T0 + 100)).toBe(false);
+    });
+
+    it('cancels pending and processing jobs, after which the runner cannot write', async () => {
+      const pending = newJob();
+      const running = newJob();
+      await store.create(running, 0);
+      await store.create(pending, 0);
+      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      expect((await store.cancel(pending.id, T0 + 1, T0 + 50))!.status).toBe('cancelled');
+      const cancelled = (await store.cancel(running.id, T0 + 2, T0 + 50))!;
+      expect(cancelled).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
+      expect(await store.complete(running.id, claimed.leaseToken, result(['s']), T0 + 3, T0 + 50)).toBe(false);
+      expect((await store.get(running.id))!.status).toBe('cancelled');
+      // Cancelling a finished job changes nothing.
+      expect((await store.cancel(running.id, T0 + 4, T0 + 60))!.finishedMs).toBe(T0 + 2);
+    });
+
+    it('recovers interrupted jobs by policy and by attempts used', async () => {
+      const rerun = newJob();
+      const refuse = newJob({ backendId: 'b2' });
+      const exhausted = newJob();
+      for (const j of [rerun, refuse, exhausted]) await store.create(j, 0);
+      await store.claimNext('b1', T0, 1000);
+      await store.claimNext('b2', T0, 1000);
+      const third = (await store.claimNext('b1', T0, 1000))!;
+      await store.retryLater(third.id, third.leaseToken, { code: 'upstream_error', message: 'x' }, T0, T0);
+      await store.claimNext('b1', T0, 1000); // exhausted: attempt 2
+      const outcome = await store.recoverInterrupted((job) => (job.backendId === 'b2' ? 'fail' : 'rerun'), 2, T0 + 10, T0 + 99);
+      expect(outcome).toEqual({ requeued: 1, failed: 2 });
+      expect((await store.get(rerun.id))!).toMatchObject({ status: 'pending', leaseToken: undefined });
+      expect((await store.get(refuse.id))!).toMatchObject({ status: 'failed', error: { code: 'upstream_error' } });
+      expect((await store.get(refuse.id))!.error!.message).toContain('cannot safely run it again');
+      expect((await store.get(exhausted.id))!.error!.message).toContain('all 2 attempts');
+    });
+
+    it('re-queues jobs whose lease ran out', async () => {
+      const job = newJob();
+      await store.create(job, 0);
+      await store.claimNext('b1', T0, 100);
+      expect(await store.requeueExpiredLeases(T0 + 50)).toBe(0);
+      expect(await store.requeueExpiredLeases(T0 + 101)).toBe(1);
+      expect((await store.get(job.id))!.status).toBe('pending');
+    });
+
+    it('tracks which blobs are needed: inputs until the job ends, outputs until it expires', async () => {
+      const job = newJob({
+        kind: 'edit',
+        inputs: [{ role: 'image', sha256: 'in1', mediaType: 'image/png', bytes: 1, width: 1, height: 1 }],
+      });
+      await store.create(job, 0);
+      expect(await store.isBlobReferenced('in1')).toBe(true);
+      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      await store.complete(job.id, claimed.leaseToken, result(['out1', 'out2']), T0 + 5, T0 + 100);
+      expect(await store.isBlobReferenced('in1')).toBe(false);
+      expect(await store.isBlobReferenced('out1')).toBe(true);
+      expect(await store.expireResults(T0 + 99, 10)).toEqual([]);
+      expect(await store.expireResults(T0 + 100, 10)).toEqual([job.id]);
+      expect(await store.isBlobReferenced('out1')).toBe(false);
+      expect((await store.get(job.id))!.resultsDeletedMs).toBe(T0 + 100);
+      expect(await store.expireResults(T0 + 200, 10)).toEqual([]);
+    });
+
+    it('deletes finished records past retention, never unfinished ones', async () => {
+      const old = newJob();
+      const open = newJob();
+      await store.create(old, 0);
+      await store.create(open, 0);
+      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      await store.fail(old.id, claimed.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 1, T0 + 2);
+      expect(await store.deleteFinishedBefore(T0 + 1, 10)).toBe(0);
+      expect(await store.deleteFinishedBefore(T0 + 2, 10)).toBe(1);
+      expect(await store.get(old.id)).toBeUndefined();
+      expect(await store.get(open.id)).toBeDefined();
+    });
+
+    it('reports recent run time per delivered image, newest first', async () => {
+      for (const [ms, images] of [
+        [400, 2],
+        [300, 1],
+      ] as const) {
+        const job = newJob();
+        await store.create(job, 0);
+        const claimed = (await store.claimNext('b1', T0, 10_000))!;
+        await store.complete(job.id, claimed.leaseToken, result(Array.from({ length: images }, (_, i) => `s${ms}${i}`)), T0 + ms, T0 + 9999);
+      }
+      expect(await store.recentPerImageMs('b1', 10)).toEqual([200, 300]);
+      expect(await store.recentPerImageMs('b2', 10)).toEqual([]);
+    });
+  });
+}
