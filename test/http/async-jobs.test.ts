@@ -167,7 +167,7 @@ describe('idempotency', () => {
       const form = new FormData();
       form.append('model', MODEL);
       form.append('prompt', 'edit me');
-      form.append('image[]', new Blob([image], { type: 'image/png' }), 'a.png');
+      form.append('image[]', new Blob([new Uint8Array(image)], { type: 'image/png' }), 'a.png');
       const res = await fetch(`${url}/v1/async/images/edits`, { method: 'POST', body: form, headers: { 'Idempotency-Key': 'edit-1' } });
       return { res, body: (await res.json()) as Record<string, any> };
     };

@@ -35,8 +35,8 @@ async function post(url: string, path: string, body: unknown) {
 async function editForm(fields: Record<string, string>, images: Buffer[], mask?: Buffer) {
   const form = new FormData();
   for (const [k, v] of Object.entries(fields)) form.append(k, v);
-  for (const [i, image] of images.entries()) form.append('image[]', new Blob([image], { type: 'image/png' }), `in${i}.png`);
-  if (mask) form.append('mask', new Blob([mask], { type: 'image/png' }), 'mask.png');
+  for (const [i, image] of images.entries()) form.append('image[]', new Blob([new Uint8Array(image)], { type: 'image/png' }), `in${i}.png`);
+  if (mask) form.append('mask', new Blob([new Uint8Array(mask)], { type: 'image/png' }), 'mask.png');
   return form;
 }
 
