@@ -40,18 +40,19 @@ export type GenerationBody = Record<string, string | number>;
  */
 export function toGenerationBody(
   options: BackendCallOptions,
-  config: Pick<OpenAIBackendConfig, 'requestB64'>,
+  config: Pick<OpenAIBackendConfig, 'requestB64' | 'sendExtensions'>,
 ): GenerationBody {
+  const extensions = config.sendExtensions;
   const candidate: Record<string, string | number | undefined> = {
     model: options.model,
     prompt: options.prompt,
     n: options.n,
     size: options.size,
     response_format: config.requestB64 ? 'b64_json' : undefined,
-    seed: options.seed,
-    negative_prompt: options.negativePrompt,
-    num_inference_steps: options.numInferenceSteps,
-    guidance_scale: options.guidanceScale,
+    seed: extensions ? options.seed : undefined,
+    negative_prompt: extensions ? options.negativePrompt : undefined,
+    num_inference_steps: extensions ? options.numInferenceSteps : undefined,
+    guidance_scale: extensions ? options.guidanceScale : undefined,
     output_format: options.outputFormat,
     background: options.background,
     quality: options.quality,
@@ -87,7 +88,7 @@ const EXTENSION_BY_MEDIA_TYPE: Record<string, string> = {
  */
 export function toEditParts(
   options: BackendCallOptions,
-  config: Pick<OpenAIBackendConfig, 'requestB64' | 'editImageField' | 'editMaskField' | 'maskConvention'>,
+  config: Pick<OpenAIBackendConfig, 'requestB64' | 'sendExtensions' | 'editImageField' | 'editMaskField' | 'maskConvention'>,
 ): EditPart[] {
   const parts: EditPart[] = Object.entries(toGenerationBody(options, config)).map(([name, value]) => ({
     kind: 'field',

@@ -50,6 +50,11 @@ export const openaiBackendSchema = z
     /** Field for the mask, and its convention: OpenAI's alpha mask, or white = inpaint (vLLM-Omni `mask_image`). */
     editMaskField: z.enum(['mask', 'mask_image']).default('mask'),
     maskConvention: z.enum(['openai-alpha', 'white-inpaint']).default('openai-alpha'),
+    /**
+     * Send the extension fields (seed, negative_prompt, num_inference_steps, guidance_scale). Open-model
+     * servers take them; OpenAI's own API refuses unknown fields, so set false there.
+     */
+    sendExtensions: z.boolean().default(true),
     /** Ask the backend for b64_json; set false for servers that only return url. */
     requestB64: z.boolean().default(true),
     /** Largest image the adapter downloads from a backend-returned URL. */

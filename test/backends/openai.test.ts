@@ -143,7 +143,7 @@ describe('toGenerationBody', () => {
   it('sends every value that is set and leaves out the unset ones', () => {
     const body = toGenerationBody(
       callOptions({ n: 2, negativePrompt: 'blurry', guidanceScale: 4.5, numInferenceSteps: undefined }),
-      { requestB64: true },
+      { requestB64: true, sendExtensions: true },
     );
     expect(body).toEqual({
       model: 'fake-image-model',
@@ -162,7 +162,16 @@ describe('toGenerationBody', () => {
   });
 
   it('omits response_format when b64 is not requested, so the server answers in its own default', () => {
-    expect(toGenerationBody(callOptions(), { requestB64: false })).not.toHaveProperty('response_format');
+    expect(toGenerationBody(callOptions(), { requestB64: false, sendExtensions: true })).not.toHaveProperty('response_format');
+  });
+
+  it('leaves the extension fields out for servers that refuse unknown fields (OpenAI itself)', () => {
+    const body = toGenerationBody(callOptions({ negativePrompt: 'blurry', guidanceScale: 4.5, numInferenceSteps: 20 }), {
+      requestB64: true,
+      sendExtensions: false,
+    });
+    for (const key of ['seed', 'negative_prompt', 'guidance_scale', 'num_inference_steps']) expect(body).not.toHaveProperty(key);
+    expect(body).toMatchObject({ prompt: 'a red fox in snow', n: 1 });
   });
 });
 
