@@ -292,6 +292,7 @@ describe('restart recovery (real child process)', () => {
     expect(exit, first.tail()).toEqual({ code: 0, signal: null });
     expect(stopMs, first.tail()).toBeLessThan(2_500);
     expect(first.output).toMatch(/received SIGTERM; shutting down/);
+    expect(first.output).toMatch(/attempt aborted: shutting down/);
 
     const second = await startDaemon('after SIGTERM', writeConfig({ latencyMsPerImage: 20 }), dataDir);
     expect(recoveryCounts(second), second.tail()).toEqual({ requeued: 1, failed: 0 });
