@@ -99,13 +99,17 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       });
     },
     async stop() {
+      service.beginShutdown();
       if (server) {
         const closing = new Promise<void>((resolve) => server!.close(() => resolve()));
         server.closeIdleConnections();
         await runner.stop();
         await sweeper.stop();
-        server.closeAllConnections();
+        // Requests still open are answering (sync waiters with 503, long polls with the job's state);
+        // give them a moment to finish before the remaining sockets are cut.
+        const cut = setTimeout(() => server!.closeAllConnections(), 2_000);
         await closing;
+        clearTimeout(cut);
       } else {
         await runner.stop();
         await sweeper.stop();

@@ -90,6 +90,12 @@ function envInteger(name: string, value: string): number {
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'unrecognized_keys') {
+    // Name the unknown key itself (`server.bogus`), not only the object holding it.
+    const [first, ...others] = issue.keys;
+    const also = others.length > 0 ? ` (also: ${others.join(', ')})` : '';
+    return `${[...issue.path, first].map(String).join('.')}: unknown key${also}`;
+  }
   const key = issue.path.length > 0 ? issue.path.map(String).join('.') : '(top level)';
   return `${key}: ${issue.message}`;
 }

@@ -179,7 +179,8 @@ function parseFields(raw: Record<string, unknown>): Fields {
   const issue = parsed.error.issues[0]!;
   const param = issue.path.map(String).join('.') || null;
   const message = param && !issue.message.includes(param) ? `${param}: ${issue.message}` : issue.message;
-  throw new PixeldError('invalid_request', message, { param });
+  // A bad n is invalid_n whether it is out of 1–10 or above the model's maxN, so clients can tell one code.
+  throw new PixeldError(param === 'n' ? 'invalid_n' : 'invalid_request', message, { param });
 }
 
 /** multer gives repeated text fields as arrays; the image fields are scalars, so the last value wins. */

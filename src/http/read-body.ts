@@ -100,6 +100,9 @@ async function readMultipart(req: Request, res: Response, limits: BodyLimits): P
       settled = true;
       req.unpipe(tap);
       if (err) {
+        // Without this, multer waits forever for the rest of a cut-off upload, keeping the half-written
+        // temp file and its descriptor; a destroyed stream makes it stop and delete what it wrote.
+        tap.destroy();
         req.resume();
         reject(err);
       } else resolve(value!);

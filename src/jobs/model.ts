@@ -82,6 +82,8 @@ export interface Job {
   /** Who submitted it: a user address or an API key's owner id (`anonymous` without auth). */
   owner: string;
   kind: JobKind;
+  /** `sync`: a caller waits on the open connection; nobody is left to receive it after a restart. */
+  delivery: 'sync' | 'async';
   model: string;
   backendId: string;
   status: JobStatus;

@@ -59,7 +59,7 @@ export class JobRunner {
       now(),
       now() + jobs.resultTtlMs,
     );
-    if (recovered.requeued + recovered.failed > 0) {
+    if (recovered.requeued + recovered.failed + recovered.cancelled > 0) {
       logger.warn('recovered jobs interrupted by the last shutdown', recovered);
     }
     for (const backendId of this.deps.backends.keys()) {
@@ -182,8 +182,9 @@ export class JobRunner {
       return;
     }
     if (reason instanceof PixeldError && reason.code === 'shutting_down') {
-      // Leave the job processing: recoverInterrupted re-queues it at the next start.
-      log.info('attempt aborted: shutting down');
+      // A clean stop is not the job's fault: it goes back to the queue without spending an attempt.
+      await store.releaseClaim(job.id, job.leaseToken, now());
+      log.info('attempt aborted: shutting down; job returned to the queue');
       return;
     }
     const failure = classify(err, reason, jobs.attemptTimeoutMs);

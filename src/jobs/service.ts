@@ -20,6 +20,7 @@ export interface JobServiceDeps {
 
 export interface SubmitOptions {
   owner: string;
+  delivery: 'sync' | 'async';
   idempotencyKey: string | undefined;
   baseUrl: string;
 }
@@ -34,13 +35,25 @@ const MAX_RETRY_AFTER_S = 60;
  * are on disk before its row exists.
  */
 export class JobService {
+  private readonly shutdown = new AbortController();
+
   constructor(private readonly deps: JobServiceDeps) {}
+
+  /** Aborts when the daemon begins to stop: sync waiters answer 503 and new submits are refused. */
+  get shutdownSignal(): AbortSignal {
+    return this.shutdown.signal;
+  }
+
+  beginShutdown(): void {
+    this.shutdown.abort(new PixeldError('shutting_down', 'the provider is restarting; retry in a moment', { retryAfterSeconds: 5 }));
+  }
 
   /** Returns the job and whether it was created now (false: an Idempotency-Key replay). */
   async submit(request: ImageJobRequest, options: SubmitOptions): Promise<{ job: Job; created: boolean }> {
     const { store, blobs, now, jobs } = this.deps;
     const temps = [...request.images, ...(request.mask ? [request.mask] : [])];
     try {
+      if (this.shutdown.signal.aborted) throw this.shutdown.signal.reason;
       const backendId = request.model.backend;
       const limit = this.deps.maxQueuedJobs.get(backendId) ?? Number.POSITIVE_INFINITY;
       if ((await store.countPending(backendId)) >= limit) {
@@ -65,6 +78,7 @@ export class JobService {
           id: newJobId(),
           owner: options.owner,
           kind: request.kind,
+          delivery: options.delivery,
           model: request.model.id,
           backendId,
           params: request.params,

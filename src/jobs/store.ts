@@ -6,6 +6,7 @@ export type NewJob = Pick<
   | 'id'
   | 'owner'
   | 'kind'
+  | 'delivery'
   | 'model'
   | 'backendId'
   | 'params'
@@ -48,11 +49,19 @@ export interface JobStore {
   retryLater(id: string, leaseToken: string, error: JobError, runAfterMs: number, nowMs: number): Promise<boolean>;
   /** Pending or processing → cancelled. Returns the job after the call (unchanged when already finished). */
   cancel(id: string, nowMs: number, expiresMs: number): Promise<Job | undefined>;
+  /** Gives a claimed job back as if the attempt never started (a clean shutdown aborted it). */
+  releaseClaim(id: string, leaseToken: string, nowMs: number): Promise<boolean>;
   /**
-   * At start-up, after a crash: every job left processing is re-queued or failed, as the policy says;
-   * jobs that already used `maxAttempts` are failed.
+   * At start-up, after a crash: sync jobs not yet finished are cancelled (their callers are gone); every
+   * async job left processing is re-queued or failed, as the policy says; jobs that already used
+   * `maxAttempts` are failed.
    */
-  recoverInterrupted(policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number): Promise<{ requeued: number; failed: number }>;
+  recoverInterrupted(
+    policy: InterruptedJobPolicy,
+    maxAttempts: number,
+    nowMs: number,
+    expiresMs: number,
+  ): Promise<{ requeued: number; failed: number; cancelled: number }>;
   /** Processing jobs whose lease ran out (a stalled runner) go back to pending. */
   requeueExpiredLeases(nowMs: number): Promise<number>;
   /** Marks finished jobs whose TTL passed as expired and drops their file references; returns their ids. */

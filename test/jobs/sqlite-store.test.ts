@@ -17,6 +17,7 @@ describe('sqlite job store', () => {
         id,
         owner: 'o',
         kind: 'generation',
+        delivery: 'async',
         model: 'm',
         backendId: 'b',
         params: { prompt: 'persist', n: 1, size: '64x64', quality: 'high', responseFormat: 'b64_json', outputFormat: 'png', outputCompression: undefined, background: 'auto', seed: 3, negativePrompt: undefined, numInferenceSteps: undefined, guidanceScale: undefined, user: undefined },

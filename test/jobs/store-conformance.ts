@@ -19,6 +19,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       id: newJobId(),
       owner: 'alice',
       kind: 'generation',
+      delivery: 'async',
       model: 'm',
       backendId: 'b1',
       params: {
@@ -140,11 +141,36 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       await store.retryLater(third.id, third.leaseToken, { code: 'upstream_error', message: 'x' }, T0, T0);
       await store.claimNext('b1', T0, 1000); // exhausted: attempt 2
       const outcome = await store.recoverInterrupted((job) => (job.backendId === 'b2' ? 'fail' : 'rerun'), 2, T0 + 10, T0 + 99);
-      expect(outcome).toEqual({ requeued: 1, failed: 2 });
+      expect(outcome).toEqual({ requeued: 1, failed: 2, cancelled: 0 });
       expect((await store.get(rerun.id))!).toMatchObject({ status: 'pending', leaseToken: undefined });
       expect((await store.get(refuse.id))!).toMatchObject({ status: 'failed', error: { code: 'upstream_error' } });
       expect((await store.get(refuse.id))!.error!.message).toContain('cannot safely run it again');
       expect((await store.get(exhausted.id))!.error!.message).toContain('all 2 attempts');
+    });
+
+    it('cancels unfinished sync jobs at recovery: their callers are gone', async () => {
+      const waiting = newJob({ delivery: 'sync' });
+      const running = newJob({ delivery: 'sync' });
+      const asyncJob = newJob();
+      await store.create(running, 0);
+      await store.create(waiting, 0);
+      await store.create(asyncJob, 0);
+      await store.claimNext('b1', T0, 1000);
+      const outcome = await store.recoverInterrupted(() => 'rerun', 3, T0 + 10, T0 + 99);
+      expect(outcome).toEqual({ requeued: 0, failed: 0, cancelled: 2 });
+      for (const id of [waiting.id, running.id]) {
+        expect(await store.get(id)).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
+      }
+      expect((await store.get(asyncJob.id))!.status).toBe('pending');
+    });
+
+    it('releases a claim without spending the attempt', async () => {
+      const job = newJob();
+      await store.create(job, 0);
+      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      expect(await store.releaseClaim(job.id, 'wrong', T0 + 1)).toBe(false);
+      expect(await store.releaseClaim(job.id, claimed.leaseToken, T0 + 1)).toBe(true);
+      expect(await store.get(job.id)).toMatchObject({ status: 'pending', attempts: 0, leaseToken: undefined });
     });
 
     it('re-queues jobs whose lease ran out', async () => {

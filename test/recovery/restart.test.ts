@@ -217,11 +217,13 @@ async function stopAndReadJobs(daemon: DaemonProcess, dataDir: string): Promise<
 }
 
 /** Matches the runner's start-up log line about recovered jobs, and returns its counts. */
-function recoveryCounts(daemon: DaemonProcess): { requeued: number; failed: number } | undefined {
+function recoveryCounts(daemon: DaemonProcess): { requeued: number; failed: number; cancelled?: number } | undefined {
   for (const line of daemon.output.split('\n')) {
     if (!line.includes('recovered jobs interrupted')) continue;
-    const parsed = JSON.parse(line) as { requeued: number; failed: number };
-    return { requeued: parsed.requeued, failed: parsed.failed };
+    const parsed = JSON.parse(line) as { requeued: number; failed: number; cancelled: number };
+    return parsed.cancelled > 0
+      ? { requeued: parsed.requeued, failed: parsed.failed, cancelled: parsed.cancelled }
+      : { requeued: parsed.requeued, failed: parsed.failed };
   }
   return undefined;
 }
@@ -279,7 +281,7 @@ describe('restart recovery (real child process)', () => {
     ]);
   });
 
-  it('SIGTERM while a job runs exits 0 at once; the job is re-run after the restart', async () => {
+  it('SIGTERM while a job runs exits 0 at once; the job goes back to the queue without spending an attempt', async () => {
     const { dataDir, writeConfig } = setup();
     const first = await startDaemon('first run', writeConfig({ latencyMsPerImage: 3_000 }), dataDir);
     const id = await submit(first, 'a lighthouse');
@@ -295,11 +297,51 @@ describe('restart recovery (real child process)', () => {
     expect(first.output).toMatch(/attempt aborted: shutting down/);
 
     const second = await startDaemon('after SIGTERM', writeConfig({ latencyMsPerImage: 20 }), dataDir);
-    expect(recoveryCounts(second), second.tail()).toEqual({ requeued: 1, failed: 0 });
+    // A clean stop left nothing processing: there is nothing to recover, the job is simply pending.
+    expect(recoveryCounts(second), second.tail()).toBeUndefined();
     await expectPngResult(await waitForEnd(second, id));
 
     const rows = await stopAndReadJobs(second, dataDir);
-    expect(rows).toEqual([{ id, status: 'completed', attempts: 2 }]);
+    expect(rows).toEqual([{ id, status: 'completed', attempts: 1 }]);
+  });
+
+  it('SIGTERM answers a waiting sync caller 503 shutting_down (retryable) and cancels its job', async () => {
+    const { dataDir, writeConfig } = setup();
+    const first = await startDaemon('sync at SIGTERM', writeConfig({ latencyMsPerImage: 3_000 }), dataDir);
+    const answer = fetch(`${first.url}/v1/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: 'waiting caller', size: '256x256' }),
+    });
+    await sleep(300);
+    expect((await first.kill('SIGTERM')).code, first.tail()).toBe(0);
+    const res = await answer;
+    expect(res.status).toBe(503);
+    expect(res.headers.get('x-should-retry')).toBe('true');
+    expect(res.headers.get('retry-after')).toBeTruthy();
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe('shutting_down');
+    const second = await startDaemon('after sync SIGTERM', writeConfig({ latencyMsPerImage: 20 }), dataDir);
+    const rows = await stopAndReadJobs(second, dataDir);
+    expect(rows.map((r) => r.status)).toEqual(['cancelled']);
+  });
+
+  it('after SIGKILL, a sync job whose caller was waiting is cancelled, not run for nobody', async () => {
+    const { dataDir, writeConfig } = setup();
+    const first = await startDaemon('sync at SIGKILL', writeConfig({ latencyMsPerImage: 3_000 }), dataDir);
+    const answer = fetch(`${first.url}/v1/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: MODEL, prompt: 'orphaned caller', size: '256x256' }),
+    }).catch((err: unknown) => err);
+    const asyncId = await submit(first, 'queued behind it');
+    await sleep(300);
+    await first.kill('SIGKILL');
+    expect(await answer).toBeInstanceOf(Error);
+    const second = await startDaemon('after sync SIGKILL', writeConfig({ latencyMsPerImage: 20 }), dataDir);
+    expect(recoveryCounts(second), second.tail()).toEqual({ requeued: 0, failed: 0, cancelled: 1 });
+    await expectPngResult(await waitForEnd(second, asyncId));
+    const rows = await stopAndReadJobs(second, dataDir);
+    expect(rows.map((r) => r.status).sort()).toEqual(['cancelled', 'completed']);
   });
 
   it('an idle daemon exits 0 quickly on SIGTERM and keeps finished jobs readable after a restart', async () => {

@@ -39,6 +39,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
+    delivery: mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async',
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),
   });
@@ -65,14 +66,21 @@ async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Respon
     if (!res.writableFinished) gone.abort();
   };
   res.on('close', onClose);
+  const stopping = deps.service.shutdownSignal;
   try {
-    const ended = await deps.service.waitForEnd(job.id, Number.MAX_SAFE_INTEGER, gone.signal);
+    const ended = await deps.service.waitForEnd(job.id, Number.MAX_SAFE_INTEGER, AbortSignal.any([gone.signal, stopping]));
+    const unfinished = ended !== undefined && (ended.status === 'pending' || ended.status === 'processing');
     if (gone.signal.aborted) {
-      if (ended && (ended.status === 'pending' || ended.status === 'processing')) {
+      if (unfinished) {
         await deps.service.cancel(job.id);
         deps.logger.info('sync caller disconnected; job cancelled', { jobId: job.id, requestId: req.requestId });
       }
       return;
+    }
+    if (stopping.aborted && unfinished) {
+      // The caller would otherwise lose its connection with no answer; a retryable 503 tells it to come back.
+      await deps.service.cancel(job.id);
+      throw stopping.reason;
     }
     if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);
     if (ended.status === 'completed') {

@@ -54,7 +54,7 @@ async function waitIfAsked(deps: AppDeps, req: Request, job: Job): Promise<Job> 
   const onClose = () => gone.abort();
   req.on('close', onClose);
   try {
-    return (await deps.service.waitForEnd(job.id, seconds * 1000, gone.signal)) ?? job;
+    return (await deps.service.waitForEnd(job.id, seconds * 1000, AbortSignal.any([gone.signal, deps.service.shutdownSignal]))) ?? job;
   } finally {
     req.off('close', onClose);
   }

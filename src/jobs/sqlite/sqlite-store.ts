@@ -13,6 +13,7 @@ const MIGRATIONS: string[] = [
      id TEXT NOT NULL UNIQUE,
      owner TEXT NOT NULL,
      kind TEXT NOT NULL,
+     delivery TEXT NOT NULL CHECK (delivery IN ('sync', 'async')),
      model TEXT NOT NULL,
      backend_id TEXT NOT NULL,
      status TEXT NOT NULL,
@@ -53,6 +54,7 @@ interface JobRow {
   id: string;
   owner: string;
   kind: string;
+  delivery: string;
   model: string;
   backend_id: string;
   status: string;
@@ -81,6 +83,7 @@ function fromRow(row: JobRow): Job {
     id: row.id,
     owner: row.owner,
     kind: row.kind as Job['kind'],
+    delivery: row.delivery as Job['delivery'],
     model: row.model,
     backendId: row.backend_id,
     status: row.status as Job['status'],
@@ -126,9 +129,9 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       'UPDATE jobs SET idempotency_key = NULL WHERE owner = ? AND idempotency_key = ? AND created_ms < ?',
     ),
     insert: db.prepare(
-      `INSERT INTO jobs (id, owner, kind, model, backend_id, status, params, inputs, request_sha256, fingerprint,
+      `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, inputs, request_sha256, fingerprint,
          idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
-       VALUES (@id, @owner, @kind, @model, @backend_id, 'pending', @params, @inputs, @request_sha256, @fingerprint,
+       VALUES (@id, @owner, @kind, @delivery, @model, @backend_id, 'pending', @params, @inputs, @request_sha256, @fingerprint,
          @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms)`,
     ),
     insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
@@ -169,6 +172,14 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
        WHERE id = ? AND status IN ('pending', 'processing')`,
     ),
     processing: db.prepare<[], JobRow>("SELECT * FROM jobs WHERE status = 'processing'"),
+    unfinishedSync: db.prepare<[], { id: string }>(
+      "SELECT id FROM jobs WHERE delivery = 'sync' AND status IN ('pending', 'processing')",
+    ),
+    releaseClaim: db.prepare<[number, string, string]>(
+      `UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_token = NULL, lease_expires_ms = NULL,
+         updated_ms = ?
+       WHERE id = ? AND lease_token = ? AND status = 'processing'`,
+    ),
     requeue: db.prepare<[number, string]>(
       `UPDATE jobs SET status = 'pending', lease_token = NULL, lease_expires_ms = NULL, updated_ms = ?
        WHERE id = ? AND status = 'processing'`,
@@ -211,6 +222,7 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       id: job.id,
       owner: job.owner,
       kind: job.kind,
+      delivery: job.delivery,
       model: job.model,
       backend_id: job.backendId,
       params: JSON.stringify(job.params),
@@ -251,6 +263,16 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     (policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) => {
       let requeued = 0;
       let failed = 0;
+      let cancelled = 0;
+      const gone: JobError = {
+        code: 'job_cancelled',
+        message: 'the daemon restarted while the caller waited for this job; nobody was left to receive it',
+      };
+      for (const { id } of stmt.unfinishedSync.all()) {
+        stmt.cancel.run(JSON.stringify(gone), nowMs, nowMs, expiresMs, id);
+        stmt.dropRefs.run(id, 'input');
+        cancelled += 1;
+      }
       for (const row of stmt.processing.all()) {
         const job = fromRow(row);
         const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
@@ -267,7 +289,7 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
           failed += 1;
         }
       }
-      return { requeued, failed };
+      return { requeued, failed, cancelled };
     },
   );
 
@@ -325,6 +347,9 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       cancel(id, nowMs, expiresMs);
       const row = stmt.get.get(id);
       return row ? fromRow(row) : undefined;
+    },
+    async releaseClaim(id, leaseToken, nowMs) {
+      return stmt.releaseClaim.run(nowMs, id, leaseToken).changes > 0;
     },
     async recoverInterrupted(policy, maxAttempts, nowMs, expiresMs) {
       return recoverInterrupted(policy, maxAttempts, nowMs, expiresMs);
