@@ -50,7 +50,6 @@ export const ERROR_CODES = {
   upstream_timeout: { status: 504, type: 'upstream_error', retryable: false },
   job_cancelled: { status: 409, type: 'conflict_error', retryable: false },
   shutting_down: { status: 503, type: 'server_error', retryable: true },
-  not_ready: { status: 503, type: 'server_error', retryable: true },
   insufficient_storage: { status: 507, type: 'insufficient_storage', retryable: true },
   internal_error: { status: 500, type: 'server_error', retryable: false },
 } as const satisfies Record<string, CodeInfo>;

@@ -426,6 +426,17 @@ async function decodeInput<T>(backendId: string, what: string, run: () => Promis
   }
 }
 
+/** Decodes to RGBA at exactly width × height (cover, centred), as the edit blends pixel by pixel. */
+async function decodeCoverRgba(input: ImageSource, width: number, height: number): Promise<{ data: Buffer; hasAlpha: boolean }> {
+  const meta = await sharp(input).metadata();
+  let pipeline = sharp(input);
+  // Resampling to the same size can still shift values by one; skipping it keeps unmasked pixels exact.
+  if (meta.width !== width || meta.height !== height) pipeline = pipeline.resize(width, height, { fit: 'cover' });
+  const { data, info } = await pipeline.toColourspace('srgb').ensureAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  if (info.channels !== 4) throw new Error(`decoded to ${info.channels} channels, expected 4`);
+  return { data, hasAlpha: meta.hasAlpha === true };
+}
+
 /**
  * Decodes the first image and the mask, both scaled to the output size the same way (cover, centred), so
  * the mask keeps lining up with the picture; and averages the other images into a tint.
@@ -434,17 +445,8 @@ export async function prepareEditInputs(backendId: string, params: PrepareEditPa
   const { width, height } = params;
 
   const { original, originalHasAlpha } = await decodeInput(backendId, 'input image 1', async () => {
-    const meta = await sharp(params.image).metadata();
-    let pipeline = sharp(params.image);
-    // Resampling to the same size can still shift values by one; skipping it keeps unmasked pixels exact.
-    if (meta.width !== width || meta.height !== height) pipeline = pipeline.resize(width, height, { fit: 'cover' });
-    const { data, info } = await pipeline
-      .toColourspace('srgb')
-      .ensureAlpha()
-      .raw({ depth: 'uchar' })
-      .toBuffer({ resolveWithObject: true });
-    if (info.channels !== 4) throw new Error(`decoded to ${info.channels} channels, expected 4`);
-    return { original: { data, width, height }, originalHasAlpha: meta.hasAlpha };
+    const { data, hasAlpha } = await decodeCoverRgba(params.image, width, height);
+    return { original: { data, width, height }, originalHasAlpha: hasAlpha };
   });
 
   let maskAlpha: Uint8Array | undefined;
@@ -452,19 +454,11 @@ export async function prepareEditInputs(backendId: string, params: PrepareEditPa
   const mask = params.mask;
   if (mask !== undefined) {
     maskAlpha = await decodeInput(backendId, 'mask', async () => {
-      const meta = await sharp(mask).metadata();
-      if (!meta.hasAlpha) {
+      const { data, hasAlpha } = await decodeCoverRgba(mask, width, height);
+      if (!hasAlpha) {
         maskHasAlpha = false;
         return new Uint8Array(width * height).fill(255);
       }
-      let pipeline = sharp(mask);
-      if (meta.width !== width || meta.height !== height) pipeline = pipeline.resize(width, height, { fit: 'cover' });
-      const { data, info } = await pipeline
-        .toColourspace('srgb')
-        .ensureAlpha()
-        .raw({ depth: 'uchar' })
-        .toBuffer({ resolveWithObject: true });
-      if (info.channels !== 4) throw new Error(`decoded to ${info.channels} channels, expected 4`);
       const alpha = new Uint8Array(width * height);
       for (let p = 0; p < alpha.length; p++) alpha[p] = data[p * 4 + 3] as number;
       return alpha;

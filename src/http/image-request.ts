@@ -140,9 +140,6 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
         param: 'image',
       });
     }
-    if (rawMask !== undefined && rawImages.length === 0) {
-      throw new PixeldError('invalid_mask', 'a mask needs an image to apply to', { param: 'mask' });
-    }
 
     const images: PreparedInput[] = [];
     for (const raw of rawImages) images.push(await prepareInput(raw, ctx));
