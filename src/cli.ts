@@ -1,5 +1,4 @@
 import { parseArgs } from 'node:util';
-import { serve } from './main.js';
 
 const HELP = `pixeld — provider daemon for image models (OpenAI-compatible image API, async jobs)
 
@@ -7,6 +6,8 @@ Usage: pixeld <command> [options]
 
 Commands:
   serve            Run the daemon (the default when no command is given)
+  verify           Check a job's images and signatures against the daemon's attestation
+                   (pixeld verify --help for details)
   help             Show this help
 
 Options:
@@ -14,12 +15,26 @@ Options:
                         if present, else the built-in development defaults.
   -h, --help            Show this help
 
+verify options:
+  --url <daemon> --job <id> --request <file>   The daemon, the job id (ZG-Res-Key), the request body as sent
+  --response <file> | --image <file> ...       The JSON response received, or each image file as received
+  --model <id>  --signer <0x...>               Fail unless the receipt names this model / this attested signer
+  --collateral <file>  --pccs <url>            Quote collateral to verify offline, or the PCCS to fetch it from
+  --now <unix seconds>                         Time the collateral must be valid at (default: now)
+  --allow-insecure                             Accept a dev-mode daemon (nothing attested) and check the rest
+  Exit status 0 only when every check passes.
+
 Environment:
   PORT, HOST, PIXELD_DATA_DIR, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
   override the matching config keys (see config/pixeld.example.yaml).
 `;
 
 async function main(argv: string[]): Promise<number> {
+  // verify has options of its own, and must not load the daemon (SQLite, sharp) on a client's machine.
+  if (argv[0] === 'verify') {
+    const { runVerifyCommand } = await import('./tee/verify-command.js');
+    return runVerifyCommand(argv.slice(1));
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -41,8 +56,10 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   switch (command) {
-    case 'serve':
+    case 'serve': {
+      const { serve } = await import('./main.js');
       return serve({ configPath: parsed.values.config });
+    }
     default:
       console.error(`pixeld: unknown command "${command}"\n\n${HELP}`);
       return 2;

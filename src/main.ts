@@ -16,12 +16,17 @@ import type { JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
 import { createLogger, type Logger } from './obs/logger.js';
 import { Readiness } from './obs/readiness.js';
+import { AttestationService } from './tee/attestation.js';
+import { TeeError, type TeeKeyProvider } from './tee/key-provider.js';
+import { openTeeKeyProvider } from './tee/open-key-provider.js';
 
 export interface DaemonOptions {
   config: Readonly<Config>;
   logger: Logger;
   /** Replaces the configured adapters (tests inject fakes that need no network). */
   backends?: ReadonlyMap<string, ImageBackend>;
+  /** Replaces the key provider `tee.mode` names (tests inject one on a fake TEE). */
+  tee?: TeeKeyProvider;
   now?: () => number;
 }
 
@@ -32,6 +37,7 @@ export interface Daemon {
   service: JobService;
   sweeper: Sweeper;
   blobs: BlobStore;
+  tee: TeeKeyProvider;
   /** Starts the runner and sweeper (recovering interrupted jobs first). */
   start(): Promise<void>;
   /** Listens on the configured host and port; resolves with the server once it accepts connections. */
@@ -52,6 +58,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   await blobs.init();
   const store = openSqliteJobStore({ file: path.join(config.dataDir, 'pixeld.sqlite') });
   const catalog = new ModelCatalog(config.models);
+  const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
   const backends = options.backends ?? new Map(config.backends.map((b) => [b.id, createBackend(b, { logger })]));
   const runner = new JobRunner({
     store,
@@ -59,6 +66,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     backends,
     concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
     catalog,
+    tee,
+    providerAddress: config.provider.address,
     jobs: config.jobs,
     maxOutputPixels: 4 * config.limits.maxInputPixels,
     logger,
@@ -75,7 +84,27 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
   const readiness = new Readiness({ store, backends });
-  const app = createApp({ config, catalog, service, blobs, readiness, logger, now, startedAtSeconds: Math.floor(now() / 1000) });
+  const attestation = new AttestationService({
+    key: tee,
+    providerAddress: config.provider.address,
+    modelIds: config.models.map((m) => m.id),
+    cachedReportTtlMs: config.tee.cachedReportTtlMs,
+    freshReportsPerMinute: config.tee.freshReportsPerMinute,
+    logger,
+    now,
+  });
+  const app = createApp({
+    config,
+    catalog,
+    service,
+    blobs,
+    readiness,
+    attestation,
+    teeAttested: !tee.insecure,
+    logger,
+    now,
+    startedAtSeconds: Math.floor(now() / 1000),
+  });
   let server: Server | undefined;
 
   return {
@@ -85,6 +114,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     service,
     sweeper,
     blobs,
+    tee,
     async start() {
       await runner.start();
       sweeper.start();
@@ -139,12 +169,23 @@ export async function serve(options: ServeOptions): Promise<number> {
   const { config, source } = loaded;
   const logger = createLogger({ level: config.log.level, format: process.stdout.isTTY ? 'pretty' : 'json' });
   for (const warning of developmentWarnings(config)) logger.warn(warning);
-  const daemon = await createDaemon({ config, logger });
+  let daemon: Daemon;
+  try {
+    daemon = await createDaemon({ config, logger });
+  } catch (err) {
+    if (err instanceof TeeError) {
+      logger.error(err.message);
+      return 2;
+    }
+    throw err;
+  }
   await daemon.start();
   const server = await daemon.listen();
   const address = server.address();
   const where = typeof address === 'object' && address ? `http://${address.address}:${address.port}` : String(address);
   logger.info(`pixeld listening on ${where}`, {
+    tee: daemon.tee.mode,
+    signer: daemon.tee.address,
     config: source ?? 'built-in development defaults',
     dataDir: config.dataDir,
     models: config.models.map((m) => m.id),
@@ -174,6 +215,9 @@ export function developmentWarnings(config: Readonly<Config>): string[] {
   const warnings: string[] = [];
   if (config.auth.mode === 'none') {
     warnings.push('DEVELOPMENT CONFIGURATION: auth.mode is "none" — anyone who can reach this port can use the GPU. Do not expose it.');
+  }
+  if (config.tee.mode === 'dev') {
+    warnings.push('DEVELOPMENT CONFIGURATION: tee.mode is "dev" — the signing key is a plain file and nothing is attested (INSECURE-DEV).');
   }
   const reference = config.backends.filter((b) => b.type === 'reference').map((b) => b.id);
   if (reference.length > 0) {

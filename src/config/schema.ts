@@ -110,6 +110,54 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    tee: z
+      .object({
+        /**
+         * Where the response-signing key lives. `dev`: a key file in the data dir, no quote, marked
+         * insecure everywhere; `dstack`: derived by the dstack guest agent; `tdx`: made in-process inside a
+         * TDX guest, kept on tmpfs, quoted through configfs-tsm.
+         */
+        mode: z.enum(['dev', 'dstack', 'tdx']).default('dev'),
+        /** Lets `dev` mode start with NODE_ENV=production. Never set this for a real service. */
+        allowDevInProduction: z.boolean().default(false),
+        dstack: z
+          .object({
+            /** Unix socket path or http(s) URL of the guest agent; default: the SDK's search (DSTACK_SIMULATOR_ENDPOINT, /var/run/dstack.sock, …). */
+            endpoint: z.string().optional(),
+            /** Key derivation path; versioned so the signer address stays put across restarts and upgrades. */
+            keyPath: z.string().min(1).default('pixeld/signing/v1'),
+          })
+          .strict()
+          .prefault({}),
+        tdx: z
+          .object({
+            /** configfs-tsm report directory. */
+            tsmReportDir: z.string().default('/sys/kernel/config/tsm/report'),
+            /** The key file; must be on tmpfs inside the TD so it dies with the VM. */
+            keyFile: z.string().default('/run/pixeld/tee-signing-key'),
+          })
+          .strict()
+          .prefault({}),
+        /** Reports with a caller's nonce need a fresh quote (seconds each, serialised by the kernel). */
+        freshReportsPerMinute: z.number().int().min(1).default(30),
+        /** How long the nonce-less report is reused. */
+        cachedReportTtlMs: z.number().int().min(1000).default(10 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    provider: z
+      .object({
+        /**
+         * The provider wallet address this service is registered under on 0G; named in attestation
+         * bindings and receipts. The zero address until one is configured.
+         */
+        address: z
+          .string()
+          .regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 0x-prefixed 20-byte hex address')
+          .default('0x0000000000000000000000000000000000000000'),
+      })
+      .strict()
+      .prefault({}),
     /** Where the SQLite file and image files live. */
     dataDir: z.string().default('./data'),
     store: z.object({ type: z.literal('sqlite') }).strict().prefault({ type: 'sqlite' }),

@@ -6,7 +6,9 @@ import type { BlobStore } from '../images/blob-store.js';
 import type { JobService } from '../jobs/service.js';
 import type { Logger } from '../obs/logger.js';
 import type { Readiness } from '../obs/readiness.js';
+import type { AttestationService } from '../tee/attestation.js';
 import { errorHandler, notFoundHandler } from './errors.js';
+import { attestationRoutes } from './routes/attestation.js';
 import { imageRoutes } from './routes/images.js';
 import { jobRoutes } from './routes/jobs.js';
 import { serviceInfoRoutes } from './routes/service-info.js';
@@ -26,6 +28,9 @@ export interface AppDeps {
   service: JobService;
   blobs: BlobStore;
   readiness: Readiness;
+  attestation: AttestationService;
+  /** false in tee.mode dev: nothing this daemon signs is attested. */
+  teeAttested: boolean;
   logger: Logger;
   now: () => number;
   startedAtSeconds: number;
@@ -53,6 +58,7 @@ export function createApp(deps: AppDeps): Express {
   });
 
   app.use(serviceInfoRoutes(deps));
+  app.use(attestationRoutes(deps));
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
   app.use(notFoundHandler);

@@ -3,6 +3,7 @@ import type { ImageSize } from '../backends/types.js';
 import type { ModelConfig } from '../config/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { InputImageInfo } from '../images/inspect-input.js';
+import type { JobSignature } from '../tee/receipt.js';
 
 /**
  * A job's life: pending → processing → completed | failed | cancelled. A processing job whose attempt
@@ -91,6 +92,8 @@ export interface Job {
   inputs: JobInput[];
   /** sha256 of the raw request body exactly as received. */
   requestSha256: string;
+  /** The model's price when the job was accepted; the fee is this × delivered images. */
+  pricePerImageWei: bigint;
   /** sha256 over the request's meaning (fields and image hashes), for Idempotency-Key comparison. */
   fingerprint: string;
   idempotencyKey: string | undefined;
@@ -108,6 +111,8 @@ export interface Job {
   leaseExpiresMs: number | undefined;
   error: JobError | undefined;
   result: JobResult | undefined;
+  /** The TEE key's signatures over request and images; kept after the result expires. */
+  signature: JobSignature | undefined;
   /** When the result files are due for deletion (finished + TTL). */
   expiresMs: number | undefined;
   /** Set once the sweeper deleted the result files: the job has expired. */

@@ -7,6 +7,8 @@ import { PixeldError } from '../errors.js';
 import type { BlobStore } from '../images/blob-store.js';
 import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../images/normalize-output.js';
 import type { Logger } from '../obs/logger.js';
+import type { TeeKeyProvider } from '../tee/key-provider.js';
+import { signJob, type JobSignature } from '../tee/receipt.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
 import type { ClaimedJob, JobStore } from './store.js';
 
@@ -17,6 +19,10 @@ export interface RunnerDeps {
   /** Calls each backend may run at once, by backend id. */
   concurrency: ReadonlyMap<string, number>;
   catalog: ModelCatalog;
+  /** Signs every completed job's request and images (tee.md §3). */
+  tee: TeeKeyProvider;
+  /** Provider wallet address named in receipts. */
+  providerAddress: string;
   jobs: Config['jobs'];
   maxOutputPixels: number;
   logger: Logger;
@@ -158,8 +164,9 @@ export class JobRunner {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
       log.debug('attempt started');
       const result = await this.produce(job, backend, controller.signal, deadlineMs);
+      const signature = await this.sign(job, result);
       const finishedMs = now();
-      if (await store.complete(job.id, job.leaseToken, result, finishedMs, finishedMs + jobs.resultTtlMs)) {
+      if (await store.complete(job.id, job.leaseToken, result, signature, finishedMs, finishedMs + jobs.resultTtlMs)) {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
         log.info('job completed', { images: result.images.length, requested: job.params.n, ms: finishedMs - startedMs });
       } else {
@@ -268,6 +275,22 @@ export class JobRunner {
       fileToken: newToken(),
       warnings: [...warnings],
     };
+  }
+
+  /** Signed before the job completes, so no completed job is ever without its signatures. */
+  private sign(job: Job, result: JobResult): Promise<JobSignature> {
+    const images = result.images.map((i) => i.sha256);
+    return signJob(this.deps.tee, {
+      provider: this.deps.providerAddress,
+      job: job.id,
+      model: job.model,
+      user: job.owner,
+      requestSha256: job.requestSha256,
+      imageSha256: images,
+      pricePerImageWei: job.pricePerImageWei,
+      feeWei: job.pricePerImageWei * BigInt(images.length),
+      created: result.created,
+    });
   }
 
   private backendModel(job: Job): string {

@@ -84,6 +84,7 @@ export class JobService {
           params: request.params,
           inputs,
           requestSha256: request.requestSha256,
+          pricePerImageWei: request.model.pricePerImageWei,
           fingerprint: request.fingerprint,
           idempotencyKey: options.idempotencyKey,
           baseUrl: options.baseUrl,

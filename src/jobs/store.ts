@@ -1,3 +1,4 @@
+import type { JobSignature } from '../tee/receipt.js';
 import type { Job, JobError, JobResult } from './model.js';
 
 /** What the HTTP layer hands the store; the store fills in the lifecycle fields. */
@@ -12,6 +13,7 @@ export type NewJob = Pick<
   | 'params'
   | 'inputs'
   | 'requestSha256'
+  | 'pricePerImageWei'
   | 'fingerprint'
   | 'idempotencyKey'
   | 'baseUrl'
@@ -43,7 +45,8 @@ export interface JobStore {
   /** Takes the oldest runnable pending job of the backend, starting an attempt under a fresh lease. */
   claimNext(backendId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
   extendLease(id: string, leaseToken: string, leaseExpiresMs: number): Promise<boolean>;
-  complete(id: string, leaseToken: string, result: JobResult, nowMs: number, expiresMs: number): Promise<boolean>;
+  /** Completes the job with its result and signatures in one transition. */
+  complete(id: string, leaseToken: string, result: JobResult, signature: JobSignature, nowMs: number, expiresMs: number): Promise<boolean>;
   fail(id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number): Promise<boolean>;
   /** Back to pending, to be claimed again no earlier than runAfterMs; the error is kept for the record. */
   retryLater(id: string, leaseToken: string, error: JobError, runAfterMs: number, nowMs: number): Promise<boolean>;

@@ -83,6 +83,8 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.store).toEqual(defaults.store);
     expect(config.auth).toEqual(defaults.auth);
     expect(config.log).toEqual(defaults.log);
+    expect(config.tee).toEqual(defaults.tee);
+    expect(config.provider).toEqual(defaults.provider);
     expect(config.limits).toEqual(defaults.limits);
     expect(config.jobs).toEqual(defaults.jobs);
     expect(config.dataDir).toBe(path.resolve(REPO, defaults.dataDir));

@@ -6,6 +6,7 @@ import type { ImageBackend } from '../../src/backends/types.js';
 import { configSchema, DEVELOPMENT_DEFAULTS, type Config, type ConfigInput } from '../../src/config/schema.js';
 import { createDaemon, type Daemon } from '../../src/main.js';
 import { createLogger, type Logger } from '../../src/obs/logger.js';
+import type { TeeKeyProvider } from '../../src/tee/key-provider.js';
 import { Writable } from 'node:stream';
 
 export interface TestDaemon {
@@ -26,6 +27,8 @@ export interface TestDaemonOptions {
   /** Leave the runner and sweeper stopped. */
   noStart?: boolean;
   now?: () => number;
+  /** Replaces the key provider `tee.mode` names (a fake TEE). */
+  tee?: TeeKeyProvider;
 }
 
 export function tempDir(prefix = 'pixeld-test-'): string {
@@ -58,7 +61,7 @@ export async function startTestDaemon(options: TestDaemonOptions = {}): Promise<
       },
     }),
   });
-  const daemon = await createDaemon({ config, logger, backends: options.backends, now: options.now });
+  const daemon = await createDaemon({ config, logger, backends: options.backends, tee: options.tee, now: options.now });
   if (!options.noStart) await daemon.start();
   const server = await daemon.listen();
   const { port } = server.address() as AddressInfo;

@@ -23,6 +23,7 @@ describe('sqlite job store', () => {
         params: { prompt: 'persist', n: 1, size: '64x64', quality: 'high', responseFormat: 'b64_json', outputFormat: 'png', outputCompression: undefined, background: 'auto', seed: 3, negativePrompt: undefined, numInferenceSteps: undefined, guidanceScale: undefined, user: undefined },
         inputs: [],
         requestSha256: '0'.repeat(64),
+        pricePerImageWei: 5n,
         fingerprint: '1'.repeat(64),
         idempotencyKey: undefined,
         baseUrl: 'http://x',

@@ -6,6 +6,7 @@ import { sendError } from '../errors.js';
 import { parseImageRequest } from '../image-request.js';
 import { readImageRequestBody } from '../read-body.js';
 import { renderImagesResponse, theRouterJobBody } from '../render.js';
+import { setReceiptHeaders } from './attestation.js';
 
 /**
  * Submitting work. The sync endpoints (`/v1/images/*`, `/v1/proxy/images/*`) answer with the images;
@@ -85,7 +86,7 @@ async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Respon
     if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);
     if (ended.status === 'completed') {
       const response = await renderImagesResponse(ended, deps.blobs, deps.now());
-      res.setHeader('ZG-Res-Key', ended.id);
+      setReceiptHeaders(res, ended);
       res.status(200).json(response);
       return;
     }

@@ -2,6 +2,7 @@ import { Router, type Request, type Response } from 'express';
 import { PixeldError } from '../../errors.js';
 import { isExpired, isTerminal, JOB_ID_PATTERN, type Job } from '../../jobs/model.js';
 import type { AppDeps } from '../app.js';
+import { setReceiptHeaders } from './attestation.js';
 import { expiredError, renderImagesResponse, theRouterJobBody, zeroGPollBody, type ImagesResponse } from '../render.js';
 
 /**
@@ -78,7 +79,7 @@ async function responseIfCompleted(deps: AppDeps, job: Job): Promise<ImagesRespo
 }
 
 async function setPollHeaders(deps: AppDeps, job: Job, res: Response): Promise<void> {
-  if (job.status === 'completed') res.setHeader('ZG-Res-Key', job.id);
+  if (job.status === 'completed') setReceiptHeaders(res, job);
   if (job.status === 'pending' || job.status === 'processing') {
     res.setHeader('Retry-After', String(await deps.service.retryAfterSeconds(job)));
   }

@@ -26,9 +26,9 @@ export function serviceInfoRoutes(deps: AppDeps): Router {
         max_n: m.maxN,
         extensions: m.extensions,
         pricing: { image: m.pricePerImageWei.toString(), unit: 'wei' },
-        // No TEE key yet: nothing this daemon returns is attested, and it says so.
-        verifiability: 'none',
-        tee_attested: false,
+        // Honest about dev mode: a key in a plain file attests nothing.
+        verifiability: deps.teeAttested ? 'TeeML' : 'none',
+        tee_attested: deps.teeAttested,
       })),
     });
   });

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import type { JobSignature } from '../../tee/receipt.js';
 import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
 import type { ClaimedJob, InterruptedJobPolicy, JobStore, NewJob } from '../store.js';
 
@@ -47,6 +48,8 @@ const MIGRATIONS: string[] = [
      PRIMARY KEY (job_id, sha256, role)
    );
    CREATE INDEX blob_refs_sha ON blob_refs (sha256);`,
+  `ALTER TABLE jobs ADD COLUMN price_per_image_wei TEXT NOT NULL DEFAULT '0';
+   ALTER TABLE jobs ADD COLUMN signature TEXT;`,
 ];
 
 interface JobRow {
@@ -76,6 +79,8 @@ interface JobRow {
   result: string | null;
   expires_ms: number | null;
   results_deleted_ms: number | null;
+  price_per_image_wei: string;
+  signature: string | null;
 }
 
 function fromRow(row: JobRow): Job {
@@ -90,6 +95,7 @@ function fromRow(row: JobRow): Job {
     params: reviveParams(JSON.parse(row.params) as Job['params']),
     inputs: JSON.parse(row.inputs) as Job['inputs'],
     requestSha256: row.request_sha256,
+    pricePerImageWei: BigInt(row.price_per_image_wei),
     fingerprint: row.fingerprint,
     idempotencyKey: row.idempotency_key ?? undefined,
     baseUrl: row.base_url,
@@ -103,6 +109,7 @@ function fromRow(row: JobRow): Job {
     leaseExpiresMs: row.lease_expires_ms ?? undefined,
     error: row.error === null ? undefined : (JSON.parse(row.error) as JobError),
     result: row.result === null ? undefined : (JSON.parse(row.result) as JobResult),
+    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as JobSignature),
     expiresMs: row.expires_ms ?? undefined,
     resultsDeletedMs: row.results_deleted_ms ?? undefined,
   };
@@ -129,10 +136,10 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       'UPDATE jobs SET idempotency_key = NULL WHERE owner = ? AND idempotency_key = ? AND created_ms < ?',
     ),
     insert: db.prepare(
-      `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, inputs, request_sha256, fingerprint,
-         idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
-       VALUES (@id, @owner, @kind, @delivery, @model, @backend_id, 'pending', @params, @inputs, @request_sha256, @fingerprint,
-         @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms)`,
+      `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, inputs, request_sha256,
+         price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
+       VALUES (@id, @owner, @kind, @delivery, @model, @backend_id, 'pending', @params, @inputs, @request_sha256,
+         @price_per_image_wei, @fingerprint, @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms)`,
     ),
     insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
     dropRefs: db.prepare<[string, string]>('DELETE FROM blob_refs WHERE job_id = ? AND role = ?'),
@@ -151,8 +158,8 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     extendLease: db.prepare<[number, string, string]>(
       "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ? AND status = 'processing'",
     ),
-    complete: db.prepare<[string, number, number, number, string, string]>(
-      `UPDATE jobs SET status = 'completed', result = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+    complete: db.prepare<[string, string, number, number, number, string, string]>(
+      `UPDATE jobs SET status = 'completed', result = ?, signature = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
          lease_token = NULL, lease_expires_ms = NULL, error = NULL
        WHERE id = ? AND lease_token = ? AND status = 'processing'`,
     ),
@@ -228,6 +235,7 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       params: JSON.stringify(job.params),
       inputs: JSON.stringify(job.inputs),
       request_sha256: job.requestSha256,
+      price_per_image_wei: job.pricePerImageWei.toString(),
       fingerprint: job.fingerprint,
       idempotency_key: job.idempotencyKey ?? null,
       base_url: job.baseUrl,
@@ -237,14 +245,17 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     return { job: fromRow(stmt.get.get(job.id)!), created: true };
   });
 
-  const complete = db.transaction((id: string, leaseToken: string, result: JobResult, nowMs: number, expiresMs: number) => {
-    const changed = stmt.complete.run(JSON.stringify(result), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
+  const complete = db.transaction(
+    (id: string, leaseToken: string, result: JobResult, signature: JobSignature, nowMs: number, expiresMs: number) => {
+    const changed =
+      stmt.complete.run(JSON.stringify(result), JSON.stringify(signature), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
     if (changed) {
       stmt.dropRefs.run(id, 'input');
       for (const image of result.images) stmt.insertRef.run(id, image.sha256, 'output');
     }
     return changed;
-  });
+  },
+  );
 
   const fail = db.transaction((id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number) => {
     const changed = stmt.fail.run(JSON.stringify(error), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
@@ -334,8 +345,8 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     async extendLease(id, leaseToken, leaseExpiresMs) {
       return stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0;
     },
-    async complete(id, leaseToken, result, nowMs, expiresMs) {
-      return complete(id, leaseToken, result, nowMs, expiresMs);
+    async complete(id, leaseToken, result, signature, nowMs, expiresMs) {
+      return complete(id, leaseToken, result, signature, nowMs, expiresMs);
     },
     async fail(id, leaseToken, error, nowMs, expiresMs) {
       return fail(id, leaseToken, error, nowMs, expiresMs);

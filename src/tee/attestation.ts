@@ -1,0 +1,183 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { PixeldError } from '../errors.js';
+import type { Logger } from '../obs/logger.js';
+import { canonicalJson } from './canonical-json.js';
+import { TeeError, type TeeKeyProvider } from './key-provider.js';
+import { signQuoteBody } from './receipt.js';
+
+/**
+ * Attestation (tee.md §2): a quote whose 64-byte report_data is sha256(canonical binding) ‖ nonce, so
+ * one quote proves both which key signs (the binding) and that it is fresh (the caller's nonce).
+ */
+
+export interface AttestationBinding {
+  v: 1;
+  signing_address: string;
+  signing_algo: 'ecdsa';
+  /** The models this daemon serves, sorted, comma-separated. */
+  model: string;
+  provider_address: string;
+  key_source: string;
+}
+
+export interface AttestationReport {
+  version: 1;
+  tee: 'tdx' | 'dstack' | 'none';
+  insecure: boolean;
+  key_source: string;
+  signing_address: string;
+  signing_algo: 'ecdsa';
+  /** The caller's nonce (hex), or null for the cached nonce-less report. */
+  request_nonce: string | null;
+  binding: AttestationBinding;
+  report_data: string;
+  intel_quote: string | null;
+  quote_provider: string;
+  event_log: string | null;
+  info: Record<string, unknown> | null;
+  kms_signature_chain: string[];
+}
+
+export function bindingOf(key: TeeKeyProvider, providerAddress: string, modelIds: readonly string[]): AttestationBinding {
+  return {
+    v: 1,
+    signing_address: key.address,
+    signing_algo: 'ecdsa',
+    model: [...modelIds].sort().join(','),
+    provider_address: providerAddress,
+    key_source: key.keySource,
+  };
+}
+
+/** report_data = sha256(canonical JSON of the binding) ‖ nonce (32 raw bytes; zeros when there is none). */
+export function reportDataOf(binding: AttestationBinding, nonce: Buffer | undefined): Buffer {
+  const digest = createHash('sha256').update(canonicalJson(binding)).digest();
+  return Buffer.concat([digest, nonce ?? Buffer.alloc(32)]);
+}
+
+/** 0G's legacy report_data: the ASCII of the signer address, zero padded to 64 bytes. */
+export function legacyReportData(address: string): Buffer {
+  const data = Buffer.alloc(64);
+  data.write(address, 'ascii');
+  return data;
+}
+
+const NONCE = /^[0-9a-fA-F]{64}$/;
+
+export interface AttestationServiceDeps {
+  key: TeeKeyProvider;
+  providerAddress: string;
+  modelIds: readonly string[];
+  cachedReportTtlMs: number;
+  freshReportsPerMinute: number;
+  logger: Logger;
+  now: () => number;
+}
+
+export class AttestationService {
+  readonly binding: AttestationBinding;
+  private cached: { atMs: number; report: Promise<AttestationReport> } | undefined;
+  private legacy: Promise<{ body: string; signature: string }> | undefined;
+  /** Token bucket for fresh (nonce) reports: quoting takes seconds and the kernel serialises it. */
+  private tokens: number;
+  private refilledAtMs: number;
+
+  constructor(private readonly deps: AttestationServiceDeps) {
+    this.binding = bindingOf(deps.key, deps.providerAddress, deps.modelIds);
+    this.tokens = deps.freshReportsPerMinute;
+    this.refilledAtMs = deps.now();
+  }
+
+  /** With a nonce: a fresh quote, rate-limited. Without: the cached report (report_data ends in zeros). */
+  async report(nonceHex: string | undefined): Promise<AttestationReport> {
+    if (nonceHex === undefined) {
+      const { now, cachedReportTtlMs } = this.deps;
+      if (!this.cached || now() - this.cached.atMs >= cachedReportTtlMs) {
+        const report = this.build(undefined);
+        this.cached = { atMs: now(), report };
+        report.catch(() => {
+          if (this.cached?.report === report) this.cached = undefined;
+        });
+      }
+      return this.cached.report;
+    }
+    if (!NONCE.test(nonceHex)) {
+      throw new PixeldError('invalid_request', 'nonce must be 64 hex characters (32 bytes)', { param: 'nonce' });
+    }
+    this.takeToken();
+    return this.build(Buffer.from(nonceHex, 'hex'));
+  }
+
+  /** `GET /v1/quote`: the hex quote over the padded signer address, and its ZG-Quote-Signature. */
+  legacyQuote(): Promise<{ body: string; signature: string }> {
+    const { key } = this.deps;
+    if (key.insecure) {
+      throw new PixeldError('no_tee', 'this daemon runs in tee.mode "dev": there is no TEE and no quote');
+    }
+    this.legacy ??= (async () => {
+      const quote = await this.quoteOrFail(legacyReportData(key.address));
+      const body = quote.quote.toString('hex');
+      return { body, signature: await signQuoteBody(key, body) };
+    })();
+    this.legacy.catch(() => {
+      this.legacy = undefined;
+    });
+    return this.legacy;
+  }
+
+  private async build(nonce: Buffer | undefined): Promise<AttestationReport> {
+    const { key } = this.deps;
+    const reportData = reportDataOf(this.binding, nonce);
+    const quote = key.insecure ? undefined : await this.quoteOrFail(reportData);
+    const info = await key.info().catch(() => undefined);
+    return {
+      version: 1,
+      tee: key.insecure ? 'none' : key.mode === 'dstack' ? 'dstack' : 'tdx',
+      insecure: key.insecure,
+      key_source: key.keySource,
+      signing_address: key.address,
+      signing_algo: 'ecdsa',
+      request_nonce: nonce ? nonce.toString('hex') : null,
+      binding: this.binding,
+      report_data: reportData.toString('hex'),
+      intel_quote: quote ? quote.quote.toString('hex') : null,
+      quote_provider: quote?.quoteProvider ?? 'none',
+      event_log: quote?.eventLog ?? null,
+      info: info ?? null,
+      kms_signature_chain: key.signatureChain,
+    };
+  }
+
+  private async quoteOrFail(reportData: Buffer) {
+    try {
+      const quote = await this.deps.key.quote(reportData);
+      if (!quote) throw new TeeError('the key provider returned no quote');
+      return quote;
+    } catch (err) {
+      this.deps.logger.error('quote generation failed', { error: (err as Error).message });
+      throw new PixeldError('attestation_failed', `the TEE could not produce a quote: ${(err as Error).message}`, {
+        cause: err,
+        retryAfterSeconds: 5,
+      });
+    }
+  }
+
+  private takeToken(): void {
+    const { now, freshReportsPerMinute } = this.deps;
+    const perMs = freshReportsPerMinute / 60_000;
+    const t = now();
+    this.tokens = Math.min(freshReportsPerMinute, this.tokens + (t - this.refilledAtMs) * perMs);
+    this.refilledAtMs = t;
+    if (this.tokens < 1) {
+      throw new PixeldError('rate_limit_exceeded', `at most ${freshReportsPerMinute} fresh attestation reports a minute; try again shortly`, {
+        retryAfterSeconds: Math.max(1, Math.ceil((1 - this.tokens) / perMs / 1000)),
+      });
+    }
+    this.tokens -= 1;
+  }
+}
+
+/** A random 32-byte nonce as hex, for verifiers. */
+export function newNonce(): string {
+  return randomBytes(32).toString('hex');
+}

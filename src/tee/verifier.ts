@@ -1,0 +1,490 @@
+import { createHash } from 'node:crypto';
+import { getAddress } from 'ethers';
+import { newNonce, reportDataOf, type AttestationReport } from './attestation.js';
+import { receiptFieldsOf, receiptText, recoverTextSigner, zeroGText, type ReceiptJson, type TeeLabel } from './receipt.js';
+import { verifyTdxQuote, type VerifiedTdxQuote } from './verify-quote.js';
+
+/**
+ * The verifier (tee.md §4): from the bytes a client sent and received alone, decide whether *this*
+ * attested machine produced *these* images for *this* request at *this* price. Nothing the daemon says
+ * about the job is taken on trust: every hash is recomputed, both signed texts are rebuilt, and the
+ * signer is tied to the hardware through the quote's report_data and a nonce of our own.
+ *
+ * Every check is reported, failed or not, so one run names everything that differs.
+ */
+
+export interface VerifyJobInput {
+  /** The daemon, e.g. `https://pixeld.example.com`. */
+  baseUrl: string;
+  /** The id from `ZG-Res-Key` (or the async job id). */
+  jobId: string;
+  /** The request body exactly as sent: for a multipart edit, the whole encoded body. */
+  requestBody: Uint8Array;
+  /** Each output image's decoded bytes, as received, in order. */
+  images: Uint8Array[];
+  /** Fail unless the receipt names this model. */
+  expectedModel?: string;
+  /** Fail unless the attested signer is this address (e.g. the on-chain `teeSignerAddress`). */
+  expectedSigner?: string;
+  /** Accept a dev-mode daemon (nothing attested) and check the rest; the `tee` check becomes a warning. */
+  allowInsecure?: boolean;
+  /** Quote collateral (parsed JSON), to verify offline; else it is fetched from `pccsUrl`. */
+  collateral?: unknown;
+  /** @default dcap-qvl's PHALA_PCCS_URL */
+  pccsUrl?: string;
+  /** Time the quote's collateral must be valid at, Unix seconds. @default now */
+  nowSeconds?: number;
+  /** @default globalThis.fetch */
+  fetch?: typeof fetch;
+  /** 64 hex characters. @default 32 fresh random bytes; pass one only to reproduce a run */
+  nonce?: string;
+  /** Per HTTP request to the daemon. @default 30_000 */
+  timeoutMs?: number;
+  /** Replaces the DCAP verification (another verifier, or a test double). @default verifyTdxQuote */
+  verifyQuote?: typeof verifyTdxQuote;
+}
+
+export interface VerificationCheck {
+  /** Short and stable: `quote`, `nonce`, `image 0`, `signature`, … */
+  name: string;
+  ok: boolean;
+  /** What was found; on failure, what differs from what. */
+  detail: string;
+  /** A pass the caller should still read: dev mode accepted, or a TCB level below UpToDate. */
+  warning?: true;
+}
+
+export interface VerificationReport {
+  /** true only when every check passed. */
+  ok: boolean;
+  checks: VerificationCheck[];
+  jobId: string;
+  /** The nonce sent with the attestation request. */
+  nonce: string;
+  /** The signer the daemon attested, when its report could be read. */
+  signingAddress: string | undefined;
+  /** The report's `tee`, when it could be read. */
+  tee: string | undefined;
+  /** The verified quote, when there was one and it verified. */
+  quote: VerifiedTdxQuote | undefined;
+}
+
+/** `GET /v1/signature/{id}` */
+interface SignatureBody {
+  text: string;
+  signature: string;
+  signing_address: string;
+  signing_algo: string;
+  receipt: ReceiptJson;
+}
+
+const DEFAULT_TIMEOUT_MS = 30_000;
+const HEX64 = /^[0-9a-fA-F]{64}$/;
+const TEE_LABEL_OF: Record<AttestationReport['tee'], TeeLabel> = { tdx: 'tdx', dstack: 'dstack', none: 'INSECURE-DEV' };
+
+class Checks {
+  readonly list: VerificationCheck[] = [];
+  pass(name: string, detail: string, warning = false): void {
+    this.list.push(warning ? { name, ok: true, detail, warning: true } : { name, ok: true, detail });
+  }
+  fail(name: string, detail: string): void {
+    this.list.push({ name, ok: false, detail });
+  }
+  check(name: string, ok: boolean, passDetail: string, failDetail: string): void {
+    if (ok) this.pass(name, passDetail);
+    else this.fail(name, failDetail);
+  }
+}
+
+interface Attested {
+  report: AttestationReport;
+  expectedReportData: Buffer;
+}
+
+export async function verifyJob(input: VerifyJobInput): Promise<VerificationReport> {
+  const nonce = (input.nonce ?? newNonce()).toLowerCase();
+  if (!HEX64.test(nonce)) throw new TypeError('nonce must be 64 hex characters (32 bytes)');
+  const ctx = {
+    base: input.baseUrl.replace(/\/+$/, ''),
+    doFetch: input.fetch ?? globalThis.fetch,
+    timeoutMs: input.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+  };
+  const checks = new Checks();
+
+  const attested = await checkAttestation(checks, ctx, nonce, input);
+  const quote = attested && !isInsecure(attested.report) ? await checkQuote(checks, attested, input) : undefined;
+  await checkSignature(checks, ctx, attested?.report, input);
+
+  return {
+    ok: checks.list.length > 0 && checks.list.every((c) => c.ok),
+    checks: checks.list,
+    jobId: input.jobId,
+    nonce,
+    signingAddress: attested?.report.signing_address,
+    tee: attested?.report.tee,
+    quote,
+  };
+}
+
+interface FetchContext {
+  base: string;
+  doFetch: typeof fetch;
+  timeoutMs: number;
+}
+
+/** The report, if it could be read; the checks that need nothing else are made here. */
+async function checkAttestation(checks: Checks, ctx: FetchContext, nonce: string, input: VerifyJobInput): Promise<Attested | undefined> {
+  const got = await getJson(ctx, `/v1/attestation/report?nonce=${nonce}`);
+  if (!got.ok) {
+    checks.fail('attestation', got.error);
+    return undefined;
+  }
+  const problem = reportProblem(got.body);
+  if (problem) {
+    checks.fail('attestation', `malformed attestation report: ${problem}`);
+    return undefined;
+  }
+  const report = got.body as AttestationReport;
+  checks.pass('attestation', `signer ${report.signing_address}, tee ${report.tee}, key ${report.key_source}`);
+
+  checks.check(
+    'nonce',
+    report.request_nonce?.toLowerCase() === nonce,
+    `the report answers our fresh nonce ${nonce.slice(0, 16)}…`,
+    `the report answers nonce ${report.request_nonce ?? 'null'}, we sent ${nonce}: a stale or replayed report`,
+  );
+
+  const expectedReportData = reportDataOf(report.binding, Buffer.from(nonce, 'hex'));
+  checks.check(
+    'report_data',
+    report.report_data.toLowerCase() === expectedReportData.toString('hex'),
+    'sha256(canonical binding) ‖ our nonce',
+    `report_data ${report.report_data} is not sha256(canonical binding) ‖ nonce = ${expectedReportData.toString('hex')}`,
+  );
+
+  const binding = report.binding;
+  const bindingProblems = [
+    sameAddress(binding.signing_address, report.signing_address) ? undefined : `binding names signer ${binding.signing_address}, the report ${report.signing_address}`,
+    binding.signing_algo === 'ecdsa' ? undefined : `binding signing_algo is '${binding.signing_algo}', not 'ecdsa'`,
+    binding.key_source === report.key_source ? undefined : `binding key_source is '${binding.key_source}', the report says '${report.key_source}'`,
+  ].filter((p): p is string => p !== undefined);
+  checks.check(
+    'binding',
+    bindingProblems.length === 0,
+    `binds signer ${binding.signing_address}, provider ${binding.provider_address}, models ${binding.model}`,
+    bindingProblems.join('; '),
+  );
+
+  if (input.expectedSigner !== undefined) {
+    checks.check(
+      'expected signer',
+      sameAddress(report.signing_address, input.expectedSigner),
+      `attested signer is ${report.signing_address}, as expected`,
+      `attested signer is ${report.signing_address}, expected ${input.expectedSigner}`,
+    );
+  }
+
+  if (isInsecure(report)) {
+    const what = `dev mode: nothing is attested (tee "${report.tee}", insecure ${String(report.insecure)}): the key sits in a plain file`;
+    if (input.allowInsecure) {
+      checks.pass('tee', `${what}; accepted because insecure mode was allowed`, true);
+      checks.pass('quote', 'skipped: a dev-mode daemon has no quote', true);
+    } else {
+      checks.fail('tee', `${what}; refused (allow insecure mode to check the rest anyway)`);
+    }
+  } else {
+    checks.pass('tee', `${report.tee}, key from ${report.key_source}`);
+  }
+  return { report, expectedReportData };
+}
+
+/** Either flag is enough: a report that contradicts itself is treated as the weaker claim. */
+function isInsecure(report: AttestationReport): boolean {
+  return report.insecure !== false || report.tee === 'none';
+}
+
+async function checkQuote(checks: Checks, attested: Attested, input: VerifyJobInput): Promise<VerifiedTdxQuote | undefined> {
+  const { report, expectedReportData } = attested;
+  if (report.intel_quote === null || report.intel_quote.length === 0) {
+    checks.fail('quote', `the report claims tee "${report.tee}" but carries no intel_quote`);
+    return undefined;
+  }
+  let quote: VerifiedTdxQuote;
+  try {
+    quote = await (input.verifyQuote ?? verifyTdxQuote)(Buffer.from(report.intel_quote, 'hex'), {
+      collateral: input.collateral,
+      pccsUrl: input.pccsUrl,
+      nowSeconds: input.nowSeconds,
+    });
+  } catch (err) {
+    checks.fail('quote', (err as Error).message);
+    return undefined;
+  }
+  const source = quote.collateralSource === 'offline' ? 'collateral offline' : `collateral from ${quote.collateralSource}`;
+  const advisories = quote.advisoryIds.length > 0 ? `; advisories ${quote.advisoryIds.join(', ')}` : '';
+  if (quote.status === 'UpToDate') checks.pass('quote', `UpToDate (TDX, ${source})${advisories}`);
+  // Still Intel-signed hardware, but with known unpatched issues: the caller decides whether that is enough.
+  else checks.pass('quote', `${quote.status} (TDX, ${source}): the platform's TCB is not up to date${advisories}`, true);
+
+  // The step that ties the signing key and our nonce to the hardware: without it, any genuine quote would do.
+  checks.check(
+    'quote report_data',
+    quote.reportData.equals(expectedReportData),
+    'the hardware signed sha256(binding) ‖ our nonce',
+    `quote report_data does not match the binding and nonce: the quote has ${quote.reportData.toString('hex')}, expected ${expectedReportData.toString('hex')}`,
+  );
+  return quote;
+}
+
+async function checkSignature(checks: Checks, ctx: FetchContext, report: AttestationReport | undefined, input: VerifyJobInput): Promise<void> {
+  const got = await getJson(ctx, `/v1/signature/${encodeURIComponent(input.jobId)}`);
+  if (!got.ok) {
+    checks.fail('signature body', got.error);
+    return;
+  }
+  const problem = signatureProblem(got.body);
+  if (problem) {
+    checks.fail('signature body', `malformed signature body: ${problem}`);
+    return;
+  }
+  const body = got.body as SignatureBody;
+  const receipt = body.receipt;
+  const attestedSigner = report?.signing_address;
+
+  const requestSha = sha256Hex(input.requestBody);
+  const imageShas = input.images.map(sha256Hex);
+  const signedShas = receipt.image_sha256;
+
+  checks.check(
+    'request',
+    receipt.request_sha256 === requestSha,
+    `sha256 ${requestSha}, as signed`,
+    `request body differs from the signed request_sha256: received ${requestSha}, signed ${receipt.request_sha256}`,
+  );
+  checks.check(
+    'image count',
+    imageShas.length === signedShas.length && receipt.images === signedShas.length,
+    `${imageShas.length} image(s), as signed`,
+    `received ${imageShas.length} image(s), the receipt signs ${signedShas.length} hash(es) and says images: ${receipt.images}`,
+  );
+  for (let i = 0; i < Math.max(imageShas.length, signedShas.length); i++) {
+    const got = imageShas[i];
+    const signed = signedShas[i];
+    if (got === undefined) checks.fail(`image ${i}`, `signed (sha256 ${signed}) but not received`);
+    else if (signed === undefined) checks.fail(`image ${i}`, `received (sha256 ${got}) but not signed`);
+    else checks.check(`image ${i}`, got === signed, `sha256 ${got}, as signed`, `sha256 differs: received ${got}, signed ${signed}`);
+  }
+
+  const rebuilt0g = zeroGText(receipt.tee, requestSha, imageShas);
+  checks.check(
+    '0G text',
+    body.text === rebuilt0g,
+    'matches the text rebuilt from the received bytes',
+    `the served text differs from the one rebuilt from the received bytes: served '${body.text}', rebuilt '${rebuilt0g}'`,
+  );
+  // The served fields, but every hash from our own bytes: a receipt over other bytes cannot match.
+  const rebuiltReceipt = receiptText({ ...receiptFieldsOf(receipt), requestSha256: requestSha, imageSha256: imageShas });
+  checks.check(
+    'receipt text',
+    receipt.text === rebuiltReceipt,
+    'matches the receipt rebuilt from its fields and the received bytes',
+    `the served receipt text differs from the one rebuilt from its fields and the received bytes: ${firstLineDiff(receipt.text, rebuiltReceipt)}`,
+  );
+
+  checkSigner(checks, 'signature', '0G text', body.text, body.signature, attestedSigner);
+  checkSigner(checks, 'receipt signature', 'receipt text', receipt.text, receipt.signature, attestedSigner);
+
+  const named = [
+    { what: 'the receipt', address: receipt.signer },
+    { what: 'the signature body', address: body.signing_address },
+  ];
+  const wrong = named.filter((n) => attestedSigner === undefined || !sameAddress(n.address, attestedSigner));
+  checks.check(
+    'receipt signer',
+    wrong.length === 0,
+    `names the attested signer ${attestedSigner ?? ''}`,
+    wrong.map((n) => `${n.what} names signer ${n.address}, attested signer is ${attestedSigner ?? 'unknown (no attestation)'}`).join('; '),
+  );
+
+  checks.check(
+    'job',
+    receipt.job === input.jobId,
+    `the receipt is for ${input.jobId}`,
+    `signed job '${receipt.job}', asked for '${input.jobId}'`,
+  );
+
+  const attestedModels = report ? report.binding.model.split(',') : undefined;
+  const modelProblems = [
+    input.expectedModel !== undefined && receipt.model !== input.expectedModel ? `signed '${receipt.model}', expected '${input.expectedModel}'` : undefined,
+    attestedModels === undefined
+      ? 'no attestation to compare the model with'
+      : attestedModels.includes(receipt.model)
+        ? undefined
+        : `signed '${receipt.model}', which the attestation does not list ('${report!.binding.model}')`,
+  ].filter((p): p is string => p !== undefined);
+  checks.check('model', modelProblems.length === 0, `'${receipt.model}'`, modelProblems.join('; '));
+
+  const provider = report?.binding.provider_address;
+  checks.check(
+    'provider',
+    provider !== undefined && sameAddress(receipt.provider, provider),
+    `${receipt.provider}, as attested`,
+    `receipt names provider ${receipt.provider}, attested provider is ${provider ?? 'unknown (no attestation)'}`,
+  );
+
+  const attestedLabel = report ? TEE_LABEL_OF[report.tee] : undefined;
+  checks.check(
+    'receipt tee',
+    receipt.tee === attestedLabel,
+    `'${receipt.tee}', as attested`,
+    `receipt says tee '${receipt.tee}', the attestation says '${report?.tee ?? 'unknown (no attestation)'}'`,
+  );
+
+  // Billed by delivered images: the fee must be the price times what the client actually received.
+  const price = BigInt(receipt.price_per_image_wei);
+  const fee = BigInt(receipt.fee_wei);
+  const owed = price * BigInt(input.images.length);
+  checks.check(
+    'fee',
+    fee === owed,
+    `${fee} wei = ${input.images.length} × ${price} wei`,
+    `signed fee_wei ${fee}, but ${input.images.length} image(s) × ${price} wei = ${owed}`,
+  );
+}
+
+function checkSigner(checks: Checks, name: string, what: string, text: string, signature: string, attested: string | undefined): void {
+  let recovered: string;
+  try {
+    recovered = recoverTextSigner(text, signature);
+  } catch (err) {
+    checks.fail(name, `the ${what} signature is malformed: ${(err as Error).message}`);
+    return;
+  }
+  checks.check(
+    name,
+    attested !== undefined && sameAddress(recovered, attested),
+    `${what} signed by the attested signer ${recovered}`,
+    `${what} recovers ${recovered}, attested signer is ${attested ?? 'unknown (no attestation)'}`,
+  );
+}
+
+function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+function sameAddress(a: string, b: string): boolean {
+  try {
+    return getAddress(a) === getAddress(b);
+  } catch {
+    return false;
+  }
+}
+
+function firstLineDiff(served: string, rebuilt: string): string {
+  const a = served.split('\n');
+  const b = rebuilt.split('\n');
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    if (a[i] !== b[i]) return `line ${i + 1}: served '${a[i] ?? ''}', rebuilt '${b[i] ?? ''}'`;
+  }
+  return 'they differ';
+}
+
+type Got = { ok: true; body: unknown } | { ok: false; error: string };
+
+async function getJson(ctx: FetchContext, pathAndQuery: string): Promise<Got> {
+  const url = `${ctx.base}${pathAndQuery}`;
+  let res: Response;
+  let text: string;
+  try {
+    res = await ctx.doFetch(url, { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(ctx.timeoutMs) });
+    text = await res.text();
+  } catch (err) {
+    return { ok: false, error: `GET ${url} failed: ${(err as Error).message}` };
+  }
+  let body: unknown;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    return { ok: false, error: `GET ${url} answered ${res.status} with a body that is not JSON: ${text.slice(0, 200)}` };
+  }
+  if (!res.ok) {
+    const message = (body as { error?: { message?: unknown } } | null)?.error?.message;
+    return { ok: false, error: `GET ${url} answered ${res.status}: ${typeof message === 'string' ? message : text.slice(0, 200)}` };
+  }
+  return { ok: true, body };
+}
+
+// Shape checks: the daemon is the party being checked, so nothing it serves is assumed well formed.
+
+type Rule = [field: string, ok: (v: unknown) => boolean, want: string];
+
+const isString = (v: unknown) => typeof v === 'string';
+const isHex = (v: unknown) => typeof v === 'string' && /^([0-9a-fA-F]{2})*$/.test(v);
+const isDecimal = (v: unknown) => typeof v === 'string' && /^(0|[1-9][0-9]*)$/.test(v);
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function firstProblem(value: unknown, rules: Rule[], prefix = ''): string | undefined {
+  if (!isObject(value)) return `${prefix || 'the body'} is not a JSON object`;
+  for (const [field, ok, want] of rules) {
+    if (!ok(value[field])) return `${prefix}${field} must be ${want}`;
+  }
+  return undefined;
+}
+
+function reportProblem(value: unknown): string | undefined {
+  return (
+    firstProblem(value, [
+      ['tee', (v) => v === 'tdx' || v === 'dstack' || v === 'none', "'tdx', 'dstack' or 'none'"],
+      ['insecure', (v) => typeof v === 'boolean', 'a boolean'],
+      ['key_source', isString, 'a string'],
+      ['signing_address', isString, 'a string'],
+      ['request_nonce', (v) => v === null || isString(v), 'a string or null'],
+      ['binding', isObject, 'an object'],
+      ['report_data', (v) => isHex(v) && (v as string).length === 128, '64 bytes of hex'],
+      ['intel_quote', (v) => v === null || isHex(v), 'hex or null'],
+    ]) ??
+    firstProblem(
+      (value as { binding: unknown }).binding,
+      [
+        ['signing_address', isString, 'a string'],
+        ['signing_algo', isString, 'a string'],
+        ['model', isString, 'a string'],
+        ['provider_address', isString, 'a string'],
+        ['key_source', isString, 'a string'],
+      ],
+      'binding.',
+    )
+  );
+}
+
+function signatureProblem(value: unknown): string | undefined {
+  return (
+    firstProblem(value, [
+      ['text', isString, 'a string'],
+      ['signature', isString, 'a string'],
+      ['signing_address', isString, 'a string'],
+      ['receipt', isObject, 'an object'],
+    ]) ??
+    firstProblem(
+      (value as { receipt: unknown }).receipt,
+      [
+        ['version', (v) => v === 1, '1'],
+        ['tee', (v) => v === 'tdx' || v === 'dstack' || v === 'INSECURE-DEV', "'tdx', 'dstack' or 'INSECURE-DEV'"],
+        ['provider', isString, 'a string'],
+        ['signer', isString, 'a string'],
+        ['job', isString, 'a string'],
+        ['model', isString, 'a string'],
+        ['user', isString, 'a string'],
+        ['request_sha256', isString, 'a string'],
+        ['images', (v) => Number.isSafeInteger(v), 'an integer'],
+        ['image_sha256', (v) => Array.isArray(v) && v.every(isString), 'an array of strings'],
+        ['price_per_image_wei', isDecimal, 'a decimal string'],
+        ['fee_wei', isDecimal, 'a decimal string'],
+        ['created', (v) => Number.isSafeInteger(v), 'an integer'],
+        ['text', isString, 'a string'],
+        ['signature', isString, 'a string'],
+      ],
+      'receipt.',
+    )
+  );
+}
