@@ -234,3 +234,50 @@ describe('attestation endpoints (dev mode)', () => {
     expect(((await res.json()) as Record<string, any>).error.code).toBe('no_tee');
   });
 });
+
+describe('dstack mode through the daemon (fake guest agent)', () => {
+  it('signs with the agent-derived key, keeps the signer and signatures across a restart, and quotes with the binding', async () => {
+    const { startFakeDstackAgent } = await import('../fakes/dstack-guest-agent.js');
+    const agent = await startFakeDstackAgent({ appSecret: 'restart-test' });
+    try {
+      const dataDir = tempDir();
+      const tee = { mode: 'dstack', dstack: { endpoint: agent.socketPath } };
+      const first = await start(dataDir, { tee });
+      expect(first.daemon.tee.keySource).toBe('dstack-kms:pixeld/signing/v1');
+      const { res } = await generate(first.url, JSON.stringify({ prompt: 'attested', size: '64x64' }));
+      const id = res.headers.get('zg-res-key')!;
+      const before = (await (await fetch(`${first.url}/v1/proxy/signature/${id}`)).json()) as { text: string; signature: string; signing_address: string };
+      expect(before.text).not.toContain('INSECURE-DEV');
+      expect(recoverAddress(hashMessage(before.text), before.signature)).toBe(first.daemon.tee.address);
+      const models = (await (await fetch(`${first.url}/v1/models`)).json()) as { data: Array<Record<string, unknown>> };
+      expect(models.data[0]).toMatchObject({ tee_attested: true, verifiability: 'TeeML' });
+
+      // The report's quote carries sha256(binding) ‖ nonce as its report_data (bytes 568..632 of a v4 quote).
+      const nonce = 'cd'.repeat(32);
+      const report = (await (await fetch(`${first.url}/v1/attestation/report?nonce=${nonce}`)).json()) as Record<string, any>;
+      expect(report).toMatchObject({ tee: 'dstack', insecure: false, quote_provider: 'dstack-guest-agent', request_nonce: nonce });
+      expect(report.kms_signature_chain.length).toBeGreaterThan(0);
+      expect(Buffer.from(report.intel_quote, 'hex').subarray(568, 632).toString('hex')).toBe(report.report_data);
+      expect(report.report_data).toBe(sha256(canonicalJson(report.binding)) + nonce);
+
+      // 0G's legacy quote: report_data = the ASCII address, zero padded; header = personal_sign(keccak256(body)).
+      const legacy = await fetch(`${first.url}/v1/quote`);
+      const body = await legacy.text();
+      const reportData = Buffer.from(body, 'hex').subarray(568, 632);
+      expect(reportData.subarray(0, 42).toString('ascii')).toBe(first.daemon.tee.address);
+      expect(reportData.subarray(42).every((b) => b === 0)).toBe(true);
+      const { getBytes, keccak256, toUtf8Bytes } = await import('ethers');
+      const digest = hashMessage(getBytes(keccak256(toUtf8Bytes(body))));
+      expect(recoverAddress(digest, legacy.headers.get('zg-quote-signature')!)).toBe(first.daemon.tee.address);
+
+      const signer = first.daemon.tee.address;
+      await first.close();
+      daemons = [];
+      const second = await start(dataDir, { tee });
+      expect(second.daemon.tee.address).toBe(signer);
+      expect(await (await fetch(`${second.url}/v1/proxy/signature/${id}`)).json()).toEqual(before);
+    } finally {
+      await agent.close();
+    }
+  });
+});
