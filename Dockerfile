@@ -58,6 +58,8 @@ COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
+# The contract ABI is read at run time (src/chain/serving-contract.ts).
+COPY contracts-abi ./contracts-abi
 COPY config ./config
 
 USER pixeld

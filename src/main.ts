@@ -2,7 +2,12 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Express } from 'express';
+import { ApiKeyRing } from './auth/api-keys.js';
+import type { Authenticators } from './auth/authenticate.js';
+import { OwnerRateLimiter } from './auth/rate-limiter.js';
+import { ZeroGAuthenticator } from './auth/zero-g-auth.js';
 import { ModelCatalog } from './backends/catalog.js';
+import { createChainClient } from './chain/serving-contract.js';
 import { createBackend } from './backends/create-backend.js';
 import type { ImageBackend } from './backends/types.js';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
@@ -84,6 +89,28 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
   const readiness = new Readiness({ store, backends });
+  const chain =
+    config.chain.rpcUrl !== undefined && config.chain.chainId !== undefined && config.chain.servingAddress !== undefined
+      ? createChainClient({
+          rpcUrl: config.chain.rpcUrl,
+          chainId: config.chain.chainId,
+          servingAddress: config.chain.servingAddress,
+          rpcTimeoutMs: config.chain.rpcTimeoutMs,
+        })
+      : undefined;
+  const auth: Authenticators = {
+    zeroG: config.auth.mode.includes('0g')
+      ? new ZeroGAuthenticator({
+          chain: chain!,
+          providerAddress: config.provider.address,
+          chainCacheMs: config.auth.chainCacheMs,
+          maxClockSkewMs: config.auth.maxClockSkewMs,
+          now,
+        })
+      : undefined,
+    apiKeys: config.auth.mode.includes('api-key') ? new ApiKeyRing(config.auth.apiKeys, process.env) : undefined,
+  };
+  const rateLimiter = new OwnerRateLimiter(config.rateLimits, now);
   const attestation = new AttestationService({
     key: tee,
     providerAddress: config.provider.address,
@@ -100,6 +127,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     blobs,
     readiness,
     attestation,
+    auth,
+    rateLimiter,
     teeAttested: !tee.insecure,
     logger,
     now,
@@ -145,6 +174,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
         await sweeper.stop();
       }
       await Promise.all([...backends.values()].map((b) => b.close?.()));
+      chain?.close();
       await store.close();
     },
   };
@@ -173,7 +203,7 @@ export async function serve(options: ServeOptions): Promise<number> {
   try {
     daemon = await createDaemon({ config, logger });
   } catch (err) {
-    if (err instanceof TeeError) {
+    if (err instanceof TeeError || err instanceof ConfigError) {
       logger.error(err.message);
       return 2;
     }
@@ -213,7 +243,7 @@ export async function serve(options: ServeOptions): Promise<number> {
 /** Loud lines for settings that are fine on a laptop and wrong in front of paying users. */
 export function developmentWarnings(config: Readonly<Config>): string[] {
   const warnings: string[] = [];
-  if (config.auth.mode === 'none') {
+  if (config.auth.mode.length === 0) {
     warnings.push('DEVELOPMENT CONFIGURATION: auth.mode is "none" — anyone who can reach this port can use the GPU. Do not expose it.');
   }
   if (config.tee.mode === 'dev') {

@@ -7,6 +7,15 @@ import { z } from 'zod';
 
 const MiB = 1024 * 1024;
 
+const addressString = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 0x-prefixed 20-byte hex address');
+const authMethod = z.enum(['0g', 'api-key']);
+/** Owner ids of API keys cannot look like addresses, so they never collide with 0G users. */
+const ownerId = z.string().regex(/^[A-Za-z][\w.-]{0,63}$/, 'letters, digits, _ . -, starting with a letter');
+const apiKeySchema = z.union([
+  z.object({ owner: ownerId, sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters') }).strict(),
+  z.object({ owner: ownerId, env: z.string().min(1) }).strict(),
+]);
+
 const sizeString = z.string().regex(/^\d{2,5}x\d{2,5}$/, 'must look like 1024x1024');
 const weiString = z
   .union([z.string().regex(/^\d+$/, 'must be a whole number of wei'), z.number().int().nonnegative()])
@@ -78,6 +87,8 @@ export const modelSchema = z
     sizes: z.array(sizeString).min(1),
     defaultSize: sizeString.optional(),
     maxN: z.number().int().min(1).max(10).default(4),
+    /** Jobs of this model pending or running at once, from all callers; beyond it submits get 429. */
+    maxInFlight: z.number().int().min(1).default(500),
     /** Quality reported when the caller sends none or `auto`. */
     defaultQuality: z.enum(['low', 'medium', 'high']).default('high'),
     /** Price of one delivered image, in wei. */
@@ -151,17 +162,54 @@ export const configSchema = z
          * The provider wallet address this service is registered under on 0G; named in attestation
          * bindings and receipts. The zero address until one is configured.
          */
-        address: z
-          .string()
-          .regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 0x-prefixed 20-byte hex address')
-          .default('0x0000000000000000000000000000000000000000'),
+        address: addressString.default('0x0000000000000000000000000000000000000000'),
       })
       .strict()
       .prefault({}),
     /** Where the SQLite file and image files live. */
     dataDir: z.string().default('./data'),
     store: z.object({ type: z.literal('sqlite') }).strict().prefault({ type: 'sqlite' }),
-    auth: z.object({ mode: z.literal('none') }).strict().prefault({ mode: 'none' }),
+    auth: z
+      .object({
+        /**
+         * Who may call. `0g`: 0G session tokens (`Bearer app-sk-…`) checked against the chain; `api-key`:
+         * keys from `apiKeys`, for routers that are not on 0G; both at once as a list. `none` lets anyone in
+         * as one anonymous owner: development only.
+         */
+        mode: z
+          .union([z.literal('none'), authMethod, z.array(authMethod).min(1)])
+          .default('none')
+          .transform((m) => (m === 'none' ? [] : Array.isArray(m) ? [...new Set(m)] : [m])),
+        /** API keys, stored as their sha256 (never the key itself), or read from an env var at start-up. */
+        apiKeys: z.array(apiKeySchema).default([]),
+        /** How long an on-chain Account read is trusted: revocations take effect within this. */
+        chainCacheMs: z.number().int().min(0).max(60_000).default(10_000),
+        /** Tolerated clock difference for a token's `timestamp` lying in the future. */
+        maxClockSkewMs: z.number().int().min(0).default(5 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    chain: z
+      .object({
+        /** JSON-RPC endpoint of the 0G chain (or any EVM chain with InferenceServing). */
+        rpcUrl: z.url().optional(),
+        chainId: z.number().int().min(1).optional(),
+        /** Address of the InferenceServing contract. */
+        servingAddress: addressString.optional(),
+        /** One RPC call gives up after this long. */
+        rpcTimeoutMs: z.number().int().min(100).default(5_000),
+      })
+      .strict()
+      .prefault({}),
+    rateLimits: z
+      .object({
+        /** Submits one owner may make per minute (sync and async together). */
+        requestsPerMinute: z.number().int().min(1).default(600),
+        /** Images (sum of n) one owner may ask for per minute. */
+        imagesPerMinute: z.number().int().min(1).default(1_200),
+      })
+      .strict()
+      .prefault({}),
     log: z
       .object({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info') })
       .strict()
@@ -207,6 +255,19 @@ export const configSchema = z
   })
   .strict()
   .superRefine((cfg, ctx) => {
+    if (cfg.auth.mode.includes('0g')) {
+      for (const key of ['rpcUrl', 'chainId', 'servingAddress'] as const) {
+        if (cfg.chain[key] === undefined) {
+          ctx.addIssue({ code: 'custom', message: 'required when auth.mode includes "0g"', path: ['chain', key] });
+        }
+      }
+      if (/^0x0{40}$/.test(cfg.provider.address)) {
+        ctx.addIssue({ code: 'custom', message: 'set your provider address: 0G session tokens name it', path: ['provider', 'address'] });
+      }
+    }
+    if (cfg.auth.mode.includes('api-key') && cfg.auth.apiKeys.length === 0) {
+      ctx.addIssue({ code: 'custom', message: 'auth.mode includes "api-key" but no keys are configured', path: ['auth', 'apiKeys'] });
+    }
     const backendIds = new Set<string>();
     cfg.backends.forEach((b, i) => {
       if (backendIds.has(b.id)) ctx.addIssue({ code: 'custom', message: `duplicate backend id "${b.id}"`, path: ['backends', i, 'id'] });

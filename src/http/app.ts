@@ -8,6 +8,8 @@ import type { Logger } from '../obs/logger.js';
 import type { Readiness } from '../obs/readiness.js';
 import type { AttestationService } from '../tee/attestation.js';
 import { errorHandler, notFoundHandler } from './errors.js';
+import { authenticate, type Authenticators } from '../auth/authenticate.js';
+import type { OwnerRateLimiter } from '../auth/rate-limiter.js';
 import { attestationRoutes } from './routes/attestation.js';
 import { imageRoutes } from './routes/images.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -29,6 +31,8 @@ export interface AppDeps {
   blobs: BlobStore;
   readiness: Readiness;
   attestation: AttestationService;
+  auth: Authenticators;
+  rateLimiter: OwnerRateLimiter;
   /** false in tee.mode dev: nothing this daemon signs is attested. */
   teeAttested: boolean;
   logger: Logger;
@@ -48,8 +52,6 @@ export function createApp(deps: AppDeps): Express {
     const incoming = req.headers['x-request-id'];
     req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : `req_${randomUUID().replace(/-/g, '')}`;
     res.setHeader('x-request-id', req.requestId);
-    // Authentication lands with the access-control work; until then every caller is the same owner.
-    req.owner = 'anonymous';
     const started = Date.now();
     res.on('finish', () => {
       deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started });
@@ -57,8 +59,12 @@ export function createApp(deps: AppDeps): Express {
     next();
   });
 
+  // Open: the catalogue and health, attestation, and signatures (0G's SDK fetches those without
+  // credentials; the unguessable job id is the capability), and url-result files (unguessable token).
   app.use(serviceInfoRoutes(deps));
   app.use(attestationRoutes(deps));
+  // Everything below needs a caller.
+  app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs'], authenticate(deps.auth));
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
   app.use(notFoundHandler);

@@ -61,6 +61,11 @@ export class JobService {
           retryAfterSeconds: await this.queueDrainSeconds(backendId),
         });
       }
+      if ((await store.countUnfinishedForModel(request.model.id)) >= request.model.maxInFlight) {
+        throw new PixeldError('model_busy', `model '${request.model.id}' has ${request.model.maxInFlight} jobs in flight; retry later`, {
+          retryAfterSeconds: await this.queueDrainSeconds(backendId),
+        });
+      }
       const inputs: JobInput[] = [];
       for (const [i, image] of temps.entries()) {
         const stored = await blobs.putFile(image.tmpPath, image.sha256);

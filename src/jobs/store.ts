@@ -38,6 +38,8 @@ export interface JobStore {
    */
   create(job: NewJob, idempotencyTtlMs: number): Promise<{ job: Job; created: boolean }>;
   get(id: string): Promise<Job | undefined>;
+  /** Jobs of this model not yet finished (pending or processing), from every owner. */
+  countUnfinishedForModel(model: string): Promise<number>;
   /** Pending jobs waiting for this backend. */
   countPending(backendId: string): Promise<number>;
   /** Pending jobs of the same backend that will be claimed before this one. */

@@ -199,6 +199,18 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(await store.get(job.id)).toMatchObject({ status: 'pending', attempts: 0, leaseToken: undefined });
     });
 
+    it('counts unfinished jobs per model across owners and backends', async () => {
+      await store.create(newJob({ model: 'x' }), 0);
+      await store.create(newJob({ model: 'x', owner: 'bob', backendId: 'b2' }), 0);
+      const done = newJob({ model: 'x' });
+      await store.create(done, 0);
+      await store.create(newJob({ model: 'y' }), 0);
+      expect(await store.countUnfinishedForModel('x')).toBe(3);
+      await store.cancel(done.id, T0 + 1, T0 + 2);
+      expect(await store.countUnfinishedForModel('x')).toBe(2);
+      expect(await store.countUnfinishedForModel('z')).toBe(0);
+    });
+
     it('re-queues jobs whose lease ran out', async () => {
       const job = newJob();
       await store.create(job, 0);

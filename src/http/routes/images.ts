@@ -38,6 +38,8 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     limits: deps.config.limits,
     tmpPath: () => deps.blobs.tempPath(),
   });
+  const allowance = deps.rateLimiter.take(req.owner, request.params.n);
+  for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
     delivery: mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async',

@@ -50,6 +50,7 @@ const MIGRATIONS: string[] = [
    CREATE INDEX blob_refs_sha ON blob_refs (sha256);`,
   `ALTER TABLE jobs ADD COLUMN price_per_image_wei TEXT NOT NULL DEFAULT '0';
    ALTER TABLE jobs ADD COLUMN signature TEXT;`,
+  `CREATE INDEX jobs_model_status ON jobs (model, status);`,
 ];
 
 interface JobRow {
@@ -143,6 +144,9 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     ),
     insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
     dropRefs: db.prepare<[string, string]>('DELETE FROM blob_refs WHERE job_id = ? AND role = ?'),
+    countUnfinishedForModel: db.prepare<[string], { n: number }>(
+      "SELECT COUNT(*) AS n FROM jobs WHERE model = ? AND status IN ('pending', 'processing')",
+    ),
     countPending: db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending'"),
     countAhead: db.prepare<[string, number], { n: number }>(
       "SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending' AND seq < ?",
@@ -329,6 +333,9 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     async get(id) {
       const row = stmt.get.get(id);
       return row ? fromRow(row) : undefined;
+    },
+    async countUnfinishedForModel(model) {
+      return stmt.countUnfinishedForModel.get(model)!.n;
     },
     async countPending(backendId) {
       return stmt.countPending.get(backendId)!.n;
