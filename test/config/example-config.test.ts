@@ -85,6 +85,8 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.log).toEqual(defaults.log);
     expect(config.tee).toEqual(defaults.tee);
     expect(config.provider).toEqual(defaults.provider);
+    expect(config.chain).toEqual(defaults.chain);
+    expect(config.rateLimits).toEqual(defaults.rateLimits);
     expect(config.limits).toEqual(defaults.limits);
     expect(config.jobs).toEqual(defaults.jobs);
     expect(config.dataDir).toBe(path.resolve(REPO, defaults.dataDir));
