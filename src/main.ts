@@ -7,6 +7,7 @@ import type { Authenticators } from './auth/authenticate.js';
 import { OwnerRateLimiter } from './auth/rate-limiter.js';
 import { ZeroGAuthenticator } from './auth/zero-g-auth.js';
 import { ModelCatalog } from './backends/catalog.js';
+import { loadProviderWallet, resolveProviderAddress } from './chain/provider-wallet.js';
 import { createChainClient } from './chain/serving-contract.js';
 import { createBackend } from './backends/create-backend.js';
 import type { ImageBackend } from './backends/types.js';
@@ -32,6 +33,8 @@ export interface DaemonOptions {
   backends?: ReadonlyMap<string, ImageBackend>;
   /** Replaces the key provider `tee.mode` names (tests inject one on a fake TEE). */
   tee?: TeeKeyProvider;
+  /** Environment the provider wallet and API keys are read from. @default process.env */
+  env?: NodeJS.ProcessEnv;
   now?: () => number;
 }
 
@@ -64,6 +67,21 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   const store = openSqliteJobStore({ file: path.join(config.dataDir, 'pixeld.sqlite') });
   const catalog = new ModelCatalog(config.models);
   const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
+  const chain =
+    config.chain.rpcUrl !== undefined && config.chain.chainId !== undefined && config.chain.servingAddress !== undefined
+      ? createChainClient({
+          rpcUrl: config.chain.rpcUrl,
+          chainId: config.chain.chainId,
+          servingAddress: config.chain.servingAddress,
+          rpcTimeoutMs: config.chain.rpcTimeoutMs,
+        })
+      : undefined;
+  const env = options.env ?? process.env;
+  const providerWallet = await loadProviderWallet(config.provider.wallet, env, chain?.provider);
+  const providerAddress = resolveProviderAddress(config.provider.address, providerWallet);
+  if (config.auth.mode.includes('0g') && /^0x0{40}$/.test(providerAddress)) {
+    throw new ConfigError('config: provider.address: set it, or the provider wallet: 0G session tokens name the provider');
+  }
   const backends = options.backends ?? new Map(config.backends.map((b) => [b.id, createBackend(b, { logger })]));
   const runner = new JobRunner({
     store,
@@ -72,7 +90,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
     catalog,
     tee,
-    providerAddress: config.provider.address,
+    providerAddress,
     jobs: config.jobs,
     maxOutputPixels: 4 * config.limits.maxInputPixels,
     logger,
@@ -89,31 +107,22 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
   const readiness = new Readiness({ store, backends });
-  const chain =
-    config.chain.rpcUrl !== undefined && config.chain.chainId !== undefined && config.chain.servingAddress !== undefined
-      ? createChainClient({
-          rpcUrl: config.chain.rpcUrl,
-          chainId: config.chain.chainId,
-          servingAddress: config.chain.servingAddress,
-          rpcTimeoutMs: config.chain.rpcTimeoutMs,
-        })
-      : undefined;
   const auth: Authenticators = {
     zeroG: config.auth.mode.includes('0g')
       ? new ZeroGAuthenticator({
           chain: chain!,
-          providerAddress: config.provider.address,
+          providerAddress,
           chainCacheMs: config.auth.chainCacheMs,
           maxClockSkewMs: config.auth.maxClockSkewMs,
           now,
         })
       : undefined,
-    apiKeys: config.auth.mode.includes('api-key') ? new ApiKeyRing(config.auth.apiKeys, process.env) : undefined,
+    apiKeys: config.auth.mode.includes('api-key') ? new ApiKeyRing(config.auth.apiKeys, env) : undefined,
   };
   const rateLimiter = new OwnerRateLimiter(config.rateLimits, now);
   const attestation = new AttestationService({
     key: tee,
-    providerAddress: config.provider.address,
+    providerAddress,
     modelIds: config.models.map((m) => m.id),
     cachedReportTtlMs: config.tee.cachedReportTtlMs,
     freshReportsPerMinute: config.tee.freshReportsPerMinute,

@@ -163,6 +163,51 @@ export const configSchema = z
          * bindings and receipts. The zero address until one is configured.
          */
         address: addressString.default('0x0000000000000000000000000000000000000000'),
+        /**
+         * The provider wallet: sends the settlement and registration transactions and receives the fees.
+         * Never the TEE key. Read from an env var (hex private key) or an encrypted JSON keystore.
+         */
+        wallet: z
+          .object({
+            privateKeyEnv: z.string().min(1).default('PIXELD_PROVIDER_KEY'),
+            keystoreFile: z.string().optional(),
+            keystorePasswordEnv: z.string().min(1).default('PIXELD_KEYSTORE_PASSWORD'),
+          })
+          .strict()
+          .prefault({}),
+        /** What `pixeld register` publishes on chain. */
+        service: z
+          .object({
+            /** The public base URL routers call (the service `url` on chain). */
+            url: z.url().optional(),
+            /** Stake sent with the first registration, in wei. @default 100 0G */
+            stakeWei: weiString.default(100n * 10n ** 18n),
+            /** Extra fields merged into additionalInfo (≤ 4096 bytes as JSON), e.g. ProviderName, Country. */
+            additionalInfo: z.record(z.string(), z.unknown()).default({}),
+          })
+          .strict()
+          .prefault({}),
+      })
+      .strict()
+      .prefault({}),
+    billing: z
+      .object({
+        /** When settlement rounds run (node-cron syntax). Default: every 10 minutes. */
+        settlementCron: z.string().default('*/10 * * * *'),
+        /** A user whose unsettled fees reach this is settled at once, whatever the schedule. @default 1 0G */
+        userThresholdWei: weiString.default(10n ** 18n),
+        /** Receipts of one user settled in one round at most (the rest wait for the next). */
+        maxReceiptsPerUserPerRound: z.number().int().min(1).default(5_000),
+        /** Users per settleFeesWithTEE transaction (the contract takes at most 50). */
+        usersPerTransaction: z.number().int().min(1).max(50).default(50),
+        /** A settlement transaction not mined after this long is re-sent with a higher fee. */
+        txReplaceAfterMs: z.number().int().min(1_000).default(120_000),
+        /** Fee increase of a replacement, in percent (nodes need ≥ 10). */
+        feeBumpPercent: z.number().int().min(10).max(500).default(25),
+        /** Settle a user early when a pending refund of theirs becomes withdrawable within this long. */
+        refundGuardMs: z.number().int().min(0).default(15 * 60_000),
+        /** Settle a user early when unsettled fees reach this share (percent) of their available balance. */
+        lowBalancePercent: z.number().int().min(1).max(100).default(80),
       })
       .strict()
       .prefault({}),
@@ -260,9 +305,6 @@ export const configSchema = z
         if (cfg.chain[key] === undefined) {
           ctx.addIssue({ code: 'custom', message: 'required when auth.mode includes "0g"', path: ['chain', key] });
         }
-      }
-      if (/^0x0{40}$/.test(cfg.provider.address)) {
-        ctx.addIssue({ code: 'custom', message: 'set your provider address: 0G session tokens name it', path: ['provider', 'address'] });
       }
     }
     if (cfg.auth.mode.includes('api-key') && cfg.auth.apiKeys.length === 0) {
