@@ -8,6 +8,8 @@ Commands:
   serve            Run the daemon (the default when no command is given)
   verify           Check a job's images and signatures against the daemon's attestation
                    (pixeld verify --help for details)
+  register         Register or update this provider's service on chain (pixeld register --help)
+  service          Show the on-chain service and how it compares with the local config
   help             Show this help
 
 Options:
@@ -24,6 +26,16 @@ verify options:
   --allow-insecure                             Accept a dev-mode daemon (nothing attested) and check the rest
   Exit status 0 only when every check passes.
 
+register options:
+  --model <id>        The model to publish (required when several are configured)
+  --url <url>         Public base URL (default: provider.service.url)
+  --yes, -y           Do not ask before a change that resets the TEE acknowledgement
+  --dry-run           Show the change and send nothing
+  Needs chain.* and the provider wallet (env PIXELD_PROVIDER_KEY or provider.wallet.keystoreFile).
+
+service options:
+  --model <id>        Compare with this model (default: the on-chain one, else the only one)
+
 Environment:
   PORT, HOST, PIXELD_DATA_DIR, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
   override the matching config keys (see config/pixeld.example.yaml).
@@ -34,6 +46,15 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'verify') {
     const { runVerifyCommand } = await import('./tee/verify-command.js');
     return runVerifyCommand(argv.slice(1));
+  }
+  // register and service have options of their own; like verify they never load the daemon.
+  if (argv[0] === 'register') {
+    const { runRegisterCli } = await import('./commands/register.js');
+    return runRegisterCli(argv.slice(1));
+  }
+  if (argv[0] === 'service') {
+    const { runServiceCli } = await import('./commands/service.js');
+    return runServiceCli(argv.slice(1));
   }
   let parsed;
   try {
@@ -59,6 +80,14 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const { serve } = await import('./main.js');
       return serve({ configPath: parsed.values.config });
+    }
+    case 'register': {
+      const { runRegisterCli } = await import('./commands/register.js');
+      return runRegisterCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
+    }
+    case 'service': {
+      const { runServiceCli } = await import('./commands/service.js');
+      return runServiceCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
     }
     default:
       console.error(`pixeld: unknown command "${command}"\n\n${HELP}`);

@@ -13,7 +13,8 @@ export type ErrorType =
   | 'server_error'
   | 'upstream_error'
   | 'image_generation_user_error'
-  | 'insufficient_storage';
+  | 'insufficient_storage'
+  | 'insufficient_credits';
 
 interface CodeInfo {
   status: number;
@@ -46,6 +47,7 @@ export const ERROR_CODES = {
   job_not_cancellable: { status: 409, type: 'conflict_error', retryable: false },
   idempotency_key_reused: { status: 409, type: 'conflict_error', retryable: false },
   invalid_api_key: { status: 401, type: 'authentication_error', retryable: false },
+  insufficient_credits: { status: 402, type: 'insufficient_credits', retryable: false },
   chain_unavailable: { status: 503, type: 'server_error', retryable: true },
   model_busy: { status: 429, type: 'rate_limit_error', retryable: true },
   queue_full: { status: 429, type: 'rate_limit_error', retryable: true },

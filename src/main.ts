@@ -17,7 +17,11 @@ import { createApp } from './http/app.js';
 import { BlobStore } from './images/blob-store.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
-import { openSqliteJobStore } from './jobs/sqlite/sqlite-store.js';
+import { openSqliteDatabase } from './jobs/sqlite/database.js';
+import { sqliteJobStore } from './jobs/sqlite/sqlite-store.js';
+import { BillingAdmission } from './billing/admission.js';
+import { sqliteBillingStore } from './billing/sqlite-billing-store.js';
+import type { BillingStore } from './billing/store.js';
 import type { JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
 import { createLogger, type Logger } from './obs/logger.js';
@@ -41,6 +45,7 @@ export interface DaemonOptions {
 export interface Daemon {
   app: Express;
   store: JobStore;
+  billing: BillingStore;
   runner: JobRunner;
   service: JobService;
   sweeper: Sweeper;
@@ -64,7 +69,9 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   mkdirSync(config.dataDir, { recursive: true });
   const blobs = new BlobStore(config.dataDir);
   await blobs.init();
-  const store = openSqliteJobStore({ file: path.join(config.dataDir, 'pixeld.sqlite') });
+  const db = openSqliteDatabase(path.join(config.dataDir, 'pixeld.sqlite'));
+  const store = sqliteJobStore(db);
+  const billing = sqliteBillingStore(db);
   const catalog = new ModelCatalog(config.models);
   const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
   const chain =
@@ -138,6 +145,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     attestation,
     auth,
     rateLimiter,
+    billing,
+    admission: new BillingAdmission(billing),
     teeAttested: !tee.insecure,
     logger,
     now,
@@ -148,6 +157,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   return {
     app,
     store,
+    billing,
     runner,
     service,
     sweeper,

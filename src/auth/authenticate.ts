@@ -1,4 +1,5 @@
 import type { RequestHandler } from 'express';
+import type { ServingAccount } from '../chain/get-account.js';
 import { PixeldError } from '../errors.js';
 import type { ApiKeyRing } from './api-keys.js';
 import { SESSION_TOKEN_PREFIX } from './session-token.js';
@@ -27,9 +28,10 @@ export function authenticate(auth: Authenticators): RequestHandler {
       next();
       return;
     }
-    resolveOwner(auth, req.headers.authorization).then(
-      (owner) => {
+    resolveCaller(auth, req.headers.authorization).then(
+      ({ owner, account }) => {
         req.owner = owner;
+        req.account = account;
         next();
       },
       (err: unknown) => next(err),
@@ -37,12 +39,12 @@ export function authenticate(auth: Authenticators): RequestHandler {
   };
 }
 
-async function resolveOwner(auth: Authenticators, header: string | undefined): Promise<string> {
+async function resolveCaller(auth: Authenticators, header: string | undefined): Promise<{ owner: string; account?: ServingAccount }> {
   const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
   if (!match) throw new PixeldError('invalid_api_key', 'missing credentials: send Authorization: Bearer <token or API key>');
   const credential = match[1]!;
   if (credential.startsWith(SESSION_TOKEN_PREFIX) && auth.zeroG) return auth.zeroG.authenticate(credential);
   const owner = auth.apiKeys?.ownerOf(credential);
-  if (owner !== undefined) return owner;
+  if (owner !== undefined) return { owner };
   throw new PixeldError('invalid_api_key', 'invalid credentials');
 }

@@ -23,8 +23,8 @@ export class ZeroGAuthenticator {
 
   constructor(private readonly deps: ZeroGAuthDeps) {}
 
-  /** Returns the caller's checksummed address. */
-  async authenticate(credential: string): Promise<string> {
+  /** Returns the caller's checksummed address and their account as last read (for admission). */
+  async authenticate(credential: string): Promise<{ owner: string; account: ServingAccount }> {
     const { now } = this.deps;
     let user: string;
     let parsed;
@@ -46,7 +46,7 @@ export class ZeroGAuthenticator {
     if (parsed.token.tokenId !== EPHEMERAL_TOKEN_ID && ((account.revokedBitmap >> BigInt(parsed.token.tokenId)) & 1n) === 1n) {
       throw refused('session token was revoked');
     }
-    return user;
+    return { owner: user, account };
   }
 
   private account(user: string): Promise<ServingAccount | undefined> {

@@ -10,7 +10,11 @@ import type { AttestationService } from '../tee/attestation.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { authenticate, type Authenticators } from '../auth/authenticate.js';
 import type { OwnerRateLimiter } from '../auth/rate-limiter.js';
+import type { BillingAdmission } from '../billing/admission.js';
+import type { BillingStore } from '../billing/store.js';
+import type { ServingAccount } from '../chain/get-account.js';
 import { attestationRoutes } from './routes/attestation.js';
+import { billingRoutes } from './routes/billing.js';
 import { imageRoutes } from './routes/images.js';
 import { jobRoutes } from './routes/jobs.js';
 import { serviceInfoRoutes } from './routes/service-info.js';
@@ -21,6 +25,8 @@ declare module 'express-serve-static-core' {
     requestId: string;
     /** Who is calling; every job records it and only its owner may read it. */
     owner: string;
+    /** A 0G caller's on-chain account (as last read, within auth.chainCacheMs); undefined otherwise. */
+    account?: ServingAccount | undefined;
   }
 }
 
@@ -33,6 +39,8 @@ export interface AppDeps {
   attestation: AttestationService;
   auth: Authenticators;
   rateLimiter: OwnerRateLimiter;
+  billing: BillingStore;
+  admission: BillingAdmission;
   /** false in tee.mode dev: nothing this daemon signs is attested. */
   teeAttested: boolean;
   logger: Logger;
@@ -64,9 +72,10 @@ export function createApp(deps: AppDeps): Express {
   app.use(serviceInfoRoutes(deps));
   app.use(attestationRoutes(deps));
   // Everything below needs a caller.
-  app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs'], authenticate(deps.auth));
+  app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs', '/v1/user', '/v1/receipts'], authenticate(deps.auth));
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
+  app.use(billingRoutes(deps));
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));
   return app;

@@ -5,7 +5,7 @@ import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput } from './model.js';
 import type { JobRunner } from './runner.js';
-import type { JobStore } from './store.js';
+import { InsufficientBalanceError, type JobStore, type Reservation } from './store.js';
 
 export interface JobServiceDeps {
   store: JobStore;
@@ -20,6 +20,8 @@ export interface JobServiceDeps {
 
 export interface SubmitOptions {
   owner: string;
+  /** What the job's n × price must fit in (0G users on priced models). */
+  reservation: Reservation | undefined;
   delivery: 'sync' | 'async';
   idempotencyKey: string | undefined;
   baseUrl: string;
@@ -96,7 +98,16 @@ export class JobService {
           createdMs: now(),
         },
         jobs.idempotencyTtlMs,
-      );
+        options.reservation,
+      ).catch((err: unknown) => {
+        if (err instanceof InsufficientBalanceError) {
+          throw new PixeldError(
+            'insufficient_credits',
+            `this request needs ${err.neededWei} wei (n × price per image); your available balance with this provider is ${err.availableWei} wei`,
+          );
+        }
+        throw err;
+      });
       if (!outcome.created && outcome.job.fingerprint !== request.fingerprint) {
         throw new PixeldError(
           'idempotency_key_reused',

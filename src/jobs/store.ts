@@ -20,6 +20,27 @@ export type NewJob = Pick<
   | 'createdMs'
 >;
 
+/**
+ * Admission against the user's on-chain balance (billing.md): the job's n × price must fit in
+ * `budgetWei` (balance − pending refunds) after the user's unsettled receipts and the reservations of
+ * their unfinished jobs. Checked and inserted in one transaction, so two concurrent submits cannot both
+ * spend the same wei.
+ */
+export interface Reservation {
+  budgetWei: bigint;
+}
+
+/** The job's reservation does not fit; the numbers say by how much. */
+export class InsufficientBalanceError extends Error {
+  override readonly name = 'InsufficientBalanceError';
+  constructor(
+    readonly neededWei: bigint,
+    readonly availableWei: bigint,
+  ) {
+    super(`needs ${neededWei} wei, ${availableWei} wei available`);
+  }
+}
+
 export interface ClaimedJob extends Job {
   leaseToken: string;
 }
@@ -36,7 +57,7 @@ export interface JobStore {
    * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
    * `idempotencyTtlMs`, nothing is inserted and the earlier job is returned with `created: false`.
    */
-  create(job: NewJob, idempotencyTtlMs: number): Promise<{ job: Job; created: boolean }>;
+  create(job: NewJob, idempotencyTtlMs: number, reservation?: Reservation): Promise<{ job: Job; created: boolean }>;
   get(id: string): Promise<Job | undefined>;
   /** Jobs of this model not yet finished (pending or processing), from every owner. */
   countUnfinishedForModel(model: string): Promise<number>;

@@ -1,16 +1,17 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { newJobId } from '../../src/jobs/model.js';
-import { openSqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
+import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
+import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
 import { tempDir } from '../helpers/daemon.js';
 import { describeJobStoreConformance } from './store-conformance.js';
 
-describeJobStoreConformance('sqlite', async () => openSqliteJobStore({ file: path.join(tempDir(), 'jobs.sqlite') }));
+describeJobStoreConformance('sqlite', async () => sqliteJobStore(openSqliteDatabase(path.join(tempDir(), 'jobs.sqlite'))));
 
 describe('sqlite job store', () => {
   it('keeps jobs across close and reopen of the same file', async () => {
     const file = path.join(tempDir(), 'jobs.sqlite');
-    const first = openSqliteJobStore({ file });
+    const first = sqliteJobStore(openSqliteDatabase(file));
     const id = newJobId();
     await first.create(
       {
@@ -32,7 +33,7 @@ describe('sqlite job store', () => {
       0,
     );
     await first.close();
-    const second = openSqliteJobStore({ file });
+    const second = sqliteJobStore(openSqliteDatabase(file));
     expect((await second.get(id))!.params.prompt).toBe('persist');
     await second.close();
   });

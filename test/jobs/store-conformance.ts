@@ -56,7 +56,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
         tee: 'INSECURE-DEV',
         provider: '0x0000000000000000000000000000000000000002',
         signer: '0x0000000000000000000000000000000000000001',
-        job: 'job',
+        job: `job_${'0'.repeat(32)}`,
         model: 'm',
         user: 'alice',
         request_sha256: 'a',

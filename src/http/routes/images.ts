@@ -40,8 +40,10 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   const allowance = deps.rateLimiter.take(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
+  const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
+    reservation,
     delivery: mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async',
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),

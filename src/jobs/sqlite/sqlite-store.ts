@@ -1,57 +1,15 @@
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
+import { isAddress } from 'ethers';
+import { receiptLeaf } from '../../billing/leaf.js';
 import type { JobSignature } from '../../tee/receipt.js';
 import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
-import type { ClaimedJob, InterruptedJobPolicy, JobStore, NewJob } from '../store.js';
+import { InsufficientBalanceError, type ClaimedJob, type InterruptedJobPolicy, type JobStore, type NewJob, type Reservation } from '../store.js';
 
 /**
- * The embedded store: one SQLite file in WAL mode. Rows hold metadata only; image bytes live as files
+ * Jobs in the embedded SQLite database. Rows hold metadata only; image bytes live as files
  * (images/blob-store.ts) and `blob_refs` says which job still needs which file.
  */
 
-const MIGRATIONS: string[] = [
-  `CREATE TABLE jobs (
-     seq INTEGER PRIMARY KEY AUTOINCREMENT,
-     id TEXT NOT NULL UNIQUE,
-     owner TEXT NOT NULL,
-     kind TEXT NOT NULL,
-     delivery TEXT NOT NULL CHECK (delivery IN ('sync', 'async')),
-     model TEXT NOT NULL,
-     backend_id TEXT NOT NULL,
-     status TEXT NOT NULL,
-     params TEXT NOT NULL,
-     inputs TEXT NOT NULL,
-     request_sha256 TEXT NOT NULL,
-     fingerprint TEXT NOT NULL,
-     idempotency_key TEXT,
-     base_url TEXT NOT NULL,
-     created_ms INTEGER NOT NULL,
-     updated_ms INTEGER NOT NULL,
-     run_after_ms INTEGER NOT NULL,
-     started_ms INTEGER,
-     finished_ms INTEGER,
-     attempts INTEGER NOT NULL DEFAULT 0,
-     lease_token TEXT,
-     lease_expires_ms INTEGER,
-     error TEXT,
-     result TEXT,
-     expires_ms INTEGER,
-     results_deleted_ms INTEGER
-   );
-   CREATE INDEX jobs_queue ON jobs (backend_id, status, seq);
-   CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
-   CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL;
-   CREATE INDEX jobs_finished ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
-   CREATE TABLE blob_refs (
-     job_id TEXT NOT NULL,
-     sha256 TEXT NOT NULL,
-     role TEXT NOT NULL CHECK (role IN ('input', 'output')),
-     PRIMARY KEY (job_id, sha256, role)
-   );
-   CREATE INDEX blob_refs_sha ON blob_refs (sha256);`,
-  `ALTER TABLE jobs ADD COLUMN price_per_image_wei TEXT NOT NULL DEFAULT '0';
-   ALTER TABLE jobs ADD COLUMN signature TEXT;`,
-  `CREATE INDEX jobs_model_status ON jobs (model, status);`,
-];
 
 interface JobRow {
   seq: number;
@@ -116,20 +74,8 @@ function fromRow(row: JobRow): Job {
   };
 }
 
-export interface SqliteJobStoreOptions {
-  /** Path of the database file, or ':memory:'. */
-  file: string;
-}
-
-export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
-  const db = new Database(options.file);
-  db.pragma('journal_mode = WAL');
-  // NORMAL is durable across process crashes in WAL mode; only an OS crash may lose the last commits.
-  db.pragma('synchronous = NORMAL');
-  db.pragma('busy_timeout = 5000');
-  db.pragma('foreign_keys = ON');
-  migrate(db);
-
+/** The job store on an open database (see database.ts); it shares the file with the billing store. */
+export function sqliteJobStore(db: Database.Database): JobStore {
   const stmt = {
     get: db.prepare<[string], JobRow>('SELECT * FROM jobs WHERE id = ?'),
     byIdempotencyKey: db.prepare<[string, string], JobRow>('SELECT * FROM jobs WHERE owner = ? AND idempotency_key = ?'),
@@ -220,14 +166,33 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
        WHERE backend_id = ? AND status = 'completed' AND started_ms IS NOT NULL
        ORDER BY finished_ms DESC LIMIT ?`,
     ),
+    insertReceipt: db.prepare(
+      `INSERT OR IGNORE INTO receipts (job_id, user, provider, fee_wei, images, created, leaf, receipt, state)
+       VALUES (@job_id, @user, @provider, @fee_wei, @images, @created, @leaf, @receipt, @state)`,
+    ),
+    owedFees: db.prepare<[string], { fee_wei: string }>(
+      "SELECT fee_wei FROM receipts WHERE user = ? AND state IN ('unsettled', 'in_flight')",
+    ),
+    reservedBy: db.prepare<[string], { n: number; price: string }>(
+      `SELECT json_extract(params, '$.n') AS n, price_per_image_wei AS price FROM jobs
+       WHERE owner = ? AND status IN ('pending', 'processing')`,
+    ),
     ping: db.prepare('SELECT 1'),
   };
 
-  const create = db.transaction((job: NewJob, idempotencyTtlMs: number): { job: Job; created: boolean } => {
+  const create = db.transaction((job: NewJob, idempotencyTtlMs: number, reservation: Reservation | undefined): { job: Job; created: boolean } => {
     if (job.idempotencyKey !== undefined) {
       stmt.forgetIdempotencyKey.run(job.owner, job.idempotencyKey, job.createdMs - idempotencyTtlMs);
       const existing = stmt.byIdempotencyKey.get(job.owner, job.idempotencyKey);
       if (existing) return { job: fromRow(existing), created: false };
+    }
+    if (reservation !== undefined) {
+      let committed = 0n;
+      for (const r of stmt.owedFees.all(job.owner)) committed += BigInt(r.fee_wei);
+      for (const r of stmt.reservedBy.all(job.owner)) committed += BigInt(r.n) * BigInt(r.price);
+      const needed = BigInt(job.params.n) * job.pricePerImageWei;
+      const available = reservation.budgetWei - committed;
+      if (needed > available) throw new InsufficientBalanceError(needed, available < 0n ? 0n : available);
     }
     stmt.insert.run({
       id: job.id,
@@ -256,6 +221,21 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
     if (changed) {
       stmt.dropRefs.run(id, 'input');
       for (const image of result.images) stmt.insertRef.run(id, image.sha256, 'output');
+      // The receipt is written with the completion, or not at all (billing.md): delivered images only.
+      const r = signature.receipt;
+      if (BigInt(r.fee_wei) > 0n) {
+        stmt.insertReceipt.run({
+          job_id: id,
+          user: r.user,
+          provider: r.provider,
+          fee_wei: r.fee_wei,
+          images: r.images,
+          created: r.created,
+          leaf: JSON.stringify(receiptLeaf(r)),
+          receipt: JSON.stringify(r),
+          state: isAddress(r.user) ? 'unsettled' : 'offchain',
+        });
+      }
     }
     return changed;
   },
@@ -327,8 +307,8 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
   });
 
   return {
-    async create(job, idempotencyTtlMs) {
-      return create(job, idempotencyTtlMs);
+    async create(job, idempotencyTtlMs, reservation) {
+      return create(job, idempotencyTtlMs, reservation);
     },
     async get(id) {
       const row = stmt.get.get(id);
@@ -394,17 +374,4 @@ export function openSqliteJobStore(options: SqliteJobStoreOptions): JobStore {
       if (db.open) db.close();
     },
   };
-}
-
-function migrate(db: Database.Database): void {
-  const version = db.pragma('user_version', { simple: true }) as number;
-  if (version > MIGRATIONS.length) {
-    throw new Error(`the database was written by a newer pixeld (schema ${version}, this one knows ${MIGRATIONS.length})`);
-  }
-  for (let v = version; v < MIGRATIONS.length; v += 1) {
-    db.transaction(() => {
-      db.exec(MIGRATIONS[v]!);
-      db.pragma(`user_version = ${v + 1}`);
-    })();
-  }
 }

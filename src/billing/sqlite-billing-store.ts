@@ -1,0 +1,307 @@
+import type Database from 'better-sqlite3';
+import type { ReceiptJson } from '../tee/receipt.js';
+import type { LeafValues } from './leaf.js';
+import type {
+  BatchItem,
+  BillingStore,
+  EarningsDay,
+  ItemResult,
+  ReceiptRecord,
+  ReceiptState,
+  SettlementBatch,
+  UserBlock,
+} from './store.js';
+
+/**
+ * Billing in the daemon's SQLite file. Amounts are kept as decimal text and summed as bigint in JS:
+ * wei totals overflow SQLite's 64-bit integers.
+ */
+
+interface ReceiptRow {
+  job_id: string;
+  user: string;
+  provider: string;
+  fee_wei: string;
+  images: number;
+  created: number;
+  leaf: string;
+  receipt: string;
+  state: string;
+  batch_id: string | null;
+  root: string | null;
+  proof: string | null;
+  settled_tx: string | null;
+  settled_block: number | null;
+  settled_ms: number | null;
+}
+
+interface BatchRow {
+  id: string;
+  state: string;
+  items: string;
+  created_ms: number;
+  tx_hashes: string;
+  wallet_nonce: number | null;
+  sent_ms: number | null;
+  block: number | null;
+  results: string | null;
+  note: string | null;
+}
+
+interface StoredItem {
+  user: string;
+  nonce: string;
+  totalFeeWei: string;
+  requestsHash: string;
+  signature: string;
+  receipts: Array<{ jobId: string; proof: string[] }>;
+}
+
+function receiptFromRow(row: ReceiptRow): ReceiptRecord {
+  return {
+    jobId: row.job_id,
+    user: row.user,
+    provider: row.provider,
+    feeWei: BigInt(row.fee_wei),
+    images: row.images,
+    created: row.created,
+    leaf: JSON.parse(row.leaf) as LeafValues,
+    receipt: JSON.parse(row.receipt) as ReceiptJson,
+    state: row.state as ReceiptState,
+    batchId: row.batch_id ?? undefined,
+    root: row.root ?? undefined,
+    proof: row.proof === null ? undefined : (JSON.parse(row.proof) as string[]),
+    settledTx: row.settled_tx ?? undefined,
+    settledBlock: row.settled_block ?? undefined,
+    settledMs: row.settled_ms ?? undefined,
+  };
+}
+
+function batchFromRow(row: BatchRow): SettlementBatch {
+  const items = (JSON.parse(row.items) as StoredItem[]).map(
+    (i): BatchItem => ({ ...i, nonce: BigInt(i.nonce), totalFeeWei: BigInt(i.totalFeeWei) }),
+  );
+  const results =
+    row.results === null
+      ? undefined
+      : (JSON.parse(row.results) as Array<{ user: string; status: number; unsettledWei: string }>).map(
+          (r): ItemResult => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }),
+        );
+  return {
+    id: row.id,
+    state: row.state as SettlementBatch['state'],
+    items,
+    createdMs: row.created_ms,
+    txHashes: JSON.parse(row.tx_hashes) as string[],
+    walletNonce: row.wallet_nonce ?? undefined,
+    sentMs: row.sent_ms ?? undefined,
+    block: row.block ?? undefined,
+    results,
+    note: row.note ?? undefined,
+  };
+}
+
+const sum = (values: Iterable<string>): bigint => {
+  let total = 0n;
+  for (const v of values) total += BigInt(v);
+  return total;
+};
+
+const SUCCESS = 0;
+const PARTIAL = 1;
+
+export function sqliteBillingStore(db: Database.Database): BillingStore {
+  const stmt = {
+    receipt: db.prepare<[string], ReceiptRow>('SELECT * FROM receipts WHERE job_id = ?'),
+    owedFees: db.prepare<[string], { fee_wei: string }>(
+      "SELECT fee_wei FROM receipts WHERE user = ? AND state IN ('unsettled', 'in_flight')",
+    ),
+    reserved: db.prepare<[string], { n: number; price: string }>(
+      `SELECT json_extract(params, '$.n') AS n, price_per_image_wei AS price FROM jobs
+       WHERE owner = ? AND status IN ('pending', 'processing')`,
+    ),
+    unsettledByUser: db.prepare<[], { user: string; fee_wei: string }>("SELECT user, fee_wei FROM receipts WHERE state = 'unsettled'"),
+    unsettledOf: db.prepare<[string, number], ReceiptRow>(
+      "SELECT * FROM receipts WHERE user = ? AND state = 'unsettled' ORDER BY created, job_id LIMIT ?",
+    ),
+    lastNonce: db.prepare<[string], { last_nonce: string }>('SELECT last_nonce FROM settlement_nonces WHERE user = ?'),
+    setNonce: db.prepare<[string, string]>(
+      `INSERT INTO settlement_nonces (user, last_nonce) VALUES (?, ?)
+       ON CONFLICT (user) DO UPDATE SET last_nonce = excluded.last_nonce`,
+    ),
+    insertBatch: db.prepare<[string, string, number]>("INSERT INTO settlement_batches (id, state, items, created_ms) VALUES (?, 'prepared', ?, ?)"),
+    claimReceipt: db.prepare<[string, string, string, string]>(
+      "UPDATE receipts SET state = 'in_flight', batch_id = ?, root = ?, proof = ? WHERE job_id = ? AND state = 'unsettled'",
+    ),
+    batch: db.prepare<[string], BatchRow>('SELECT * FROM settlement_batches WHERE id = ?'),
+    recordTx: db.prepare<[string, number, number, string]>(
+      `UPDATE settlement_batches SET tx_hashes = json_insert(tx_hashes, '$[#]', ?), wallet_nonce = ?, sent_ms = ?, state = 'sent'
+       WHERE id = ? AND state IN ('prepared', 'sent')`,
+    ),
+    confirm: db.prepare<[number, string, string]>(
+      "UPDATE settlement_batches SET state = 'confirmed', block = ?, results = ? WHERE id = ? AND state IN ('prepared', 'sent')",
+    ),
+    settleReceipts: db.prepare<[string, string, number, number, string, string]>(
+      `UPDATE receipts SET state = ?, settled_tx = ?, settled_block = ?, settled_ms = ?
+       WHERE batch_id = ? AND user = ? AND state = 'in_flight'`,
+    ),
+    releaseReceipts: db.prepare<[string, string]>(
+      `UPDATE receipts SET state = 'unsettled', batch_id = NULL, root = NULL, proof = NULL
+       WHERE batch_id = ? AND user = ? AND state = 'in_flight'`,
+    ),
+    releaseBatchReceipts: db.prepare<[string]>(
+      "UPDATE receipts SET state = 'unsettled', batch_id = NULL, root = NULL, proof = NULL WHERE batch_id = ? AND state = 'in_flight'",
+    ),
+    abandon: db.prepare<[string, string]>(
+      "UPDATE settlement_batches SET state = 'abandoned', note = ? WHERE id = ? AND state IN ('prepared', 'sent')",
+    ),
+    openBatches: db.prepare<[], BatchRow>("SELECT * FROM settlement_batches WHERE state IN ('prepared', 'sent') ORDER BY created_ms"),
+    lock: db.prepare<[string, string, number, number, string]>(
+      `INSERT INTO locks (name, holder, expires_ms) VALUES (?, ?, ?)
+       ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
+       WHERE locks.expires_ms <= ? OR locks.holder = ?`,
+    ),
+    unlock: db.prepare<[string, string]>('DELETE FROM locks WHERE name = ? AND holder = ?'),
+    block: db.prepare(
+      `INSERT INTO settlement_blocks (user, shortfall_wei, balance_wei, since_ms) VALUES (@user, @shortfall, @balance, @since)
+       ON CONFLICT (user) DO UPDATE SET shortfall_wei = excluded.shortfall_wei, balance_wei = excluded.balance_wei,
+         since_ms = excluded.since_ms`,
+    ),
+    getBlock: db.prepare<[string], { user: string; shortfall_wei: string; balance_wei: string; since_ms: number }>(
+      'SELECT * FROM settlement_blocks WHERE user = ?',
+    ),
+    unblock: db.prepare<[string]>('DELETE FROM settlement_blocks WHERE user = ?'),
+    earnings: db.prepare<[], { day: string; state: string; fee_wei: string; images: number }>(
+      "SELECT strftime('%Y-%m-%d', created, 'unixepoch') AS day, state, fee_wei, images FROM receipts",
+    ),
+  };
+
+  const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }): boolean => {
+    const stored: StoredItem[] = batch.items.map((i) => ({ ...i, nonce: i.nonce.toString(), totalFeeWei: i.totalFeeWei.toString() }));
+    stmt.insertBatch.run(batch.id, JSON.stringify(stored), batch.createdMs);
+    for (const item of batch.items) {
+      for (const r of item.receipts) {
+        if (stmt.claimReceipt.run(batch.id, item.requestsHash, JSON.stringify(r.proof), r.jobId).changes !== 1) {
+          // Someone settled or claimed it meanwhile: undo the whole batch (the transaction rolls back).
+          throw new ReceiptTaken(r.jobId);
+        }
+      }
+      // Persisted with the batch, before anything is sent: a crash after sending never reuses it.
+      stmt.setNonce.run(item.user, item.nonce.toString());
+    }
+    return true;
+  });
+
+  const confirmBatch = db.transaction((batchId: string, txHash: string, block: number, results: ItemResult[], nowMs: number) => {
+    const stored = results.map((r) => ({ ...r, unsettledWei: r.unsettledWei.toString() }));
+    if (stmt.confirm.run(block, JSON.stringify(stored), batchId).changes === 0) return;
+    for (const r of results) {
+      if (r.status === SUCCESS || r.status === PARTIAL) {
+        stmt.settleReceipts.run(r.status === SUCCESS ? 'settled' : 'partial', txHash, block, nowMs, batchId, r.user);
+      } else {
+        stmt.releaseReceipts.run(batchId, r.user);
+      }
+    }
+    // Items the chain did not report on (none expected) are not lost either.
+    stmt.releaseBatchReceipts.run(batchId);
+  });
+
+  const abandonBatch = db.transaction((batchId: string, note: string) => {
+    if (stmt.abandon.run(note, batchId).changes > 0) stmt.releaseBatchReceipts.run(batchId);
+  });
+
+  return {
+    async getReceipt(jobId) {
+      const row = stmt.receipt.get(jobId);
+      return row ? receiptFromRow(row) : undefined;
+    },
+    async unsettledWei(user) {
+      return sum(stmt.owedFees.all(user).map((r) => r.fee_wei));
+    },
+    async reservedWei(user) {
+      let total = 0n;
+      for (const row of stmt.reserved.all(user)) total += BigInt(row.n) * BigInt(row.price);
+      return total;
+    },
+    async usersWithUnsettled() {
+      const totals = new Map<string, { feeWei: bigint; receipts: number }>();
+      for (const row of stmt.unsettledByUser.all()) {
+        const t = totals.get(row.user) ?? { feeWei: 0n, receipts: 0 };
+        t.feeWei += BigInt(row.fee_wei);
+        t.receipts += 1;
+        totals.set(row.user, t);
+      }
+      return [...totals].map(([user, t]) => ({ user, ...t }));
+    },
+    async unsettledReceipts(user, limit) {
+      return stmt.unsettledOf.all(user, limit).map(receiptFromRow);
+    },
+    async lastNonce(user) {
+      const row = stmt.lastNonce.get(user);
+      return row ? BigInt(row.last_nonce) : undefined;
+    },
+    async prepareBatch(batch) {
+      try {
+        return prepareBatch(batch);
+      } catch (err) {
+        if (err instanceof ReceiptTaken) return false;
+        throw err;
+      }
+    },
+    async recordBatchTx(batchId, txHash, walletNonce, sentMs) {
+      stmt.recordTx.run(txHash, walletNonce, sentMs, batchId);
+    },
+    async confirmBatch(batchId, txHash, block, results, nowMs) {
+      confirmBatch(batchId, txHash, block, results, nowMs);
+    },
+    async abandonBatch(batchId, note) {
+      abandonBatch(batchId, note);
+    },
+    async getBatch(batchId) {
+      const row = stmt.batch.get(batchId);
+      return row ? batchFromRow(row) : undefined;
+    },
+    async openBatches() {
+      return stmt.openBatches.all().map(batchFromRow);
+    },
+    async tryLock(name, holder, nowMs, ttlMs) {
+      return stmt.lock.run(name, holder, nowMs + ttlMs, nowMs, holder).changes > 0;
+    },
+    async unlock(name, holder) {
+      stmt.unlock.run(name, holder);
+    },
+    async blockUser(block) {
+      stmt.block.run({ user: block.user, shortfall: block.shortfallWei.toString(), balance: block.balanceWei.toString(), since: block.sinceMs });
+    },
+    async getUserBlock(user) {
+      const row = stmt.getBlock.get(user);
+      return row
+        ? { user: row.user, shortfallWei: BigInt(row.shortfall_wei), balanceWei: BigInt(row.balance_wei), sinceMs: row.since_ms }
+        : undefined;
+    },
+    async unblockUser(user) {
+      stmt.unblock.run(user);
+    },
+    async earningsByDay() {
+      const days = new Map<string, EarningsDay>();
+      for (const row of stmt.earnings.all()) {
+        const d = days.get(row.day) ?? { day: row.day, receipts: 0, images: 0, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 0n };
+        const fee = BigInt(row.fee_wei);
+        d.receipts += 1;
+        d.images += row.images;
+        if (row.state === 'settled') d.settledWei += fee;
+        else if (row.state === 'partial') d.partialWei += fee;
+        else if (row.state === 'offchain') d.offchainWei += fee;
+        else d.unsettledWei += fee;
+        days.set(row.day, d);
+      }
+      return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
+    },
+  };
+}
+
+class ReceiptTaken extends Error {
+  constructor(jobId: string) {
+    super(`receipt ${jobId} is no longer unsettled`);
+  }
+}

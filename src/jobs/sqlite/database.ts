@@ -1,0 +1,115 @@
+import Database from 'better-sqlite3';
+
+/**
+ * The daemon's one SQLite file (WAL mode), shared by the job store and the billing store so that a job's
+ * completion and its receipt are written in one transaction.
+ */
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE jobs (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+     id TEXT NOT NULL UNIQUE,
+     owner TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     delivery TEXT NOT NULL CHECK (delivery IN ('sync', 'async')),
+     model TEXT NOT NULL,
+     backend_id TEXT NOT NULL,
+     status TEXT NOT NULL,
+     params TEXT NOT NULL,
+     inputs TEXT NOT NULL,
+     request_sha256 TEXT NOT NULL,
+     fingerprint TEXT NOT NULL,
+     idempotency_key TEXT,
+     base_url TEXT NOT NULL,
+     created_ms INTEGER NOT NULL,
+     updated_ms INTEGER NOT NULL,
+     run_after_ms INTEGER NOT NULL,
+     started_ms INTEGER,
+     finished_ms INTEGER,
+     attempts INTEGER NOT NULL DEFAULT 0,
+     lease_token TEXT,
+     lease_expires_ms INTEGER,
+     error TEXT,
+     result TEXT,
+     expires_ms INTEGER,
+     results_deleted_ms INTEGER
+   );
+   CREATE INDEX jobs_queue ON jobs (backend_id, status, seq);
+   CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+   CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL;
+   CREATE INDEX jobs_finished ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
+   CREATE TABLE blob_refs (
+     job_id TEXT NOT NULL,
+     sha256 TEXT NOT NULL,
+     role TEXT NOT NULL CHECK (role IN ('input', 'output')),
+     PRIMARY KEY (job_id, sha256, role)
+   );
+   CREATE INDEX blob_refs_sha ON blob_refs (sha256);`,
+  `ALTER TABLE jobs ADD COLUMN price_per_image_wei TEXT NOT NULL DEFAULT '0';
+   ALTER TABLE jobs ADD COLUMN signature TEXT;`,
+  `CREATE INDEX jobs_model_status ON jobs (model, status);`,
+  // Billing: one receipt per completed job with a fee, written with the completion (billing.md).
+  `CREATE TABLE receipts (
+     job_id TEXT PRIMARY KEY,
+     user TEXT NOT NULL,
+     provider TEXT NOT NULL,
+     fee_wei TEXT NOT NULL,
+     images INTEGER NOT NULL,
+     created INTEGER NOT NULL,
+     leaf TEXT NOT NULL,
+     receipt TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('unsettled', 'offchain', 'in_flight', 'settled', 'partial')),
+     batch_id TEXT,
+     root TEXT,
+     proof TEXT,
+     settled_tx TEXT,
+     settled_block INTEGER,
+     settled_ms INTEGER
+   );
+   CREATE INDEX receipts_user_state ON receipts (user, state);
+   CREATE INDEX receipts_batch ON receipts (batch_id) WHERE batch_id IS NOT NULL;
+   CREATE TABLE settlement_nonces (user TEXT PRIMARY KEY, last_nonce TEXT NOT NULL);
+   CREATE TABLE settlement_batches (
+     id TEXT PRIMARY KEY,
+     state TEXT NOT NULL CHECK (state IN ('prepared', 'sent', 'confirmed', 'abandoned')),
+     items TEXT NOT NULL,
+     created_ms INTEGER NOT NULL,
+     tx_hashes TEXT NOT NULL DEFAULT '[]',
+     wallet_nonce INTEGER,
+     sent_ms INTEGER,
+     block INTEGER,
+     results TEXT,
+     note TEXT
+   );
+   CREATE TABLE settlement_blocks (
+     user TEXT PRIMARY KEY,
+     shortfall_wei TEXT NOT NULL,
+     balance_wei TEXT NOT NULL,
+     since_ms INTEGER NOT NULL
+   );
+   CREATE TABLE locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms INTEGER NOT NULL);`,
+];
+
+export function openSqliteDatabase(file: string): Database.Database {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  // NORMAL is durable across process crashes in WAL mode; only an OS crash may lose the last commits.
+  db.pragma('synchronous = NORMAL');
+  db.pragma('busy_timeout = 5000');
+  db.pragma('foreign_keys = ON');
+  migrate(db);
+  return db;
+}
+
+function migrate(db: Database.Database): void {
+  const version = db.pragma('user_version', { simple: true }) as number;
+  if (version > MIGRATIONS.length) {
+    throw new Error(`the database was written by a newer pixeld (schema ${version}, this one knows ${MIGRATIONS.length})`);
+  }
+  for (let v = version; v < MIGRATIONS.length; v += 1) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+}
