@@ -87,6 +87,7 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.provider).toEqual(defaults.provider);
     expect(config.chain).toEqual(defaults.chain);
     expect(config.rateLimits).toEqual(defaults.rateLimits);
+    expect(config.billing).toEqual(defaults.billing);
     expect(config.limits).toEqual(defaults.limits);
     expect(config.jobs).toEqual(defaults.jobs);
     expect(config.dataDir).toBe(path.resolve(REPO, defaults.dataDir));
