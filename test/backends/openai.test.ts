@@ -27,6 +27,7 @@ import {
   startFakeOpenAIServer,
 } from '../fakes/openai-compatible-server.js';
 import type { FakeFlavor, FakeOpenAIServer } from '../fakes/openai-compatible-server.js';
+import { backendCallOptions } from '../helpers/backend-call.js';
 
 type OpenAIConfigInput = Omit<Extract<ConfigInput['backends'][number], { type: 'openai' }>, 'type' | 'id' | 'baseUrl'>;
 
@@ -37,24 +38,7 @@ function makeConfig(baseUrl: string, extra: OpenAIConfigInput = {}): OpenAIBacke
 }
 
 function callOptions(overrides: Partial<BackendCallOptions> = {}): BackendCallOptions {
-  return {
-    model: 'fake-image-model',
-    prompt: 'a red fox in snow',
-    n: 1,
-    size: '64x48',
-    seed: 42,
-    quality: 'high',
-    background: 'auto',
-    outputFormat: 'png',
-    negativePrompt: undefined,
-    numInferenceSteps: undefined,
-    guidanceScale: undefined,
-    images: undefined,
-    mask: undefined,
-    signal: new AbortController().signal,
-    deadlineMs: Date.now() + 60_000,
-    ...overrides,
-  };
+  return backendCallOptions({ model: 'fake-image-model', prompt: 'a red fox in snow', size: '64x48', ...overrides });
 }
 
 async function rejection(promise: Promise<unknown>): Promise<unknown> {

@@ -15,6 +15,7 @@ import {
 } from '../../src/backends/reference.js';
 import type { BackendCallOptions, ImageBackend, InputImage } from '../../src/backends/types.js';
 import { referenceBackendSchema, type ReferenceBackendConfig } from '../../src/config/schema.js';
+import { backendCallOptions } from '../helpers/backend-call.js';
 
 let dir: string;
 
@@ -35,24 +36,7 @@ function backendConfig(overrides: Partial<ReferenceBackendConfig> = {}): Referen
 }
 
 function callOptions(overrides: Partial<BackendCallOptions> = {}): BackendCallOptions {
-  return {
-    model: 'reference-image-1',
-    prompt: 'a lighthouse at dusk',
-    n: 1,
-    size: '64x64',
-    seed: 42,
-    quality: 'high',
-    background: 'auto',
-    outputFormat: 'png',
-    negativePrompt: undefined,
-    numInferenceSteps: undefined,
-    guidanceScale: undefined,
-    images: undefined,
-    mask: undefined,
-    signal: new AbortController().signal,
-    deadlineMs: Date.now() + 60_000,
-    ...overrides,
-  };
+  return backendCallOptions({ model: 'reference-image-1', prompt: 'a lighthouse at dusk', size: '64x64', ...overrides });
 }
 
 let fileCounter = 0;
