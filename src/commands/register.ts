@@ -193,6 +193,10 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
     if (current && resetting.length > 0) {
       if (current.teeSignerAcknowledged) {
         for (const line of resetWarning(resetting)) io.stdout(line);
+        if (verifierUrlOf(current.additionalInfo) !== verifierUrlOf(params.additionalInfo) && changed.includes('url')) {
+          io.stdout('         additionalInfo changes because its VerifierURL follows the url. To move the url without a reset,');
+          io.stdout('         pin VerifierURL in provider.service.additionalInfo (it must still serve the attestation report).');
+        }
       } else {
         io.stdout(`Note: the TEE signer is not acknowledged now; after this update the contract owner must acknowledge it.`);
       }
@@ -407,8 +411,16 @@ function resetWarning(fields: readonly string[]): string[] {
   return [
     `WARNING: changing ${fields.join(', ')} resets the TEE signer acknowledgement (teeSignerAcknowledged → false).`,
     '         Only the contract owner can restore it (acknowledgeTEESignerByOwner). Until then every settlement',
-    '         fails with NO_TEE_SIGNER and no fees can be collected. Price and url changes alone do not reset it.',
+    '         fails with NO_TEE_SIGNER and no fees can be collected. Price and url changes do not reset it.',
   ];
+}
+
+function verifierUrlOf(additionalInfo: string): unknown {
+  try {
+    return (JSON.parse(additionalInfo) as Record<string, unknown> | null)?.VerifierURL;
+  } catch {
+    return undefined;
+  }
 }
 
 export function unacknowledgedNote(signer: string): string {
@@ -432,6 +444,8 @@ export function formatField(field: ServiceField, value: string | bigint): string
   if (field === 'inputPrice') return formatWei(value as bigint);
   if (field === 'outputPrice') return `${formatWei(value as bigint)} per image`;
   if (field === 'teeSignerAddress') return String(value);
+  // Already JSON: shown as is, so its keys read plainly.
+  if (field === 'additionalInfo' && value !== '') return String(value);
   return JSON.stringify(value);
 }
 
