@@ -40,6 +40,11 @@ export interface BackendCallOptions {
   mask: InputImage | undefined;
   /** Aborted on cancel and when the deadline passes; backends must stop their upstream call. */
   signal: AbortSignal;
+  /**
+   * Progress of this call, 0–100, for backends that report it (ComfyUI, AUTOMATIC1111); others never
+   * call it. The runner folds it into the job's progress shown to pollers.
+   */
+  onProgress: (percent: number) => void;
   /** Epoch ms after which the runner gives up; adapters set their socket timeouts from it. */
   deadlineMs: number;
 }

@@ -61,13 +61,14 @@ export function zeroGStatus(job: Job): 'pending' | 'processing' | 'completed' | 
   return job.status === 'cancelled' ? 'failed' : job.status;
 }
 
-export function zeroGPollBody(job: Job, response: ImagesResponse | undefined): Record<string, unknown> {
+export function zeroGPollBody(job: Job, response: ImagesResponse | undefined, progress?: number): Record<string, unknown> {
   const body: Record<string, unknown> = {
     jobId: job.id,
     status: zeroGStatus(job),
     createdAt: new Date(job.createdMs).toISOString(),
     updatedAt: new Date(job.updatedMs).toISOString(),
   };
+  if (job.status === 'processing' && progress !== undefined) body.progress = progress;
   if (job.status === 'failed' || job.status === 'cancelled') {
     body.errorMessage = job.error?.message ?? 'failed';
     body.errorCode = job.error?.code ?? 'internal_error';
@@ -97,7 +98,7 @@ export function theRouterStatus(job: Job, nowMs: number): TheRouterStatus {
   }
 }
 
-export function theRouterJobBody(job: Job, nowMs: number, response: ImagesResponse | undefined): Record<string, unknown> {
+export function theRouterJobBody(job: Job, nowMs: number, response: ImagesResponse | undefined, progress?: number): Record<string, unknown> {
   const body: Record<string, unknown> = {
     id: job.id,
     object: 'image.job',
@@ -107,6 +108,7 @@ export function theRouterJobBody(job: Job, nowMs: number, response: ImagesRespon
     updated_at: Math.floor(job.updatedMs / 1000),
     poll_url: `${job.baseUrl}/v1/jobs/${job.id}`,
   };
+  if (job.status === 'processing' && progress !== undefined) body.progress = progress;
   if (job.status === 'failed' || job.status === 'cancelled') {
     body.error = { code: job.error?.code ?? 'internal_error', message: job.error?.message ?? 'failed' };
   }

@@ -49,6 +49,8 @@ export class JobRunner {
   private readonly running = new Map<string, { controller: AbortController; backendId: string }>();
   private readonly runningPerBackend = new Map<string, number>();
   private readonly perImageMs = new Map<string, number[]>();
+  /** Progress (0–99) of running jobs whose backend reports it. */
+  private readonly progress = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
   private pumping = new Set<string>();
@@ -97,6 +99,11 @@ export class JobRunner {
   /** Aborts the running attempt of a job that was just cancelled in the store. */
   abort(jobId: string): void {
     this.running.get(jobId)?.controller.abort(new DOMException('the job was cancelled', 'AbortError'));
+  }
+
+  /** Percent done of a running job, when its backend reports progress. */
+  progressOf(jobId: string): number | undefined {
+    return this.progress.get(jobId);
   }
 
   runningCount(backendId: string): number {
@@ -177,6 +184,7 @@ export class JobRunner {
     } finally {
       clearTimeout(deadline);
       this.running.delete(job.id);
+      this.progress.delete(job.id);
       this.events.emit(`finished:${job.id}`);
     }
   }
@@ -226,6 +234,7 @@ export class JobRunner {
       mask: maskInput ? this.inputImage(maskInput) : undefined,
       signal,
       deadlineMs,
+      onProgress: () => undefined,
     };
     const delivered: NormalizedImage[] = [];
     const warnings = new Set<string>();
@@ -237,7 +246,14 @@ export class JobRunner {
       const seed = nextSeed;
       // Every image gets its own seed, also in top-up calls, so a short answer is never filled with copies.
       nextSeed += want;
-      const answer = await backend.generate({ ...base, n: want, seed });
+      const before = delivered.length;
+      const onProgress = (percent: number) => {
+        if (!Number.isFinite(percent)) return;
+        // The job's share done: images already delivered, plus this call's part of its own images.
+        const overall = Math.floor((100 * (before + (want * Math.min(100, Math.max(0, percent))) / 100)) / params.n);
+        this.progress.set(job.id, Math.max(this.progress.get(job.id) ?? 0, Math.min(99, overall)));
+      };
+      const answer = await backend.generate({ ...base, n: want, seed, onProgress });
       for (const w of answer.warnings) warnings.add(w.feature ? `${w.feature}: ${w.message}` : w.message);
       for (const bytes of answer.images.slice(0, want)) {
         try {

@@ -122,6 +122,11 @@ export class JobService {
     }
   }
 
+  /** Percent done of a running job, when its backend reports progress. */
+  progressOf(id: string): number | undefined {
+    return this.deps.runner.progressOf(id);
+  }
+
   async get(id: string): Promise<Job | undefined> {
     return this.deps.store.get(id);
   }
@@ -174,7 +179,10 @@ export class JobService {
     const ownMs = perImageMs * job.params.n;
     let estimateMs: number;
     if (job.status === 'processing') {
-      estimateMs = ownMs - (now() - (job.startedMs ?? now()));
+      const elapsedMs = now() - (job.startedMs ?? now());
+      const progress = runner.progressOf(job.id);
+      // A backend that reports progress knows better than our averages: extrapolate from it.
+      estimateMs = progress !== undefined && progress > 0 ? (elapsedMs * (100 - progress)) / progress : ownMs - elapsedMs;
     } else {
       const ahead = await this.deps.store.countAhead(job);
       const slots = runner.concurrencyOf(job.backendId);

@@ -18,6 +18,7 @@ export function backendCallOptions(overrides: Partial<BackendCallOptions> = {}):
     mask: undefined,
     signal: new AbortController().signal,
     deadlineMs: Date.now() + 60_000,
+    onProgress: () => undefined,
     ...overrides,
   };
 }

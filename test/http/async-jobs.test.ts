@@ -79,6 +79,24 @@ describe('async job lifecycle (0G shape)', () => {
     expect(final.res.headers.get('retry-after')).toBeNull();
   });
 
+  it('shows backend-reported progress in both poll shapes and extrapolates Retry-After from it', async () => {
+    const { backend, url } = await start();
+    const { body } = await submit(url, { prompt: 'progress', n: 2 });
+    const call = await backend.nextCall();
+    await new Promise((r) => setTimeout(r, 1_100));
+    call.options.onProgress(50);
+    const first = await poll(url, body.jobId);
+    expect(first.body.progress).toBe(50);
+    // Half done after ~1.1 s: about 1 s to go, not the 10 s the default per-image guess would say.
+    expect(Number(first.res.headers.get('retry-after'))).toBeLessThanOrEqual(2);
+    call.options.onProgress(30);
+    const theRouter = (await (await fetch(`${url}/v1/jobs/${body.jobId}`)).json()) as Record<string, any>;
+    expect(theRouter.progress).toBe(50);
+    await call.succeed();
+    const done = await waitForStatus(url, body.jobId, 'completed');
+    expect(done.progress).toBeUndefined();
+  });
+
   it('estimates Retry-After from the queue position, not a constant', async () => {
     const { backend, url } = await start();
     const a = await submit(url, { prompt: 'a' });

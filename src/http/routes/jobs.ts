@@ -18,14 +18,14 @@ export function jobRoutes(deps: AppDeps): Router {
     if (job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
     const response = await responseIfCompleted(deps, job);
     await setPollHeaders(deps, job, res);
-    res.json(zeroGPollBody(job, response));
+    res.json(zeroGPollBody(job, response, deps.service.progressOf(job.id)));
   });
 
   router.get('/v1/jobs/:jobId', async (req, res) => {
     const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
     const response = job.status === 'completed' && !isExpired(job, deps.now()) ? await responseIfCompleted(deps, job) : undefined;
     await setPollHeaders(deps, job, res);
-    res.json(theRouterJobBody(job, deps.now(), response));
+    res.json(theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id)));
   });
 
   const cancel = (shape: '0g' | 'therouter') => async (req: Request, res: Response) => {
