@@ -10,6 +10,7 @@ Commands:
                    (pixeld verify --help for details)
   register         Register or update this provider's service on chain (pixeld register --help)
   service          Show the on-chain service and how it compares with the local config
+  settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
   help             Show this help
 
 Options:
@@ -36,6 +37,10 @@ register options:
 service options:
   --model <id>        Compare with this model (default: the on-chain one, else the only one)
 
+settle options:
+  --dry-run           Prepare, sign and preview only: nothing persisted or sent
+  Exit status 1 when another settler holds the lock, the chain fails, or an item is not settled.
+
 Environment:
   PORT, HOST, PIXELD_DATA_DIR, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
   override the matching config keys (see config/pixeld.example.yaml).
@@ -55,6 +60,10 @@ async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'service') {
     const { runServiceCli } = await import('./commands/service.js');
     return runServiceCli(argv.slice(1));
+  }
+  if (argv[0] === 'settle') {
+    const { runSettleCli } = await import('./commands/settle.js');
+    return runSettleCli(argv.slice(1));
   }
   let parsed;
   try {
@@ -88,6 +97,10 @@ async function main(argv: string[]): Promise<number> {
     case 'service': {
       const { runServiceCli } = await import('./commands/service.js');
       return runServiceCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
+    }
+    case 'settle': {
+      const { runSettleCli } = await import('./commands/settle.js');
+      return runSettleCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
     }
     default:
       console.error(`pixeld: unknown command "${command}"\n\n${HELP}`);

@@ -8,7 +8,7 @@ import { OwnerRateLimiter } from './auth/rate-limiter.js';
 import { ZeroGAuthenticator } from './auth/zero-g-auth.js';
 import { ModelCatalog } from './backends/catalog.js';
 import { loadProviderWallet, resolveProviderAddress } from './chain/provider-wallet.js';
-import { createChainClient } from './chain/serving-contract.js';
+import { createChainClient, type ChainClient, type ChainConfig } from './chain/serving-contract.js';
 import { createBackend } from './backends/create-backend.js';
 import type { ImageBackend } from './backends/types.js';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
@@ -22,6 +22,8 @@ import { sqliteJobStore } from './jobs/sqlite/sqlite-store.js';
 import { BillingAdmission } from './billing/admission.js';
 import { sqliteBillingStore } from './billing/sqlite-billing-store.js';
 import type { BillingStore } from './billing/store.js';
+import { Settler } from './billing/settlement/settler.js';
+import { createSettlementTriggers, validateSettlementCron, type SettlementTriggers } from './billing/settlement/triggers.js';
 import type { JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
 import { createLogger, type Logger } from './obs/logger.js';
@@ -51,7 +53,11 @@ export interface Daemon {
   sweeper: Sweeper;
   blobs: BlobStore;
   tee: TeeKeyProvider;
-  /** Starts the runner and sweeper (recovering interrupted jobs first). */
+  /** Settles receipts on chain; undefined when the chain or the provider wallet is not configured. */
+  settler: Settler | undefined;
+  /** The cron schedule and early-settlement checks driving `settler`. */
+  settlementTriggers: SettlementTriggers | undefined;
+  /** Starts the runner and sweeper (recovering interrupted jobs first), reconciles settlement and schedules it. */
   start(): Promise<void>;
   /** Listens on the configured host and port; resolves with the server once it accepts connections. */
   listen(): Promise<Server>;
@@ -74,15 +80,16 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   const billing = sqliteBillingStore(db);
   const catalog = new ModelCatalog(config.models);
   const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
-  const chain =
+  const chainConfig: ChainConfig | undefined =
     config.chain.rpcUrl !== undefined && config.chain.chainId !== undefined && config.chain.servingAddress !== undefined
-      ? createChainClient({
+      ? {
           rpcUrl: config.chain.rpcUrl,
           chainId: config.chain.chainId,
           servingAddress: config.chain.servingAddress,
           rpcTimeoutMs: config.chain.rpcTimeoutMs,
-        })
+        }
       : undefined;
+  const chain = chainConfig ? createChainClient(chainConfig) : undefined;
   const env = options.env ?? process.env;
   const providerWallet = await loadProviderWallet(config.provider.wallet, env, chain?.provider);
   const providerAddress = resolveProviderAddress(config.provider.address, providerWallet);
@@ -113,6 +120,40 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     now,
   });
   const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
+  let settler: Settler | undefined;
+  let settlementChain: ChainClient | undefined;
+  let settlementTriggers: SettlementTriggers | undefined;
+  if (chainConfig && providerWallet) {
+    if (!validateSettlementCron(config.billing.settlementCron)) {
+      throw new ConfigError(`config: billing.settlementCron: "${config.billing.settlementCron}" is not a valid cron expression`);
+    }
+    // Its own client: the daemon's reuses identical reads for 250 ms, which settlement must never see.
+    settlementChain = createChainClient({ ...chainConfig, freshReads: true });
+    settler = new Settler({
+      billing,
+      chain: settlementChain,
+      wallet: providerWallet,
+      providerAddress,
+      tee,
+      billingConfig: config.billing,
+      logger,
+      now,
+    });
+    settlementTriggers = createSettlementTriggers({
+      settler,
+      billing,
+      chain: settlementChain,
+      providerAddress,
+      billingConfig: config.billing,
+      logger,
+    });
+  } else {
+    logger.info(
+      chain
+        ? `settlement is off: no provider wallet (set env ${config.provider.wallet.privateKeyEnv} or provider.wallet.keystoreFile); receipts are kept until it is`
+        : 'settlement is off: the chain is not configured (chain.rpcUrl, chain.chainId, chain.servingAddress)',
+    );
+  }
   const readiness = new Readiness({ store, backends });
   const auth: Authenticators = {
     zeroG: config.auth.mode.includes('0g')
@@ -163,9 +204,21 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     sweeper,
     blobs,
     tee,
+    settler,
+    settlementTriggers,
     async start() {
       await runner.start();
       sweeper.start();
+      if (settler) {
+        // A crash may have left a batch between sending and recording: settle it against the chain before
+        // any new round. An unreachable chain only postpones this to the first round.
+        try {
+          await settler.reconcile();
+        } catch (err) {
+          logger.error('settlement: start-up reconciliation failed; the next round retries it', { error: String(err) });
+        }
+        settlementTriggers!.start();
+      }
     },
     listen() {
       return new Promise((resolve, reject) => {
@@ -178,6 +231,11 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     },
     async stop() {
       service.beginShutdown();
+      if (settler) {
+        const triggersStopped = settlementTriggers!.stop();
+        await settler.stop();
+        await triggersStopped;
+      }
       if (server) {
         const closing = new Promise<void>((resolve) => server!.close(() => resolve()));
         server.closeIdleConnections();
@@ -194,6 +252,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       }
       await Promise.all([...backends.values()].map((b) => b.close?.()));
       chain?.close();
+      settlementChain?.close();
       await store.close();
     },
   };

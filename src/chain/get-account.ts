@@ -11,6 +11,18 @@ export interface ServingAccount {
   acknowledged: boolean;
   generation: bigint;
   revokedBitmap: bigint;
+  /** Refund slots; the active ones are the first `validRefundsLength`, oldest first. */
+  refunds: ServingRefund[];
+  validRefundsLength: bigint;
+}
+
+/** A refund request: withdrawable from `createdAt + lockTime()` (chain seconds) unless a settlement takes it first. */
+export interface ServingRefund {
+  index: bigint;
+  amount: bigint;
+  /** Block timestamp of the request, in seconds. */
+  createdAt: bigint;
+  processed: boolean;
 }
 
 export type GetAccountReturnType = ServingAccount | undefined;
@@ -19,10 +31,17 @@ export type GetAccountReturnType = ServingAccount | undefined;
  * Reads `getAccount(user, provider)`. Resolves undefined when the contract says there is no such account;
  * rejects with `chain_unavailable` when the chain could not be asked.
  */
-export async function getAccount(client: ChainClient, user: string, provider: string): Promise<GetAccountReturnType> {
+export async function getAccount(
+  client: ChainClient,
+  user: string,
+  provider: string,
+  /** Read the state as of this block. @default 'latest' */
+  blockTag?: number | string,
+): Promise<GetAccountReturnType> {
   let raw: Record<string, unknown>;
   try {
-    raw = (await client.serving.getFunction('getAccount').staticCall(user, provider)) as Record<string, unknown>;
+    const overrides = blockTag === undefined ? {} : { blockTag };
+    raw = (await client.serving.getFunction('getAccount').staticCall(user, provider, overrides)) as Record<string, unknown>;
   } catch (err) {
     if (isRevert(err)) return undefined;
     throw chainUnavailable('getAccount', err);
@@ -40,5 +59,17 @@ export function toServingAccount(raw: Record<string, unknown>): ServingAccount {
     acknowledged: Boolean(raw.acknowledged),
     generation: BigInt(raw.generation as bigint),
     revokedBitmap: BigInt(raw.revokedBitmap as bigint),
+    refunds: Array.from((raw.refunds as Iterable<Record<string, unknown>> | undefined) ?? [], (r) => ({
+      index: BigInt(r.index as bigint),
+      amount: BigInt(r.amount as bigint),
+      createdAt: BigInt(r.createdAt as bigint),
+      processed: Boolean(r.processed),
+    })),
+    validRefundsLength: BigInt((raw.validRefundsLength as bigint | undefined) ?? 0n),
   };
+}
+
+/** Refunds still waiting to be withdrawn (a settlement may take from them until they are). */
+export function activeRefunds(account: ServingAccount): ServingRefund[] {
+  return account.refunds.slice(0, Number(account.validRefundsLength)).filter((r) => !r.processed && r.amount > 0n);
 }

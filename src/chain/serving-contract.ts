@@ -25,6 +25,11 @@ export interface ChainConfig {
   servingAddress: string;
   /** One RPC call gives up after this long. @default 5_000 */
   rpcTimeoutMs: number;
+  /**
+   * Turns off ethers' reuse of identical requests made within 250 ms: settlement must never act on a
+   * receipt or nonce read from before its own transaction. @default false
+   */
+  freshReads?: boolean;
 }
 
 export interface ChainClient {
@@ -41,7 +46,11 @@ export function createChainClient(config: ChainConfig): ChainClient {
   request.timeout = config.rpcTimeoutMs;
   // staticNetwork: the chain id is configured, so ethers never probes (and never retries forever) at start.
   const network = Network.from(config.chainId);
-  const provider = new JsonRpcProvider(request, network, { staticNetwork: network, batchMaxCount: 1 });
+  const provider = new JsonRpcProvider(request, network, {
+    staticNetwork: network,
+    batchMaxCount: 1,
+    ...(config.freshReads ? { cacheTimeout: -1 } : {}),
+  });
   const serving = new Contract(config.servingAddress, SERVING_ABI, provider);
   return {
     provider,

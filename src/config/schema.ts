@@ -74,6 +74,76 @@ export const openaiBackendSchema = z
   })
   .strict();
 
+export const comfyuiBackendSchema = z
+  .object({
+    ...backendCommon,
+    type: z.literal('comfyui'),
+    /** ComfyUI server, e.g. http://127.0.0.1:8188 */
+    baseUrl: z.url(),
+    /**
+     * API-format workflow JSON per model (the model's backendModel, or id): its marked inputs receive the
+     * prompt, seed, size, batch size, images and mask (see config/comfyui/README.md).
+     */
+    workflows: z.record(z.string(), z.string()),
+    /** Subfolder of ComfyUI's input dir that uploads go to. */
+    uploadSubfolder: z.string().default('pixeld'),
+    /** While the websocket is down, job state is polled this often. */
+    pollIntervalMs: z.number().int().min(50).default(1_000),
+    connectTimeoutMs: z.number().int().min(1).default(10_000),
+    maxDownloadBytes: z.number().int().min(1).default(64 * MiB),
+    /** Path probed by /readyz. */
+    healthPath: z.string().default('/system_stats'),
+  })
+  .strict();
+
+export const a1111BackendSchema = z
+  .object({
+    ...backendCommon,
+    type: z.literal('a1111'),
+    /** AUTOMATIC1111 / Forge web UI started with --api, e.g. http://127.0.0.1:7860 */
+    baseUrl: z.url(),
+    /** For servers started with --api-auth user:password: the env vars holding them. */
+    usernameEnv: z.string().optional(),
+    passwordEnv: z.string().optional(),
+    steps: z.number().int().min(1).max(500).default(30),
+    cfgScale: z.number().min(0).max(50).default(7),
+    samplerName: z.string().default('Euler a'),
+    /** img2img: how far the output may move from the input. */
+    denoisingStrength: z.number().min(0).max(1).default(0.75),
+    maskBlur: z.number().int().min(0).max(64).default(4),
+    /** img2img inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing. */
+    inpaintingFill: z.number().int().min(0).max(3).default(1),
+    /** How often /internal/progress is read while a job runs. */
+    progressPollMs: z.number().int().min(50).default(1_000),
+    connectTimeoutMs: z.number().int().min(1).default(10_000),
+    healthPath: z.string().default('/sdapi/v1/options'),
+  })
+  .strict();
+
+export const siliconflowBackendSchema = z
+  .object({
+    ...backendCommon,
+    type: z.literal('siliconflow'),
+    /**
+     * One image per call by default: the API takes one base seed per request and reports only that seed,
+     * so images of a batch cannot carry the seed + i each image is owed; the runner gives each call its own
+     * seed instead. batch_size (up to 4) is honoured by Kolors only; raise this only for such models.
+     */
+    maxImagesPerCall: z.number().int().min(1).max(4).default(1),
+    /** Hosted API base including /v1, e.g. https://api.siliconflow.cn/v1 */
+    baseUrl: z.url(),
+    apiKey: z.string().optional(),
+    apiKeyEnv: z.string().optional(),
+    /** Sent when the caller gives none. */
+    numInferenceSteps: z.number().int().min(1).max(100).optional(),
+    guidanceScale: z.number().min(0).max(20).optional(),
+    /** Largest result image downloaded from the returned URLs (they expire after an hour). */
+    maxDownloadBytes: z.number().int().min(1).default(64 * MiB),
+    connectTimeoutMs: z.number().int().min(1).default(10_000),
+    healthPath: z.string().default('/models'),
+  })
+  .strict();
+
 export const backendSchema = z.discriminatedUnion('type', [referenceBackendSchema, openaiBackendSchema]);
 
 export const modelSchema = z
@@ -208,6 +278,13 @@ export const configSchema = z
         refundGuardMs: z.number().int().min(0).default(15 * 60_000),
         /** Settle a user early when unsettled fees reach this share (percent) of their available balance. */
         lowBalancePercent: z.number().int().min(1).max(100).default(80),
+        /** How often users are checked for early settlement (threshold, low balance, refund guard). */
+        thresholdCheckIntervalMs: z.number().int().min(1_000).default(30_000),
+        /**
+         * The settlement lock (one settler at a time, across processes) expires this long after its last
+         * renewal; a settler that died holding it blocks rounds for at most this long.
+         */
+        settlementLockTtlMs: z.number().int().min(1_000).default(60_000),
       })
       .strict()
       .prefault({}),
@@ -330,6 +407,9 @@ export type Config = z.output<typeof configSchema>;
 export type BackendConfig = z.output<typeof backendSchema>;
 export type ReferenceBackendConfig = z.output<typeof referenceBackendSchema>;
 export type OpenAIBackendConfig = z.output<typeof openaiBackendSchema>;
+export type ComfyUIBackendConfig = z.output<typeof comfyuiBackendSchema>;
+export type A1111BackendConfig = z.output<typeof a1111BackendSchema>;
+export type SiliconFlowBackendConfig = z.output<typeof siliconflowBackendSchema>;
 export type ModelConfig = z.output<typeof modelSchema>;
 
 /** What `npm start` runs with when there is no config file: one reference backend, two models, no auth. */

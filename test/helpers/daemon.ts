@@ -29,6 +29,8 @@ export interface TestDaemonOptions {
   now?: () => number;
   /** Replaces the key provider `tee.mode` names (a fake TEE). */
   tee?: TeeKeyProvider;
+  /** Environment the provider wallet and API keys are read from. @default process.env */
+  env?: NodeJS.ProcessEnv;
 }
 
 export function tempDir(prefix = 'pixeld-test-'): string {
@@ -61,7 +63,7 @@ export async function startTestDaemon(options: TestDaemonOptions = {}): Promise<
       },
     }),
   });
-  const daemon = await createDaemon({ config, logger, backends: options.backends, tee: options.tee, now: options.now });
+  const daemon = await createDaemon({ config, logger, backends: options.backends, tee: options.tee, now: options.now, env: options.env });
   if (!options.noStart) await daemon.start();
   const server = await daemon.listen();
   const { port } = server.address() as AddressInfo;

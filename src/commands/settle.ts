@@ -1,0 +1,227 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { formatEther } from 'ethers';
+import { Settler } from '../billing/settlement/settler.js';
+import type { RoundResult, UserSettlement } from '../billing/settlement/types.js';
+import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
+import { loadProviderWallet, resolveProviderAddress } from '../chain/provider-wallet.js';
+import { createChainClient } from '../chain/serving-contract.js';
+import { ConfigError, loadConfig } from '../config/load.js';
+import { openSqliteDatabase } from '../jobs/sqlite/database.js';
+import { createLogger } from '../obs/logger.js';
+import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
+import { openTeeKeyProvider } from '../tee/open-key-provider.js';
+
+/**
+ * `pixeld settle`: one settlement round now, from the daemon's own data dir — reconciling whatever an
+ * earlier run left open first, under the same lock the daemon takes (so it never races a running
+ * daemon's round). Prints one line per user. `--dry-run` signs and previews, persists and sends nothing.
+ *
+ * Exit status: 0 everything sent was settled (SUCCESS or PARTIAL), or nothing to do, or a dry run;
+ * 1 another settler holds the lock, the chain failed, or an item was refused / left pending;
+ * 2 bad arguments or configuration.
+ */
+
+export const SETTLE_USAGE = `Usage: pixeld settle [--dry-run] [--config <file>]
+
+Runs one settlement round now: reconciles batches an earlier run left open, then settles every 0G user's
+unsettled receipts on the InferenceServing contract (settleFeesWithTEE, signed by the TEE key, sent and
+paid for by the provider wallet). Prints, per user: receipts, amount, nonce, status and transaction.
+
+  --dry-run           Prepare, sign and preview (previewSettlementResults) only: nothing persisted or sent
+  -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml); use the daemon's
+
+Needs chain.rpcUrl, chain.chainId, chain.servingAddress, the daemon's dataDir and TEE key, and the provider
+wallet (env named by provider.wallet.privateKeyEnv, default PIXELD_PROVIDER_KEY, or provider.wallet.keystoreFile).
+Exit status: 0 settled or nothing to do, 1 lock held / chain failed / an item not settled, 2 bad arguments or configuration.
+`;
+
+export interface SettleOptions {
+  configPath?: string | undefined;
+  dryRun?: boolean | undefined;
+}
+
+export interface SettleIo {
+  stdout: (line: string) => void;
+  stderr: (line: string) => void;
+  /** Config overrides and the provider wallet key. */
+  env: NodeJS.ProcessEnv;
+}
+
+export interface SettleDeps {
+  /** Replaces the key provider `tee.mode` names (tests inject a fake TEE). */
+  tee?: TeeKeyProvider;
+  /** How often a sent transaction is looked for. @default 1_000 */
+  pollIntervalMs?: number;
+}
+
+const EXIT_OK = 0;
+const EXIT_FAILED = 1;
+const EXIT_USAGE = 2;
+
+export async function settle(options: SettleOptions, io: SettleIo, deps: SettleDeps = {}): Promise<number> {
+  let config;
+  try {
+    config = loadConfig({ configPath: options.configPath, env: io.env }).config;
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      io.stderr(`pixeld settle: ${err.message}`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  }
+  const { rpcUrl, chainId, servingAddress, rpcTimeoutMs } = config.chain;
+  if (rpcUrl === undefined || chainId === undefined || servingAddress === undefined) {
+    io.stderr('pixeld settle: config: chain.rpcUrl, chain.chainId and chain.servingAddress are required to settle');
+    return EXIT_USAGE;
+  }
+  const dbFile = path.join(config.dataDir, 'pixeld.sqlite');
+  if (!existsSync(dbFile)) {
+    io.stderr(`pixeld settle: ${config.dataDir} holds no pixeld database (pixeld.sqlite): point dataDir at the daemon's data dir`);
+    return EXIT_USAGE;
+  }
+
+  const chain = createChainClient({ rpcUrl, chainId, servingAddress, rpcTimeoutMs, freshReads: true });
+  const db = openSqliteDatabase(dbFile);
+  try {
+    const wallet = await loadProviderWallet(config.provider.wallet, io.env, chain.provider);
+    if (!wallet) {
+      io.stderr(
+        `pixeld settle: no provider wallet: set env ${config.provider.wallet.privateKeyEnv} to its private key, or ` +
+          'provider.wallet.keystoreFile (the wallet that owns the service and receives the fees; never the TEE key)',
+      );
+      return EXIT_USAGE;
+    }
+    const providerAddress = resolveProviderAddress(config.provider.address, wallet);
+    const tee = deps.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: io.env.NODE_ENV }));
+    // The settler's own log lines go to stderr, problems only: stdout is the report.
+    const logger = createLogger({ level: 'warn', format: 'pretty', stream: lineWriter(io.stderr) });
+    const settler = new Settler({
+      billing: sqliteBillingStore(db),
+      chain,
+      wallet,
+      providerAddress,
+      tee,
+      billingConfig: config.billing,
+      logger,
+      ...(deps.pollIntervalMs !== undefined ? { pollIntervalMs: deps.pollIntervalMs } : {}),
+    });
+
+    io.stdout(`Provider ${providerAddress}, contract ${servingAddress} on chain ${chainId}, TEE signer ${tee.address}`);
+    if (options.dryRun) io.stdout('Dry run: nothing is persisted or sent.');
+    const progress = (line: string) => io.stdout(`  … ${line}`);
+    const result = await settler.runRound({ dryRun: options.dryRun ?? false, onProgress: progress, reason: 'cli' });
+    if (result.outcome === 'locked') {
+      io.stderr('pixeld settle: another settler holds the settlement lock (a running daemon or another pixeld settle); try again when it is done');
+      return EXIT_FAILED;
+    }
+    return report(result, io);
+  } catch (err) {
+    if (err instanceof ConfigError || err instanceof TeeError) {
+      io.stderr(`pixeld settle: ${err.message}`);
+      return EXIT_USAGE;
+    }
+    throw err;
+  } finally {
+    chain.close();
+    db.close();
+  }
+}
+
+function report(result: RoundResult, io: SettleIo): number {
+  if (result.reconciled.length > 0) {
+    io.stdout('Reconciled from earlier runs:');
+    for (const u of result.reconciled) io.stdout(userLine(u));
+  }
+  if (result.users.length > 0) {
+    io.stdout(result.dryRun ? 'Would settle:' : 'Settled this round:');
+    for (const u of result.users) io.stdout(userLine(u));
+  }
+  const all = [...result.reconciled, ...result.users];
+  const paid = all.reduce((sum, u) => sum + paidWei(u), 0n);
+  if (!result.dryRun) io.stdout(`Paid to the provider: ${wei(paid)} in ${result.transactions.length} transaction(s).`);
+  if (result.outcome === 'interrupted') {
+    io.stderr(`pixeld settle: the round ended early: ${result.error ?? 'unknown reason'}; what is left stays unsettled or in its batch for the next run`);
+    return EXIT_FAILED;
+  }
+  if (all.length === 0) io.stdout('Nothing to settle.');
+  const unsettled = all.filter((u) => !result.dryRun && !['settled', 'partial'].includes(u.outcome));
+  return unsettled.length > 0 ? EXIT_FAILED : EXIT_OK;
+}
+
+function paidWei(u: UserSettlement): bigint {
+  if (u.outcome === 'settled') return u.amountWei;
+  if (u.outcome === 'partial') return u.amountWei - (u.shortfallWei ?? 0n);
+  return 0n;
+}
+
+const wei = (amount: bigint) => `${amount} wei (${formatEther(amount)} 0G)`;
+
+/** `  <user>  receipts <n>  <wei> wei (<0G> 0G)  nonce <n>  <STATUS …>  tx <hash>` */
+export function userLine(u: UserSettlement): string {
+  const parts = [`  ${u.user}`, `receipts ${u.receipts}`, wei(u.amountWei), `nonce ${u.nonce}`, statusText(u)];
+  if (u.txHash) parts.push(`tx ${u.txHash}${u.block !== undefined ? ` (block ${u.block})` : ''}`);
+  return parts.join('  ');
+}
+
+function statusText(u: UserSettlement): string {
+  switch (u.outcome) {
+    case 'settled':
+      return 'SUCCESS';
+    case 'partial':
+      return `PARTIAL (short ${u.shortfallWei ?? 0n} wei; user refused until topped up)`;
+    case 'refused':
+      return `${u.status ?? 'NO RESULT'} (receipts kept unsettled; retried next round)`;
+    case 'dropped':
+      return u.status === 'PARTIAL'
+        ? 'NOT SENT: the balance would pay nothing (receipts kept until the user tops up)'
+        : `NOT SENT: preview says ${u.status} (receipts kept unsettled)`;
+    case 'pending':
+      return 'PENDING (transaction not mined yet; the next run picks it up)';
+    case 'abandoned':
+      return 'NOT SETTLED (nothing reached the chain; receipts unsettled again)';
+    case 'preview':
+      return `would be ${u.status}${u.status === 'PARTIAL' ? ` (short ${u.shortfallWei} wei)` : ''}`;
+  }
+}
+
+function lineWriter(write: (line: string) => void): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, done) {
+      for (const line of chunk.toString().split('\n')) if (line.trim() !== '') write(line);
+      done();
+    },
+  });
+}
+
+export const processIo = (): SettleIo => ({
+  stdout: (line) => process.stdout.write(`${line}\n`),
+  stderr: (line) => process.stderr.write(`${line}\n`),
+  env: process.env,
+});
+
+/** `pixeld settle …` from the command line. */
+export async function runSettleCli(argv: string[], io: SettleIo = processIo()): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      allowPositionals: false,
+      options: {
+        config: { type: 'string', short: 'c' },
+        'dry-run': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (err) {
+    io.stderr(`pixeld settle: ${(err as Error).message}\n\n${SETTLE_USAGE}`);
+    return EXIT_USAGE;
+  }
+  if (values.help) {
+    io.stdout(SETTLE_USAGE);
+    return EXIT_OK;
+  }
+  return settle({ configPath: values.config, dryRun: values['dry-run'] }, io);
+}
