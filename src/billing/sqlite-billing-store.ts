@@ -9,7 +9,6 @@ import type {
   ReceiptRecord,
   ReceiptState,
   SettlementBatch,
-  UserBlock,
 } from './store.js';
 
 /**

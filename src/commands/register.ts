@@ -2,7 +2,6 @@ import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
-import { formatEther } from 'ethers';
 import {
   addOrUpdateService,
   AddOrUpdateServiceRejectedError,
@@ -11,14 +10,24 @@ import {
 import { chainUnavailable } from '../chain/errors.js';
 import { getService, type ServingService } from '../chain/get-service.js';
 import { loadProviderWallet, resolveProviderAddress } from '../chain/provider-wallet.js';
-import { createChainClient, type ChainConfig } from '../chain/serving-contract.js';
-import { ConfigError, loadConfig } from '../config/load.js';
+import { createChainClient } from '../chain/serving-contract.js';
 import type { Config, ModelConfig } from '../config/schema.js';
-import { PixeldError } from '../errors.js';
 import { canonicalJson } from '../tee/canonical-json.js';
 import { DEV_KEY_FILE } from '../tee/dev-key.js';
-import { TeeError, type TeeKeyProvider, type TeeMode } from '../tee/key-provider.js';
+import type { TeeKeyProvider, TeeMode } from '../tee/key-provider.js';
 import { openTeeKeyProvider } from '../tee/open-key-provider.js';
+import {
+  CommandError,
+  EXIT_FAILED,
+  EXIT_OK,
+  EXIT_USAGE,
+  formatWei,
+  loadCommandConfig,
+  processIo,
+  reportCommandError,
+  requireChainConfig,
+  type CommandIo,
+} from './command-io.js';
 
 /**
  * `pixeld register`: publishes this daemon's service on InferenceServing (§4 of the provider protocol) —
@@ -46,18 +55,6 @@ provider.wallet.privateKeyEnv, default PIXELD_PROVIDER_KEY, or provider.wallet.k
 Exit status: 0 done or nothing to do, 1 refused or failed, 2 bad arguments or configuration.
 `;
 
-/** What a command may touch of the outside world; tests pass their own. */
-export interface CommandIo {
-  stdout: (line: string) => void;
-  stderr: (line: string) => void;
-  /** Where a confirmation is read from; without it nothing is ever confirmed. */
-  stdin?: NodeJS.ReadableStream;
-  /** true when a person can answer a prompt on stdin. */
-  isTTY: boolean;
-  /** Config overrides, the provider wallet key, PIXELD_IMAGE_NAME / PIXELD_IMAGE_DIGEST. */
-  env: NodeJS.ProcessEnv;
-}
-
 export interface RegisterOptions {
   configPath?: string | undefined;
   model?: string | undefined;
@@ -72,10 +69,6 @@ export interface CommandDeps {
   /** How long to wait for the registration receipt. @default 120_000 */
   receiptTimeoutMs?: number;
 }
-
-export const EXIT_OK = 0;
-export const EXIT_FAILED = 1;
-export const EXIT_USAGE = 2;
 
 /** Largest additionalInfo the contract takes, in bytes of UTF-8. */
 export const MAX_ADDITIONAL_INFO_BYTES = 4096;
@@ -97,23 +90,13 @@ export type ServiceField = (typeof SERVICE_FIELDS)[number];
 /** additionalInfo keys pixeld writes, in the order it writes them; the operator's own keys follow, sorted. */
 const KNOWN_INFO_KEYS = ['TargetSeparated', 'TEEVerifier', 'VerifierURL', 'ImageName', 'ImageDigest'] as const;
 
-/** A failure the command reports as one line, with its exit status. */
-export class CommandError extends Error {
-  override readonly name = 'CommandError';
-  constructor(
-    message: string,
-    readonly exitCode: number,
-  ) {
-    super(message);
-  }
-}
-
 // ------------------------------------------------------------------------------ the command
 
 export async function register(options: RegisterOptions, io: CommandIo, deps: CommandDeps = {}): Promise<number> {
   try {
     return await registerUnchecked(options, io, deps);
   } catch (err) {
+    if (err instanceof AddOrUpdateServiceRejectedError) return reportCommandError('register', new CommandError(err.message, EXIT_FAILED), io);
     return reportCommandError('register', err, io);
   }
 }
@@ -339,24 +322,6 @@ export function publicUrl(url: string | undefined): string {
 
 // ------------------------------------------------------------------ shared by register and service
 
-export function loadCommandConfig(configPath: string | undefined, env: NodeJS.ProcessEnv): Readonly<Config> {
-  return loadConfig({ configPath, env }).config;
-}
-
-/** The chain settings, or an error naming every missing key. */
-export function requireChainConfig(config: Readonly<Config>, command: string): ChainConfig {
-  const { rpcUrl, chainId, servingAddress, rpcTimeoutMs } = config.chain;
-  const missing = (['rpcUrl', 'chainId', 'servingAddress'] as const).filter((k) => config.chain[k] === undefined).map((k) => `chain.${k}`);
-  if (rpcUrl === undefined || chainId === undefined || servingAddress === undefined) {
-    throw new CommandError(
-      `config: ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} required for pixeld ${command} ` +
-        '(the JSON-RPC endpoint, chain id and InferenceServing address of the 0G chain)',
-      EXIT_USAGE,
-    );
-  }
-  return { rpcUrl, chainId, servingAddress, rpcTimeoutMs };
-}
-
 /** The TEE key exactly as `pixeld serve` opens it (the dev key is made in the data dir if missing). */
 export async function openDaemonTeeKey(config: Readonly<Config>, env: NodeJS.ProcessEnv): Promise<TeeKeyProvider> {
   mkdirSync(config.dataDir, { recursive: true });
@@ -449,10 +414,6 @@ export function formatField(field: ServiceField, value: string | bigint): string
   return JSON.stringify(value);
 }
 
-export function formatWei(wei: bigint): string {
-  return `${wei} wei (${formatEther(wei)} 0G)`;
-}
-
 function fieldLine(mark: string, field: string, text: string): string {
   return `  ${mark} ${field.padEnd(22)} ${text}`.trimEnd();
 }
@@ -479,38 +440,6 @@ async function confirm(io: CommandIo, question: string): Promise<boolean> {
     rl.close();
   }
 }
-
-/** Prints what went wrong as readable lines and returns the exit status; unknown errors are bugs and rethrown. */
-export function reportCommandError(command: string, err: unknown, io: CommandIo): number {
-  if (err instanceof CommandError) {
-    io.stderr(`pixeld ${command}: ${err.message}`);
-    return err.exitCode;
-  }
-  if (err instanceof ConfigError || err instanceof TeeError) {
-    io.stderr(`pixeld ${command}: ${err.message}`);
-    return EXIT_USAGE;
-  }
-  if (err instanceof PixeldError) {
-    io.stderr(`pixeld ${command}: ${err.message}`);
-    for (const line of err.details) io.stderr(`  ${line}`);
-    return EXIT_FAILED;
-  }
-  if (err instanceof AddOrUpdateServiceRejectedError) {
-    io.stderr(`pixeld ${command}: ${err.message}`);
-    return EXIT_FAILED;
-  }
-  throw err;
-}
-
-// ------------------------------------------------------------------------------ command line
-
-export const processIo = (): CommandIo => ({
-  stdout: (line) => process.stdout.write(`${line}\n`),
-  stderr: (line) => process.stderr.write(`${line}\n`),
-  stdin: process.stdin,
-  isTTY: Boolean(process.stdin.isTTY),
-  env: process.env,
-});
 
 /** `pixeld register …` from the command line. */
 export async function runRegisterCli(argv: string[], io: CommandIo = processIo()): Promise<number> {

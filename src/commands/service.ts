@@ -5,22 +5,24 @@ import { createChainClient } from '../chain/serving-contract.js';
 import type { Config, ModelConfig } from '../config/schema.js';
 import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
 import {
-  buildServiceParams,
   CommandError,
-  type CommandDeps,
-  type CommandIo,
-  describeTee,
-  devKeyExists,
   EXIT_FAILED,
   EXIT_OK,
   EXIT_USAGE,
-  formatField,
   loadCommandConfig,
-  openDaemonTeeKey,
   processIo,
-  publicUrl,
   reportCommandError,
   requireChainConfig,
+  type CommandIo,
+} from './command-io.js';
+import {
+  buildServiceParams,
+  type CommandDeps,
+  describeTee,
+  devKeyExists,
+  formatField,
+  openDaemonTeeKey,
+  publicUrl,
   SERVICE_FIELDS,
   serviceLines,
   unacknowledgedNote,

@@ -2,7 +2,6 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
-import { formatEther } from 'ethers';
 import { Settler } from '../billing/settlement/settler.js';
 import type { RoundResult, UserSettlement } from '../billing/settlement/types.js';
 import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
@@ -13,6 +12,7 @@ import { openSqliteDatabase } from '../jobs/sqlite/database.js';
 import { createLogger } from '../obs/logger.js';
 import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
 import { openTeeKeyProvider } from '../tee/open-key-provider.js';
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, formatWei as wei, processIo, type CommandIo } from './command-io.js';
 
 /**
  * `pixeld settle`: one settlement round now, from the daemon's own data dir — reconciling whatever an
@@ -43,12 +43,8 @@ export interface SettleOptions {
   dryRun?: boolean | undefined;
 }
 
-export interface SettleIo {
-  stdout: (line: string) => void;
-  stderr: (line: string) => void;
-  /** Config overrides and the provider wallet key. */
-  env: NodeJS.ProcessEnv;
-}
+/** settle asks nothing, so it needs only the output side and the environment of a command's io. */
+export type SettleIo = Pick<CommandIo, 'stdout' | 'stderr' | 'env'>;
 
 export interface SettleDeps {
   /** Replaces the key provider `tee.mode` names (tests inject a fake TEE). */
@@ -57,9 +53,6 @@ export interface SettleDeps {
   pollIntervalMs?: number;
 }
 
-const EXIT_OK = 0;
-const EXIT_FAILED = 1;
-const EXIT_USAGE = 2;
 
 export async function settle(options: SettleOptions, io: SettleIo, deps: SettleDeps = {}): Promise<number> {
   let config;
@@ -157,7 +150,6 @@ function paidWei(u: UserSettlement): bigint {
   return 0n;
 }
 
-const wei = (amount: bigint) => `${amount} wei (${formatEther(amount)} 0G)`;
 
 /** `  <user>  receipts <n>  <wei> wei (<0G> 0G)  nonce <n>  <STATUS …>  tx <hash>` */
 export function userLine(u: UserSettlement): string {
@@ -195,12 +187,6 @@ function lineWriter(write: (line: string) => void): Writable {
     },
   });
 }
-
-export const processIo = (): SettleIo => ({
-  stdout: (line) => process.stdout.write(`${line}\n`),
-  stderr: (line) => process.stderr.write(`${line}\n`),
-  env: process.env,
-});
 
 /** `pixeld settle …` from the command line. */
 export async function runSettleCli(argv: string[], io: SettleIo = processIo()): Promise<number> {

@@ -233,7 +233,7 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
     }
     if (req.method === 'GET' && path === '/health' && flavor === 'sglang') return sendJson(res, 200, {});
     if (req.method === 'POST' && path === '/v1/images/generations') {
-      return answerImages(res, record, () => generation(record));
+      return answerImages(res, () => generation(record));
     }
     if (req.method === 'POST' && path === '/v1/images/edits') {
       if (flavor === 'localai') {
@@ -242,7 +242,7 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
         res.end(`Cannot POST ${path}`);
         return;
       }
-      return answerImages(res, record, () => edit(record));
+      return answerImages(res, () => edit(record));
     }
     if (flavor === 'localai') {
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
@@ -346,7 +346,7 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
     return planFrom((k) => fields[k]?.[0], { width: firstMeta.width ?? 1024, height: firstMeta.height ?? 1024 });
   }
 
-  async function answerImages(res: ServerResponse, record: RecordedRequest, plan: () => Promise<RenderPlan>): Promise<void> {
+  async function answerImages(res: ServerResponse, plan: () => Promise<RenderPlan>): Promise<void> {
     if (behaviour.hang) return;
     if (behaviour.delayMs > 0) {
       const stillThere = await waitUnlessGone(res, behaviour.delayMs);
