@@ -11,6 +11,8 @@ Commands:
   register         Register or update this provider's service on chain (pixeld register --help)
   service          Show the on-chain service and how it compares with the local config
   settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
+  accounts         Users' on-chain balances next to their unsettled and reserved fees
+  earnings         Receipts per day: settled, settled short, unsettled, off chain
   help             Show this help
 
 Options:
@@ -46,65 +48,59 @@ Environment:
   override the matching config keys (see config/pixeld.example.yaml).
 `;
 
+type CommandRunner = (argv: string[]) => Promise<number>;
+
+/**
+ * Every command but serve parses its own options and is loaded only when run: verify, register and
+ * service never load the daemon (SQLite, sharp) on a client's machine.
+ */
+const COMMANDS: Record<string, CommandRunner> = {
+  serve: async (argv) => {
+    const { values } = parseArgs({ args: argv, allowPositionals: false, options: { config: { type: 'string', short: 'c' } } });
+    const { serve } = await import('./main.js');
+    return serve({ configPath: values.config });
+  },
+  verify: async (argv) => (await import('./tee/verify-command.js')).runVerifyCommand(argv),
+  register: async (argv) => (await import('./commands/register.js')).runRegisterCli(argv),
+  service: async (argv) => (await import('./commands/service.js')).runServiceCli(argv),
+  settle: async (argv) => (await import('./commands/settle.js')).runSettleCli(argv),
+  accounts: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('accounts', argv),
+  earnings: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('earnings', argv),
+};
+
 async function main(argv: string[]): Promise<number> {
-  // verify has options of its own, and must not load the daemon (SQLite, sharp) on a client's machine.
-  if (argv[0] === 'verify') {
-    const { runVerifyCommand } = await import('./tee/verify-command.js');
-    return runVerifyCommand(argv.slice(1));
+  // `pixeld -c file <command> …` is the same as `pixeld <command> -c file …`.
+  let args = [...argv];
+  const globalConfig: string[] = [];
+  while (args[0] === '-c' || args[0] === '--config' || args[0]?.startsWith('--config=')) {
+    const flag = args.shift()!;
+    if (flag.startsWith('--config=')) globalConfig.push('--config', flag.slice('--config='.length));
+    else if (args[0] !== undefined) globalConfig.push('--config', args.shift()!);
+    else {
+      console.error(`pixeld: ${flag} needs a file\n\n${HELP}`);
+      return 2;
+    }
   }
-  // register and service have options of their own; like verify they never load the daemon.
-  if (argv[0] === 'register') {
-    const { runRegisterCli } = await import('./commands/register.js');
-    return runRegisterCli(argv.slice(1));
-  }
-  if (argv[0] === 'service') {
-    const { runServiceCli } = await import('./commands/service.js');
-    return runServiceCli(argv.slice(1));
-  }
-  if (argv[0] === 'settle') {
-    const { runSettleCli } = await import('./commands/settle.js');
-    return runSettleCli(argv.slice(1));
-  }
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: argv,
-      allowPositionals: true,
-      options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } },
-    });
-  } catch (err) {
-    console.error(`pixeld: ${(err as Error).message}\n\n${HELP}`);
-    return 2;
-  }
-  const [command = 'serve', ...rest] = parsed.positionals;
-  if (parsed.values.help || command === 'help') {
+  const first = args[0];
+  if (first === '-h' || first === '--help' || first === 'help') {
     process.stdout.write(HELP);
     return 0;
   }
-  if (rest.length > 0) {
-    console.error(`pixeld: unexpected argument "${rest[0]}"`);
+  const command = first === undefined || first.startsWith('-') ? 'serve' : first;
+  if (first !== undefined && !first.startsWith('-')) args = args.slice(1);
+  const run = COMMANDS[command];
+  if (!run) {
+    console.error(`pixeld: unknown command "${command}"\n\n${HELP}`);
     return 2;
   }
-  switch (command) {
-    case 'serve': {
-      const { serve } = await import('./main.js');
-      return serve({ configPath: parsed.values.config });
-    }
-    case 'register': {
-      const { runRegisterCli } = await import('./commands/register.js');
-      return runRegisterCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
-    }
-    case 'service': {
-      const { runServiceCli } = await import('./commands/service.js');
-      return runServiceCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
-    }
-    case 'settle': {
-      const { runSettleCli } = await import('./commands/settle.js');
-      return runSettleCli(parsed.values.config === undefined ? [] : ['--config', parsed.values.config]);
-    }
-    default:
-      console.error(`pixeld: unknown command "${command}"\n\n${HELP}`);
+  try {
+    return await run([...globalConfig, ...args]);
+  } catch (err) {
+    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`pixeld ${command}: ${(err as Error).message}\n\n${HELP}`);
       return 2;
+    }
+    throw err;
   }
 }
 
