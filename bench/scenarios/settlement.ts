@@ -1,0 +1,129 @@
+import { performance } from 'node:perf_hooks';
+import path from 'node:path';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { Wallet, parseEther, type Wallet as WalletType } from 'ethers';
+import { Settler } from '../../src/billing/settlement/settler.js';
+import { sqliteBillingStore } from '../../src/billing/sqlite-billing-store.js';
+import { createChainClient } from '../../src/chain/serving-contract.js';
+import { configSchema } from '../../src/config/schema.js';
+import { newJobId } from '../../src/jobs/model.js';
+import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
+import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
+import { silentLogger } from '../../src/obs/logger.js';
+import type { TeeKeyProvider } from '../../src/tee/key-provider.js';
+import { signJob } from '../../src/tee/receipt.js';
+import { createFundedAccount, deployInferenceServing, registerAcknowledgedService, startAnvil } from '../../test/chain/anvil.js';
+import type { BenchRow, BenchScenario } from '../table.js';
+
+const USERS = 200;
+const RECEIPTS = 10_000;
+const PRICE = parseEther('0.0001');
+const TARGET_SECONDS = 60;
+
+/**
+ * Issue #7's scenario 7: 10,000 receipts across 200 users settled in one round on anvil, with the real
+ * store, Merkle trees, TEE signatures, preview and settleFeesWithTEE. The receipts are made through the
+ * job store's real completion path (signed), which is setup, not measured.
+ */
+export const settlementScenario: BenchScenario = {
+  name: 'settlement',
+  async run(): Promise<BenchRow[]> {
+    const anvil = await startAnvil();
+    const dir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-settle-'));
+    try {
+      const [owner, provider] = anvil.wallets as [WalletType, WalletType];
+      const { contract: serving } = await deployInferenceServing(owner);
+      const teeWallet = new Wallet(Wallet.createRandom().privateKey);
+      await registerAcknowledgedService(serving, owner, provider, teeWallet.address, { outputPrice: PRICE });
+      const users = await anvil.fundWallets(USERS, parseEther('10'));
+      await Promise.all(users.map((u) => createFundedAccount(serving, u, provider.address, parseEther('1'))));
+
+      const db = openSqliteDatabase(path.join(dir, 'pixeld.sqlite'));
+      const jobs = sqliteJobStore(db);
+      const billing = sqliteBillingStore(db);
+      const tee: TeeKeyProvider = {
+        mode: 'tdx',
+        teeLabel: 'tdx',
+        insecure: false,
+        keySource: 'bench',
+        address: teeWallet.address,
+        signer: teeWallet,
+        signatureChain: [],
+        info: async () => undefined,
+        quote: async () => undefined,
+      };
+      for (let i = 0; i < RECEIPTS; i += 1) {
+        const user = users[i % USERS]!.address;
+        const id = newJobId();
+        await jobs.create(
+          {
+            id,
+            owner: user,
+            kind: 'generation',
+            delivery: 'async',
+            model: 'm',
+            backendId: 'b',
+            params: { prompt: 'p', n: 1, size: '64x64', quality: 'high', responseFormat: 'b64_json', outputFormat: 'png', outputCompression: undefined, background: 'auto', seed: i, negativePrompt: undefined, numInferenceSteps: undefined, guidanceScale: undefined, user: undefined },
+            inputs: [],
+            requestSha256: i.toString(16).padStart(64, '0'),
+            pricePerImageWei: PRICE,
+            fingerprint: '0'.repeat(64),
+            idempotencyKey: undefined,
+            baseUrl: 'http://bench',
+            createdMs: Date.now(),
+          },
+          0,
+        );
+        const claimed = (await jobs.claimNext('b', Date.now(), 60_000))!;
+        const imageSha = (i + 1).toString(16).padStart(64, '0');
+        const signature = await signJob(tee, {
+          provider: provider.address,
+          job: id,
+          model: 'm',
+          user,
+          requestSha256: claimed.requestSha256,
+          imageSha256: [imageSha],
+          pricePerImageWei: PRICE,
+          feeWei: PRICE,
+          created: Math.floor(Date.now() / 1000),
+        });
+        const result = { created: signature.receipt.created, images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };
+        await jobs.complete(claimed.id, claimed.leaseToken, result, signature, Date.now(), Date.now() + 3_600_000);
+      }
+
+      const chain = createChainClient({ rpcUrl: anvil.rpcUrl, chainId: anvil.chainId, servingAddress: serving.target as string, rpcTimeoutMs: 10_000, freshReads: true });
+      const billingConfig = configSchema.parse({ backends: [{ id: 'b', type: 'reference' }], models: [{ id: 'm', backend: 'b', capabilities: ['generation'], sizes: ['64x64'] }] }).billing;
+      const settler = new Settler({ billing, chain, wallet: new Wallet(provider.privateKey), providerAddress: provider.address, tee, billingConfig, logger: silentLogger(), pollIntervalMs: 50 });
+      const before = await anvil.provider.getBalance(provider.address);
+      const started = performance.now();
+      const round = await settler.runRound({ reason: 'bench' });
+      const seconds = (performance.now() - started) / 1000;
+      let gas = 0n;
+      let gasCost = 0n;
+      for (const hash of round.transactions) {
+        const receipt = (await anvil.provider.getTransactionReceipt(hash))!;
+        gas += receipt.gasUsed;
+        gasCost += receipt.gasUsed * receipt.gasPrice;
+      }
+      const after = await anvil.provider.getBalance(provider.address);
+      const settled = round.users.filter((u) => u.outcome === 'settled').length;
+      await settler.stop();
+      chain.close();
+      db.close();
+      const label = `settle ${RECEIPTS.toLocaleString('en-US')} receipts, ${USERS} users (anvil)`;
+      const paidExactly = after - before + gasCost === PRICE * BigInt(RECEIPTS);
+      return [
+        { scenario: label, figure: 'wall time', value: seconds, unit: 's', target: `≤ ${TARGET_SECONDS} s`, pass: seconds <= TARGET_SECONDS && settled === USERS },
+        { scenario: label, figure: 'transactions', value: round.transactions.length, unit: '', target: '4', pass: round.transactions.length === 4 },
+        { scenario: label, figure: 'users settled', value: settled, unit: '', target: String(USERS), pass: settled === USERS },
+        { scenario: label, figure: 'provider paid exactly the fees', value: paidExactly ? 1 : 0, unit: '', target: '1', pass: paidExactly },
+        { scenario: label, figure: 'gas per user', value: Number(gas / BigInt(USERS)), unit: 'gas', target: 'info', pass: null },
+        { scenario: label, figure: 'gas per receipt', value: Number(gas) / RECEIPTS, unit: 'gas', target: 'info', pass: null },
+      ];
+    } finally {
+      await anvil.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+};
