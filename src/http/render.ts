@@ -78,6 +78,8 @@ export function zeroGPollBody(job: Job, response: ImagesResponse | undefined, pr
     body.imagesRequested = job.params.n;
     body.imagesDelivered = job.result.images.length;
   }
+  // What the backend could not honour (an ignored mask, a shared seed): the OpenAI body has no place for it.
+  if (job.result && job.result.warnings.length > 0) body.warnings = job.result.warnings;
   return body;
 }
 
@@ -113,5 +115,6 @@ export function theRouterJobBody(job: Job, nowMs: number, response: ImagesRespon
     body.error = { code: job.error?.code ?? 'internal_error', message: job.error?.message ?? 'failed' };
   }
   if (response) body.result = response;
+  if (job.result && job.result.warnings.length > 0) body.warnings = job.result.warnings;
   return body;
 }

@@ -175,7 +175,12 @@ export class JobRunner {
       const finishedMs = now();
       if (await store.complete(job.id, job.leaseToken, result, signature, finishedMs, finishedMs + jobs.resultTtlMs)) {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
-        log.info('job completed', { images: result.images.length, requested: job.params.n, ms: finishedMs - startedMs });
+        log.info('job completed', {
+          images: result.images.length,
+          requested: job.params.n,
+          ms: finishedMs - startedMs,
+          ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+        });
       } else {
         log.info('job finished after it was cancelled or re-leased; result dropped');
       }

@@ -512,3 +512,21 @@ describe('service endpoints', () => {
     expect(((await res.json()) as Record<string, any>).backends.ctl).toContain('ECONNREFUSED');
   });
 });
+
+describe('warnings', () => {
+  it('tells pollers what the backend could not honour', async () => {
+    daemon = await startTestDaemon();
+    const res = await fetch(`${daemon.url}/v1/async/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: 'a fox', size: '256x256', negative_prompt: 'blurry' }),
+    });
+    const { jobId } = (await res.json()) as { jobId: string };
+    const done = (await (await fetch(`${daemon.url}/v1/async/jobs/${jobId}?wait=10`)).json()) as Record<string, any>;
+    expect(done.status).toBe('completed');
+    expect(done.warnings).toEqual([expect.stringMatching(/^negative_prompt: /)]);
+    const theRouter = (await (await fetch(`${daemon.url}/v1/jobs/${jobId}`)).json()) as Record<string, any>;
+    expect(theRouter.warnings).toEqual(done.warnings);
+    expect(daemon.logs.find((l) => l.message === 'job completed')?.warnings).toEqual(done.warnings);
+  });
+});
