@@ -186,6 +186,8 @@ export const configSchema = z
         /** Express `trust proxy` setting, for X-Forwarded-* behind a reverse proxy. */
         trustProxy: z.union([z.boolean(), z.number(), z.string()]).default(false),
         maxBodyBytes: z.number().int().min(1024).default(100 * MiB),
+        /** Browser origins allowed to call the API (CORS); empty = closed. `*` allows any. */
+        corsOrigins: z.array(z.string().min(1)).default([]),
         /** Sockets with no request activity for this long are closed; must exceed the longest sync job. */
         requestTimeoutMs: z.number().int().min(1000).default(15 * 60_000),
       })

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import express, { type Express } from 'express';
+import helmet from 'helmet';
 import type { ModelCatalog } from '../backends/catalog.js';
 import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
@@ -7,6 +8,7 @@ import type { JobService } from '../jobs/service.js';
 import type { Logger } from '../obs/logger.js';
 import type { Readiness } from '../obs/readiness.js';
 import type { AttestationService } from '../tee/attestation.js';
+import { cors } from './cors.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { authenticate, type Authenticators } from '../auth/authenticate.js';
 import type { OwnerRateLimiter } from '../auth/rate-limiter.js';
@@ -67,6 +69,10 @@ export function createApp(deps: AppDeps): Express {
     next();
   });
 
+  // An API, not a site: helmet's defaults (no sniffing, no framing, a strict CSP for any HTML) fit; url
+  // results are images other origins may embed, hence a cross-origin resource policy.
+  app.use(helmet({ crossOriginResourcePolicy: { policy: 'cross-origin' } }));
+  app.use(cors(deps.config.server.corsOrigins));
   // Open: the catalogue and health, attestation, and signatures (0G's SDK fetches those without
   // credentials; the unguessable job id is the capability), and url-result files (unguessable token).
   app.use(serviceInfoRoutes(deps));
