@@ -89,6 +89,17 @@ export const comfyuiBackendSchema = z
     uploadSubfolder: z.string().default('pixeld'),
     /** While the websocket is down, job state is polled this often. */
     pollIntervalMs: z.number().int().min(50).default(1_000),
+    /**
+     * While the websocket is up, job state is still read this often: a socket can go silent without
+     * closing (a half-open TCP connection), and a missed completion event must not stall a job.
+     */
+    reconcileIntervalMs: z.number().int().min(100).default(15_000),
+    /**
+     * After a daemon crash, a job that was running here is submitted again. ComfyUI keeps running the
+     * orphaned prompt (it does not know the daemon died), so a re-run costs at most that prompt's GPU time
+     * once more; nothing was delivered or billed. Set false to fail such jobs instead.
+     */
+    rerunInterruptedJobs: z.boolean().default(true),
     connectTimeoutMs: z.number().int().min(1).default(10_000),
     maxDownloadBytes: z.number().int().min(1).default(64 * MiB),
     /** Path probed by /readyz. */
@@ -113,8 +124,20 @@ export const a1111BackendSchema = z
     maskBlur: z.number().int().min(0).max(64).default(4),
     /** img2img inpainting_fill: 0 fill, 1 original, 2 latent noise, 3 latent nothing. */
     inpaintingFill: z.number().int().min(0).max(3).default(1),
+    /**
+     * img2img resize_mode, applied alike to the input image and the mask when the output size differs:
+     * 0 just resize (stretch), 1 crop and resize, 2 resize and fill, 3 just resize (latent upscale).
+     */
+    resizeMode: z.number().int().min(0).max(3).default(0),
+    /**
+     * Send the model's backendModel as override_settings.sd_model_checkpoint, so one server serves several
+     * checkpoints (each switch loads weights: slow). Off: whatever checkpoint is loaded serves every model.
+     */
+    sendCheckpoint: z.boolean().default(false),
     /** How often /internal/progress is read while a job runs. */
     progressPollMs: z.number().int().min(50).default(1_000),
+    /** Largest txt2img/img2img answer read (base64 images, plus any extension outputs). */
+    maxResponseBytes: z.number().int().min(1024).default(512 * MiB),
     connectTimeoutMs: z.number().int().min(1).default(10_000),
     healthPath: z.string().default('/sdapi/v1/options'),
   })
@@ -144,7 +167,13 @@ export const siliconflowBackendSchema = z
   })
   .strict();
 
-export const backendSchema = z.discriminatedUnion('type', [referenceBackendSchema, openaiBackendSchema]);
+export const backendSchema = z.discriminatedUnion('type', [
+  referenceBackendSchema,
+  openaiBackendSchema,
+  comfyuiBackendSchema,
+  a1111BackendSchema,
+  siliconflowBackendSchema,
+]);
 
 export const modelSchema = z
   .object({

@@ -248,7 +248,7 @@ describe('loadConfig: errors are one line naming the key', () => {
   });
 
   it('an unknown backend type names the type key', () => {
-    const file = write('type.yaml', 'backends:\n  - {id: x, type: comfyui}\n');
+    const file = write('type.yaml', 'backends:\n  - {id: x, type: stable-cascade-2000}\n');
     expect(configError({ configPath: file }).message).toMatch(/^config: backends\.0\.type: /);
   });
 
