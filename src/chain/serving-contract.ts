@@ -27,7 +27,7 @@ export interface ChainConfig {
   rpcTimeoutMs: number;
   /**
    * Turns off ethers' reuse of identical requests made within 250 ms: settlement must never act on a
-   * receipt or nonce read from before its own transaction. @default false
+   * receipt or nonce read from before its own transaction, nor register on a stale serviceExists. @default false
    */
   freshReads?: boolean;
 }

@@ -107,7 +107,8 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
   const url = publicUrl(options.url ?? config.provider.service.url);
   const chainConfig = requireChainConfig(config, 'register');
 
-  const client = createChainClient(chainConfig);
+  // Fresh reads: whether the service exists decides the stake, and must not be a read from before our last transaction.
+  const client = createChainClient({ ...chainConfig, freshReads: true });
   try {
     const wallet = await loadProviderWallet(config.provider.wallet, io.env, client.provider);
     if (!wallet) {

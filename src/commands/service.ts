@@ -75,7 +75,7 @@ async function serviceUnchecked(options: ServiceOptions, io: CommandIo, deps: Pi
   }
   const tee = await teeKeyForComparison(config, io, deps.tee);
 
-  const client = createChainClient(chainConfig);
+  const client = createChainClient({ ...chainConfig, freshReads: true });
   let onChain: ServingService | undefined;
   try {
     onChain = await getService(client, { provider: providerAddress });
