@@ -1,15 +1,17 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { saturationScenario } from './scenarios/saturation.js';
 import { settlementScenario } from './scenarios/settlement.js';
 import { signingScenario } from './scenarios/signing.js';
+import { timeToResultScenario } from './scenarios/time-to-result.js';
 import { formatTable, type BenchRow, type BenchScenario } from './table.js';
 
 /**
  * `npm run bench [scenario …]`: runs each scenario on this machine, prints one table and writes the same
  * to bench/results/latest.json. Figures, not timed tests: nothing here fails the test suite.
  */
-const SCENARIOS: BenchScenario[] = [signingScenario, settlementScenario];
+const SCENARIOS: BenchScenario[] = [saturationScenario, timeToResultScenario, signingScenario, settlementScenario];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);

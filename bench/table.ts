@@ -25,12 +25,14 @@ export function formatTable(rows: BenchRow[]): string {
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
   const row = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
-  return [row(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...lines.map(row)].join('\n');
+  const table = [row(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...lines.map(row)].join('\n');
+  const notes = rows.filter((r) => r.note !== undefined).map((r) => `- ${r.scenario} — ${r.figure}: ${r.note}`);
+  return notes.length === 0 ? table : `${table}\n\nNotes:\n${notes.join('\n')}`;
 }
 
 function formatNumber(n: number): string {
   if (Number.isInteger(n)) return n.toLocaleString('en-US');
-  return n >= 100 ? n.toFixed(0) : n >= 10 ? n.toFixed(1) : n.toFixed(2);
+  return n >= 100 ? Math.round(n).toLocaleString('en-US') : n >= 10 ? n.toFixed(1) : n.toFixed(2);
 }
 
 export function percentile(sorted: number[], p: number): number {

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Express } from 'express';
+import { AdminToken } from './auth/admin-token.js';
 import { ApiKeyRing } from './auth/api-keys.js';
 import type { Authenticators } from './auth/authenticate.js';
 import { OwnerRateLimiter } from './auth/rate-limiter.js';
@@ -14,6 +15,7 @@ import type { ImageBackend } from './backends/types.js';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createApp } from './http/app.js';
+import { Base64Images } from './http/render.js';
 import { BlobStore } from './images/blob-store.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
@@ -182,6 +184,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     catalog,
     service,
     blobs,
+    base64Images: new Base64Images(blobs),
     readiness,
     attestation,
     auth,
@@ -192,6 +195,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
     startedAtSeconds: Math.floor(now() / 1000),
+    admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler },
   });
   let server: Server | undefined;
 

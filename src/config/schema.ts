@@ -342,6 +342,19 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
+    admin: z
+      .object({
+        /**
+         * sha256 (hex) of the admin token that opens /v1/admin/* (metrics, settle now). Compared as hashes in
+         * constant time. Neither this nor tokenEnv set: the admin routes refuse everyone.
+         */
+        tokenSha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters').optional(),
+        /** Env var holding the admin token itself, read at start-up (instead of tokenSha256). */
+        tokenEnv: z.string().min(1).optional(),
+      })
+      .strict()
+      .refine((a) => a.tokenSha256 === undefined || a.tokenEnv === undefined, { message: 'set tokenSha256 or tokenEnv, not both' })
+      .prefault({}),
     chain: z
       .object({
         /** JSON-RPC endpoint of the 0G chain (or any EVM chain with InferenceServing). */

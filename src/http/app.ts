@@ -9,12 +9,14 @@ import type { Logger } from '../obs/logger.js';
 import type { Readiness } from '../obs/readiness.js';
 import type { AttestationService } from '../tee/attestation.js';
 import { cors } from './cors.js';
+import type { Base64Images } from './render.js';
 import { errorHandler, notFoundHandler } from './errors.js';
 import { authenticate, type Authenticators } from '../auth/authenticate.js';
 import type { OwnerRateLimiter } from '../auth/rate-limiter.js';
 import type { BillingAdmission } from '../billing/admission.js';
 import type { BillingStore } from '../billing/store.js';
 import type { ServingAccount } from '../chain/get-account.js';
+import { adminRoutes, type AdminDeps } from './routes/admin.js';
 import { attestationRoutes } from './routes/attestation.js';
 import { billingRoutes } from './routes/billing.js';
 import { imageRoutes } from './routes/images.js';
@@ -37,6 +39,8 @@ export interface AppDeps {
   catalog: ModelCatalog;
   service: JobService;
   blobs: BlobStore;
+  /** Base64 text of result images, cached for polls that read a finished job again. */
+  base64Images: Base64Images;
   readiness: Readiness;
   attestation: AttestationService;
   auth: Authenticators;
@@ -48,6 +52,8 @@ export interface AppDeps {
   logger: Logger;
   now: () => number;
   startedAtSeconds: number;
+  /** The admin token and what /v1/admin/* reads and drives. */
+  admin: AdminDeps;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -82,6 +88,8 @@ export function createApp(deps: AppDeps): Express {
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
   app.use(billingRoutes(deps));
+  // The provider's own routes: the admin token, never a caller's credentials.
+  app.use(adminRoutes(deps));
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));
   return app;

@@ -1,5 +1,6 @@
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { PixeldError } from '../errors.js';
+import { storageError } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 
 /** Writes any error in the OpenAI shape, with the status, retry hints and headers its code calls for. */
@@ -23,6 +24,9 @@ export function errorHandler(logger: Logger): ErrorRequestHandler {
 
 export function toPixeldError(err: unknown, logger: Logger, requestId: string | undefined): PixeldError {
   if (err instanceof PixeldError) return err;
+  // A full disk under any write (an upload, a job row) is the caller's 507, not a 500.
+  const storage = storageError(err);
+  if (storage instanceof PixeldError) return storage;
   const status = (err as { status?: unknown; statusCode?: unknown })?.status ?? (err as { statusCode?: unknown })?.statusCode;
   if (typeof status === 'number' && status >= 400 && status < 500) {
     if (status === 413) return new PixeldError('payload_too_large', 'the request body is too large');

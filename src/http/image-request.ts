@@ -285,8 +285,22 @@ function fingerprintOf(kind: JobKind, fields: Record<string, unknown>, images: P
   const scalar: Record<string, unknown> = {};
   for (const key of Object.keys(fields).sort()) {
     if (key === 'images' || key === 'image' || key === 'mask') continue;
-    scalar[key] = String(fields[key]);
+    scalar[key] = fingerprintText(key, fields[key]);
   }
   const canonical = JSON.stringify({ kind, fields: scalar, images: images.map((i) => i.sha256), mask: mask?.sha256 ?? null });
   return createHash('sha256').update(canonical).digest('hex');
+}
+
+/**
+ * A field's value as text for the fingerprint. Ignored fields may hold anything JSON or bracketed multipart
+ * names (`a[b]`, parsed into null-prototype objects) can express: String() throws on those and recurses on
+ * deep arrays, so nested values are written as JSON, and one too deep even for that is refused.
+ */
+function fingerprintText(key: string, value: unknown): string {
+  if (value === null || typeof value !== 'object') return String(value);
+  try {
+    return JSON.stringify(value);
+  } catch {
+    throw new PixeldError('invalid_request', `${key} is nested too deeply`, { param: key });
+  }
 }

@@ -3,7 +3,7 @@ import { PassThrough } from 'node:stream';
 import type { Request, Response } from 'express';
 import multer from 'multer';
 import { PixeldError } from '../errors.js';
-import { removeQuietly } from '../images/blob-store.js';
+import { removeQuietly, storageError } from '../images/blob-store.js';
 
 /**
  * Reads an image request body exactly once, hashing the raw bytes as they arrive (the TEE signs the
@@ -151,6 +151,9 @@ async function readMultipart(req: Request, res: Response, limits: BodyLimits): P
 
 function multipartError(err: unknown, limits: BodyLimits): PixeldError {
   if (err instanceof PixeldError) return err;
+  // The temp file of an upload could not be written: the disk is full, the body is not malformed.
+  const storage = storageError(err);
+  if (storage instanceof PixeldError) return storage;
   if (err instanceof multer.MulterError) {
     switch (err.code) {
       case 'LIMIT_FILE_SIZE':

@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import type { Response } from 'express';
 import { PixeldError } from '../errors.js';
 import type { BlobStore } from '../images/blob-store.js';
 import { formatOf } from '../images/sniff.js';
@@ -6,12 +8,124 @@ import { isExpired, type Job, type JobResult } from '../jobs/model.js';
 
 /**
  * The bodies this daemon answers with: the OpenAI ImagesResponse, and the two async job shapes that
- * routers poll (0G's and theRouter's). A job's response is rebuilt from its stored result on each read.
+ * routers poll (0G's and theRouter's). A job's response is rebuilt from its stored result on each read;
+ * the base64 text of its images comes from a bounded cache, and `sendJson` splices it into the body
+ * without JSON.stringify scanning and re-encoding megabytes that never need escaping.
  */
+
+/** One image's base64 text (ASCII bytes) inside a response body. */
+export class Base64Image {
+  constructor(readonly text: Buffer) {}
+
+  /** Inside `jsonBody`: a marker it replaces with the bytes; anywhere else: the text itself. */
+  toJSON(): string {
+    if (splicing) {
+      splicing.images.push(this.text);
+      return `${splicing.marker}${splicing.images.length - 1}`;
+    }
+    return this.text.toString('latin1');
+  }
+}
+
+/** Set only while `jsonBody` runs JSON.stringify (synchronous, so never seen by another body). */
+let splicing: { marker: string; images: Buffer[] } | undefined;
+/** Random per process and never sent, so no other string in a body (a prompt, a warning) can pass for a marker. */
+const MARKER = `pixeld-b64-${randomBytes(12).toString('hex')}-`;
+
+/** JSON.stringify(value) as bytes, with every Base64Image copied in as it is. */
+export function jsonBody(value: unknown): Buffer {
+  return Buffer.concat(jsonParts(value));
+}
+
+/** The same bytes as jsonBody, in pieces: the images' text is not copied again. */
+function jsonParts(value: unknown): Buffer[] {
+  const images: Buffer[] = [];
+  const marker = MARKER;
+  splicing = { marker, images };
+  let text: string;
+  try {
+    text = JSON.stringify(value);
+  } finally {
+    splicing = undefined;
+  }
+  if (images.length === 0) return [Buffer.from(text)];
+  const parts: Buffer[] = [];
+  let from = 0;
+  images.forEach((image, i) => {
+    const at = text.indexOf(`"${marker}${i}"`, from);
+    parts.push(Buffer.from(text.slice(from, at + 1)), image);
+    from = at + 1 + marker.length + String(i).length;
+  });
+  parts.push(Buffer.from(text.slice(from)));
+  return parts;
+}
+
+/** res.json for bodies that may hold images. */
+export function sendJson(res: Response, value: unknown): void {
+  const parts = jsonParts(value);
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Content-Length', String(parts.reduce((n, part) => n + part.length, 0)));
+  if (res.req.method === 'HEAD') {
+    res.end();
+    return;
+  }
+  for (const part of parts.slice(0, -1)) res.write(part);
+  res.end(parts.at(-1));
+}
+
+/** Bytes of base64 text kept for re-reads of finished jobs. @default 64 MiB (about 30 images of 1.5 MB) */
+export const BASE64_CACHE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Base64 text of stored images, by sha256. Blobs never change (they are named by their hash), so an entry
+ * is never stale; the least recently used go first beyond `maxBytes`. Callers check the job has not
+ * expired before asking, as they did before reading the file.
+ */
+export class Base64Images {
+  private readonly entries = new Map<string, Buffer>();
+  private readonly loading = new Map<string, Promise<Buffer>>();
+  private bytes = 0;
+
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly maxBytes: number = BASE64_CACHE_BYTES,
+  ) {}
+
+  /** Rejects with ENOENT when the file is gone. */
+  async get(sha256: string): Promise<Base64Image> {
+    const cached = this.entries.get(sha256);
+    if (cached) {
+      this.entries.delete(sha256);
+      this.entries.set(sha256, cached);
+      return new Base64Image(cached);
+    }
+    let load = this.loading.get(sha256);
+    if (!load) {
+      load = readFile(this.blobs.pathOf(sha256)).then((bytes) => Buffer.from(bytes.toString('base64'), 'latin1'));
+      this.loading.set(sha256, load);
+      void load.then(
+        (text) => this.keep(sha256, text),
+        () => undefined,
+      ).finally(() => this.loading.delete(sha256));
+    }
+    return new Base64Image(await load);
+  }
+
+  private keep(sha256: string, text: Buffer): void {
+    if (text.length > this.maxBytes || this.entries.has(sha256)) return;
+    this.entries.set(sha256, text);
+    this.bytes += text.length;
+    for (const [key, value] of this.entries) {
+      if (this.bytes <= this.maxBytes) break;
+      this.entries.delete(key);
+      this.bytes -= value.length;
+    }
+  }
+}
 
 export interface ImagesResponse {
   created: number;
-  data: Array<{ b64_json: string } | { url: string }>;
+  data: Array<{ b64_json: Base64Image } | { url: string }>;
   background: 'transparent' | 'opaque';
   output_format: 'png' | 'jpeg' | 'webp';
   size: string;
@@ -23,7 +137,7 @@ export function fileUrl(job: Job, result: JobResult, index: number): string {
   return `${job.baseUrl}/v1/files/${job.id}/${result.fileToken}/${index}.${formatOf(image.mediaType)}`;
 }
 
-export async function renderImagesResponse(job: Job, blobs: BlobStore, nowMs: number): Promise<ImagesResponse> {
+export async function renderImagesResponse(job: Job, images: Base64Images, nowMs: number): Promise<ImagesResponse> {
   const result = job.result;
   if (job.status !== 'completed' || result === undefined) throw new Error(`job ${job.id} has no result`);
   if (isExpired(job, nowMs)) throw expiredError(job);
@@ -33,14 +147,12 @@ export async function renderImagesResponse(job: Job, blobs: BlobStore, nowMs: nu
       data.push({ url: fileUrl(job, result, index) });
       continue;
     }
-    let bytes: Buffer;
     try {
-      bytes = await readFile(blobs.pathOf(image.sha256));
+      data.push({ b64_json: await images.get(image.sha256) });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw expiredError(job);
       throw err;
     }
-    data.push({ b64_json: bytes.toString('base64') });
   }
   return {
     created: result.created,

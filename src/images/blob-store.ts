@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { PixeldError } from '../errors.js';
 
@@ -12,6 +12,20 @@ import { PixeldError } from '../errors.js';
 export interface StoredBlob {
   sha256: string;
   bytes: number;
+}
+
+/**
+ * Space kept free for jobs already accepted: below it new work is refused (507), so the jobs that were
+ * let in can still write their images and their completion. 5 % of a filesystem smaller than 1.25 GiB.
+ * @default 64 MiB
+ */
+export const RESERVED_FREE_BYTES = 64 * 1024 * 1024;
+
+export interface StorageRoom {
+  /** Whether new work may be accepted: more than `reservedBytes` free. */
+  ok: boolean;
+  freeBytes: number;
+  reservedBytes: number;
 }
 
 export class BlobStore {
@@ -30,6 +44,14 @@ export class BlobStore {
 
   pathOf(sha256: string): string {
     return path.join(this.blobDir, sha256.slice(0, 2), sha256);
+  }
+
+  /** Free space under the data dir against the reserve kept for accepted jobs (RESERVED_FREE_BYTES). */
+  async room(): Promise<StorageRoom> {
+    const fs = await statfs(this.blobDir);
+    const freeBytes = fs.bavail * fs.bsize;
+    const reservedBytes = Math.min(RESERVED_FREE_BYTES, Math.floor(fs.blocks * fs.bsize * 0.05));
+    return { ok: freeBytes > reservedBytes, freeBytes, reservedBytes };
   }
 
   /** A fresh path under the temp dir, for uploads on their way in. */
@@ -106,9 +128,11 @@ export async function sha256OfFile(file: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/** A full disk as the caller should see it (507, retry later); any other error as it is. */
 export function storageError(err: unknown): unknown {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
+  // SQLITE_FULL: a database write failed for lack of space (better-sqlite3's SqliteError carries the code).
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') {
     return new PixeldError('insufficient_storage', 'the provider is out of storage space; try again later', {
       cause: err,
       retryAfterSeconds: 30,

@@ -1,10 +1,10 @@
 import { EventEmitter } from 'node:events';
 import { BackendError } from '../backends/errors.js';
-import type { BackendCallOptions, ImageBackend, InputImage } from '../backends/types.js';
+import type { BackendCallOptions, BackendCallResult, ImageBackend, InputImage } from '../backends/types.js';
 import type { ModelCatalog } from '../backends/catalog.js';
 import type { Config } from '../config/schema.js';
 import { PixeldError } from '../errors.js';
-import type { BlobStore } from '../images/blob-store.js';
+import { storageError, type BlobStore } from '../images/blob-store.js';
 import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../images/normalize-output.js';
 import type { Logger } from '../obs/logger.js';
 import type { TeeKeyProvider } from '../tee/key-provider.js';
@@ -35,9 +35,30 @@ const IDLE_POLL_MS = 500;
 const LEASE_GRACE_MS = 60_000;
 /** Per-image run times remembered for the Retry-After estimate. */
 const DURATION_SAMPLES = 20;
+/** First and longest wait before recording an attempt's outcome again, when the store could not write it. */
+const RECORD_RETRY_FIRST_MS = 500;
+const RECORD_RETRY_MAX_MS = 30_000;
+
+/** What the runner has done since start, for /v1/admin/metrics; the numbers only grow. */
+export interface RunnerCounters {
+  attemptsStarted: number;
+  jobsCompleted: number;
+  jobsFailed: number;
+  /** Attempts that failed transiently and were put back with a backoff. */
+  attemptsRetried: number;
+  /** Attempts aborted because their job was cancelled. */
+  attemptsCancelled: number;
+  /** Attempts given back to the queue by a clean shutdown. */
+  attemptsReleased: number;
+  imagesDelivered: number;
+  /** Times an attempt's outcome could not be written (a full disk) and had to be written again. */
+  recordRetries: number;
+}
 
 /**
- * Runs jobs from the store on their backends, at most `concurrency` at a time per backend. The runner
+ * Runs jobs from the store on their backends, at most `concurrency` backend calls at a time per backend:
+ * a call slot is freed as soon as the backend answers, so the next job's call starts while the last
+ * one's images are checked, hashed, signed and stored (the GPU does not wait for our bookkeeping). The runner
  * owns cancellation and deadlines: every attempt gets an AbortSignal that fires on cancel or when
  * `attemptTimeoutMs` passes. It splits n into calls of `maxImagesPerCall`, tops up short answers with
  * extra calls on fresh seeds, retries transient failures with backoff, normalises the output and
@@ -46,14 +67,30 @@ const DURATION_SAMPLES = 20;
 export class JobRunner {
   /** Emits `finished:<jobId>` when a job reaches a terminal state in this process. */
   readonly events = new EventEmitter();
+  readonly counters: RunnerCounters = {
+    attemptsStarted: 0,
+    jobsCompleted: 0,
+    jobsFailed: 0,
+    attemptsRetried: 0,
+    attemptsCancelled: 0,
+    attemptsReleased: 0,
+    imagesDelivered: 0,
+    recordRetries: 0,
+  };
   private readonly running = new Map<string, { controller: AbortController; backendId: string }>();
   private readonly runningPerBackend = new Map<string, number>();
+  /** Backend call slots taken, by backend id: calls in progress, and claimed jobs about to make their first. */
+  private readonly slotsTaken = new Map<string, number>();
+  /** Running jobs waiting for a slot for a further call (n split over calls, top-ups): served before new claims. */
+  private readonly slotWaiters = new Map<string, Array<() => void>>();
   private readonly perImageMs = new Map<string, number[]>();
   /** Progress (0–99) of running jobs whose backend reports it. */
   private readonly progress = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
   private pumping = new Set<string>();
+  /** Backends woken while their pump was busy: it looks once more before it stops. */
+  private repump = new Set<string>();
 
   constructor(private readonly deps: RunnerDeps) {
     this.events.setMaxListeners(0);
@@ -93,7 +130,9 @@ export class JobRunner {
 
   /** Called after a submit: look for work on this backend now rather than at the next poll. */
   wake(backendId: string): void {
-    if (!this.stopped) void this.pump(backendId);
+    if (this.stopped) return;
+    if (this.pumping.has(backendId)) this.repump.add(backendId);
+    else void this.pump(backendId);
   }
 
   /** Aborts the running attempt of a job that was just cancelled in the store. */
@@ -134,25 +173,65 @@ export class JobRunner {
     if (this.pumping.has(backendId)) return;
     this.pumping.add(backendId);
     try {
-      while (!this.stopped && this.runningCount(backendId) < this.concurrency(backendId)) {
+      while (!this.stopped && (this.slotsTaken.get(backendId) ?? 0) < this.concurrency(backendId)) {
         const { store, now, jobs } = this.deps;
+        // Taken before the claim, so a running job's further call cannot take it in between.
+        this.slotsTaken.set(backendId, (this.slotsTaken.get(backendId) ?? 0) + 1);
         let job: ClaimedJob | undefined;
         try {
           job = await store.claimNext(backendId, now(), jobs.attemptTimeoutMs + LEASE_GRACE_MS);
         } catch (err) {
+          this.releaseSlot(backendId, false);
           this.deps.logger.error('could not claim a job', { backendId, error: String(err) });
           return;
         }
-        if (!job) return;
+        if (!job) {
+          this.releaseSlot(backendId, false);
+          return;
+        }
         this.runningPerBackend.set(backendId, this.runningCount(backendId) + 1);
         void this.run(job).finally(() => {
           this.runningPerBackend.set(backendId, this.runningCount(backendId) - 1);
-          this.wake(backendId);
         });
       }
     } finally {
       this.pumping.delete(backendId);
+      if (this.repump.delete(backendId)) this.wake(backendId);
     }
+  }
+
+  /** Waits for a call slot on this backend; rejects with the signal's reason if it aborts first. */
+  private takeSlot(backendId: string, signal: AbortSignal): Promise<void> {
+    signal.throwIfAborted();
+    if ((this.slotsTaken.get(backendId) ?? 0) < this.concurrency(backendId)) {
+      this.slotsTaken.set(backendId, (this.slotsTaken.get(backendId) ?? 0) + 1);
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const waiters = this.slotWaiters.get(backendId) ?? [];
+      this.slotWaiters.set(backendId, waiters);
+      const onAbort = () => {
+        waiters.splice(waiters.indexOf(granted), 1);
+        reject(signal.reason);
+      };
+      const granted = () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      waiters.push(granted);
+    });
+  }
+
+  /** Hands the slot to a running job waiting for one, or frees it and (unless told not to) looks for new work. */
+  private releaseSlot(backendId: string, lookForWork = true): void {
+    const next = this.slotWaiters.get(backendId)?.shift();
+    if (next) {
+      next();
+      return;
+    }
+    this.slotsTaken.set(backendId, (this.slotsTaken.get(backendId) ?? 0) - 1);
+    if (lookForWork) this.wake(backendId);
   }
 
   private async run(job: ClaimedJob): Promise<void> {
@@ -167,14 +246,19 @@ export class JobRunner {
       jobs.attemptTimeoutMs,
     );
     const log = logger.child({ jobId: job.id, backendId: job.backendId, attempt: job.attempts });
+    this.counters.attemptsStarted += 1;
+    // The pump took a call slot for this job's first call; produce() gives it back when the call ends.
+    const slot = { held: true };
     try {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
       log.debug('attempt started');
-      const result = await this.produce(job, backend, controller.signal, deadlineMs);
+      const result = await this.produce(job, backend, controller.signal, deadlineMs, slot);
       const signature = await this.sign(job, result);
       const finishedMs = now();
       if (await store.complete(job.id, job.leaseToken, result, signature, finishedMs, finishedMs + jobs.resultTtlMs)) {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
+        this.counters.jobsCompleted += 1;
+        this.counters.imagesDelivered += result.images.length;
         log.info('job completed', {
           images: result.images.length,
           requested: job.params.n,
@@ -185,8 +269,9 @@ export class JobRunner {
         log.info('job finished after it was cancelled or re-leased; result dropped');
       }
     } catch (err) {
-      await this.handleFailure(job, err, controller.signal, log);
+      await this.recordFailure(job, err, controller.signal, log);
     } finally {
+      if (slot.held) this.releaseSlot(job.backendId);
       clearTimeout(deadline);
       this.running.delete(job.id);
       this.progress.delete(job.id);
@@ -194,34 +279,67 @@ export class JobRunner {
     }
   }
 
+  /**
+   * Records a failed attempt. When the store cannot write (a full disk: SQLITE_FULL), the job keeps its
+   * lease and the write is tried again with a growing wait rather than escaping as an unhandled rejection
+   * (which would end the process); nothing is lost. On stop it is left to the next start's recovery.
+   */
+  private async recordFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<void> {
+    for (let waitMs = RECORD_RETRY_FIRST_MS; ; waitMs = Math.min(2 * waitMs, RECORD_RETRY_MAX_MS)) {
+      try {
+        await this.handleFailure(job, err, signal, log);
+        return;
+      } catch (writeErr) {
+        if (this.stopped) {
+          log.error('could not record the attempt before stopping; the job is recovered at the next start', { error: String(writeErr) });
+          return;
+        }
+        this.counters.recordRetries += 1;
+        log.error('could not record the attempt; trying again', { error: String(writeErr), retryInMs: waitMs });
+        await new Promise((resolve) => setTimeout(resolve, waitMs).unref());
+      }
+    }
+  }
+
   private async handleFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<void> {
     const { store, jobs, now } = this.deps;
     const reason: unknown = signal.aborted ? signal.reason : undefined;
     if (reason instanceof DOMException && reason.name === 'AbortError') {
+      this.counters.attemptsCancelled += 1;
       log.info('attempt aborted: job cancelled');
       return;
     }
     if (reason instanceof PixeldError && reason.code === 'shutting_down') {
       // A clean stop is not the job's fault: it goes back to the queue without spending an attempt.
       await store.releaseClaim(job.id, job.leaseToken, now());
+      this.counters.attemptsReleased += 1;
       log.info('attempt aborted: shutting down; job returned to the queue');
       return;
     }
-    const failure = classify(err, reason, jobs.attemptTimeoutMs);
+    // A write that failed for lack of space (an image file, the completion itself) is retried like a busy backend.
+    const failure = classify(storageError(err), reason, jobs.attemptTimeoutMs);
     const finishedMs = now();
     if (failure.retryable && job.attempts < jobs.maxAttempts) {
       const backoff = failure.retryAfterMs ?? jobs.retryBackoffMs * 2 ** (job.attempts - 1);
       await store.retryLater(job.id, job.leaseToken, failure.error, finishedMs + backoff, finishedMs);
+      this.counters.attemptsRetried += 1;
       setTimeout(() => this.wake(job.backendId), backoff).unref();
       log.warn('attempt failed; will retry', { code: failure.error.code, message: failure.error.message, retryInMs: backoff, details: failure.details });
       return;
     }
     await store.fail(job.id, job.leaseToken, failure.error, finishedMs, finishedMs + jobs.resultTtlMs);
+    this.counters.jobsFailed += 1;
     const level = failure.error.code === 'internal_error' ? 'error' : 'warn';
     log.log(level, 'job failed', { code: failure.error.code, message: failure.error.message, details: failure.details, attempts: job.attempts });
   }
 
-  private async produce(job: Job, backend: ImageBackend, signal: AbortSignal, deadlineMs: number): Promise<JobResult> {
+  private async produce(
+    job: Job,
+    backend: ImageBackend,
+    signal: AbortSignal,
+    deadlineMs: number,
+    slot: { held: boolean },
+  ): Promise<JobResult> {
     const { params } = job;
     const inputs = job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i));
     const maskInput = job.inputs.find((i) => i.role === 'mask');
@@ -258,7 +376,17 @@ export class JobRunner {
         const overall = Math.floor((100 * (before + (want * Math.min(100, Math.max(0, percent))) / 100)) / params.n);
         this.progress.set(job.id, Math.max(this.progress.get(job.id) ?? 0, Math.min(99, overall)));
       };
-      const answer = await backend.generate({ ...base, n: want, seed, onProgress });
+      if (!slot.held) {
+        await this.takeSlot(job.backendId, signal);
+        slot.held = true;
+      }
+      let answer: BackendCallResult;
+      try {
+        answer = await backend.generate({ ...base, n: want, seed, onProgress });
+      } finally {
+        slot.held = false;
+        this.releaseSlot(job.backendId);
+      }
       for (const w of answer.warnings) warnings.add(w.feature ? `${w.feature}: ${w.message}` : w.message);
       for (const bytes of answer.images.slice(0, want)) {
         try {

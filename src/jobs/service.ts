@@ -30,6 +30,15 @@ export interface SubmitOptions {
 /** Seconds a poll is told to wait, whatever the estimate says. */
 const MIN_RETRY_AFTER_S = 1;
 const MAX_RETRY_AFTER_S = 60;
+/** The same bounds for `retry-after-ms`, the estimate before it is rounded up to whole seconds. */
+const MIN_RETRY_AFTER_MS = 100;
+const MAX_RETRY_AFTER_MS = MAX_RETRY_AFTER_S * 1000;
+
+/** When a poller should come back: whole seconds for Retry-After, and the estimate itself for retry-after-ms. */
+export interface RetryAfter {
+  seconds: number;
+  ms: number;
+}
 
 /**
  * What the HTTP routes call: admission (bounded queue, idempotency), reads, cancel and waiting for a
@@ -56,6 +65,15 @@ export class JobService {
     const temps = [...request.images, ...(request.mask ? [request.mask] : [])];
     try {
       if (this.shutdown.signal.aborted) throw this.shutdown.signal.reason;
+      // The last of the disk is kept for jobs already accepted: they must still write images and receipts.
+      const room = await blobs.room();
+      if (!room.ok) {
+        throw new PixeldError(
+          'insufficient_storage',
+          `the provider is low on storage space (${mib(room.freeBytes)} MiB free, ${mib(room.reservedBytes)} MiB kept for accepted jobs); try again later`,
+          { retryAfterSeconds: 30 },
+        );
+      }
       const backendId = request.model.backend;
       const limit = this.deps.maxQueuedJobs.get(backendId) ?? Number.POSITIVE_INFINITY;
       if ((await store.countPending(backendId)) >= limit) {
@@ -173,7 +191,7 @@ export class JobService {
    * When a poller should come back: the estimated time until this job ends, from its place in the queue,
    * the backend's concurrency and recent per-image run times.
    */
-  async retryAfterSeconds(job: Job): Promise<number> {
+  async retryAfter(job: Job): Promise<RetryAfter> {
     const { runner, now } = this.deps;
     const perImageMs = runner.typicalPerImageMs(job.backendId) ?? 5_000;
     const ownMs = perImageMs * job.params.n;
@@ -191,7 +209,10 @@ export class JobService {
       const waves = Math.floor((ahead + busy) / slots);
       estimateMs = waves * ownMs + ownMs;
     }
-    return clampSeconds(estimateMs / 1000);
+    return {
+      seconds: clampSeconds(estimateMs / 1000),
+      ms: Math.min(MAX_RETRY_AFTER_MS, Math.max(MIN_RETRY_AFTER_MS, Math.ceil(estimateMs))),
+    };
   }
 
   /** A full queue frees a place when a running job ends: about one image's time. */
@@ -202,4 +223,8 @@ export class JobService {
 
 function clampSeconds(seconds: number): number {
   return Math.min(MAX_RETRY_AFTER_S, Math.max(MIN_RETRY_AFTER_S, Math.ceil(seconds)));
+}
+
+function mib(bytes: number): string {
+  return (bytes / (1024 * 1024)).toFixed(1);
 }

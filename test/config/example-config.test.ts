@@ -82,6 +82,7 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.server).toEqual(defaults.server);
     expect(config.store).toEqual(defaults.store);
     expect(config.auth).toEqual(defaults.auth);
+    expect(config.admin).toEqual(defaults.admin);
     expect(config.log).toEqual(defaults.log);
     expect(config.tee).toEqual(defaults.tee);
     expect(config.provider).toEqual(defaults.provider);

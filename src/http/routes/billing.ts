@@ -30,12 +30,16 @@ export function billingRoutes(deps: AppDeps): Router {
       job_id: receipt.jobId,
       state: receipt.state,
       receipt: receipt.receipt,
-      leaf: {
-        fields: LEAF_FIELDS,
-        types: LEAF_TYPES,
-        values: receipt.leaf,
-        hash: leafHashOf(receipt.leaf),
-      },
+      // An API-key caller's receipt (`offchain`: its router bills it) names no address: it has no on-chain leaf.
+      leaf:
+        receipt.state === 'offchain'
+          ? null
+          : {
+              fields: LEAF_FIELDS,
+              types: LEAF_TYPES,
+              values: receipt.leaf,
+              hash: leafHashOf(receipt.leaf),
+            },
       settlement: settled
         ? {
             requests_hash: receipt.root,

@@ -5,7 +5,7 @@ import type { AppDeps } from '../app.js';
 import { sendError } from '../errors.js';
 import { parseImageRequest } from '../image-request.js';
 import { readImageRequestBody } from '../read-body.js';
-import { renderImagesResponse, theRouterJobBody } from '../render.js';
+import { renderImagesResponse, sendJson, theRouterJobBody } from '../render.js';
 import { setReceiptHeaders } from './attestation.js';
 
 /**
@@ -89,9 +89,9 @@ async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Respon
     }
     if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);
     if (ended.status === 'completed') {
-      const response = await renderImagesResponse(ended, deps.blobs, deps.now());
+      const response = await renderImagesResponse(ended, deps.base64Images, deps.now());
       setReceiptHeaders(res, ended);
-      res.status(200).json(response);
+      sendJson(res.status(200), response);
       return;
     }
     const code = ended.error?.code ?? 'internal_error';

@@ -3,12 +3,13 @@ import { PixeldError } from '../../errors.js';
 import { isExpired, isTerminal, JOB_ID_PATTERN, type Job } from '../../jobs/model.js';
 import type { AppDeps } from '../app.js';
 import { setReceiptHeaders } from './attestation.js';
-import { expiredError, renderImagesResponse, theRouterJobBody, zeroGPollBody, type ImagesResponse } from '../render.js';
+import { expiredError, renderImagesResponse, sendJson, theRouterJobBody, zeroGPollBody, type ImagesResponse } from '../render.js';
 
 /**
  * Polling and cancelling. `/v1/async/jobs/{id}` answers in 0G's shape (expired → 404), `/v1/jobs/{id}`
  * in theRouter's (expired → status "expired"). Both honour `?wait=N` (or `Prefer: wait=N`) to hold the
- * poll open until the job ends, and tell unfinished pollers when to come back with Retry-After.
+ * poll open until the job ends, and tell unfinished pollers when to come back with Retry-After (seconds)
+ * and retry-after-ms.
  */
 export function jobRoutes(deps: AppDeps): Router {
   const router = Router();
@@ -18,14 +19,14 @@ export function jobRoutes(deps: AppDeps): Router {
     if (job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
     const response = await responseIfCompleted(deps, job);
     await setPollHeaders(deps, job, res);
-    res.json(zeroGPollBody(job, response, deps.service.progressOf(job.id)));
+    sendJson(res, zeroGPollBody(job, response, deps.service.progressOf(job.id)));
   });
 
   router.get('/v1/jobs/:jobId', async (req, res) => {
     const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
     const response = job.status === 'completed' && !isExpired(job, deps.now()) ? await responseIfCompleted(deps, job) : undefined;
     await setPollHeaders(deps, job, res);
-    res.json(theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id)));
+    sendJson(res, theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id)));
   });
 
   const cancel = (shape: '0g' | 'therouter') => async (req: Request, res: Response) => {
@@ -75,12 +76,16 @@ function requestedWaitSeconds(req: Request, max: number): number {
 }
 
 async function responseIfCompleted(deps: AppDeps, job: Job): Promise<ImagesResponse | undefined> {
-  return job.status === 'completed' ? renderImagesResponse(job, deps.blobs, deps.now()) : undefined;
+  return job.status === 'completed' ? renderImagesResponse(job, deps.base64Images, deps.now()) : undefined;
 }
 
 async function setPollHeaders(deps: AppDeps, job: Job, res: Response): Promise<void> {
   if (job.status === 'completed') setReceiptHeaders(res, job);
   if (job.status === 'pending' || job.status === 'processing') {
-    res.setHeader('Retry-After', String(await deps.service.retryAfterSeconds(job)));
+    // retry-after-ms (the OpenAI SDK's name) is the estimate unrounded: a client that reads it comes back
+    // when the job should be done rather than at the next whole second, and never later than Retry-After says.
+    const after = await deps.service.retryAfter(job);
+    res.setHeader('Retry-After', String(after.seconds));
+    res.setHeader('retry-after-ms', String(after.ms));
   }
 }

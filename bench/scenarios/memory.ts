@@ -1,0 +1,172 @@
+import { openAsBlob } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import sharp from 'sharp';
+import { Agent, FormData, request } from 'undici';
+import { readRss, resetPeakRss, sleep, startChildDaemon, startFakeBackendProcess, UNLIMITED_RATES, type ChildDaemon } from '../harness.js';
+import type { BenchRow, BenchScenario } from '../table.js';
+
+const JOBS = 1_000;
+const CLIENTS = 16;
+const RSS_AFTER_JOBS_TARGET = 300 * 1024 * 1024;
+const UPLOAD_BYTES = 100 * 1000 * 1000;
+const UPLOAD_GROWTH_TARGET = 50 * 1024 * 1024;
+const MB = 1024 * 1024;
+
+/**
+ * Issue #7's scenario 5: the daemon's memory, in a process of its own (`node --import tsx src/cli.ts serve`)
+ * whose RSS is read from /proc/<pid>/status, so the benchmark's own memory does not count. (1) RSS after
+ * 1,000 jobs with ~2.6 MB PNG results (noisy 1024², from the fake OpenAI-compatible backend), each
+ * fetched by its client with a long poll: results live on disk, not in memory. (2) RSS growth while one
+ * 100 MB image arrives as a multipart upload (and is checked) until the 202: uploads stream to disk.
+ */
+export const memoryScenario: BenchScenario = {
+  name: 'memory',
+  async run(): Promise<BenchRow[]> {
+    return [...(await afterManyJobs()), ...(await whileUploading())];
+  },
+};
+
+async function afterManyJobs(): Promise<BenchRow[]> {
+  const fake = await startFakeBackendProcess();
+  let child: ChildDaemon | undefined;
+  try {
+    child = await startChildDaemon({
+      backends: [{ id: 'fake', type: 'openai', baseUrl: fake.url, concurrency: 4, maxQueuedJobs: JOBS }],
+      models: [{ id: 'fake-image-model', backend: 'fake', capabilities: ['generation'], sizes: ['1024x1024'], maxInFlight: JOBS }],
+      rateLimits: UNLIMITED_RATES,
+    });
+    const { url, pid } = child;
+    const idle = readRss(pid).rss;
+    const agent = new Agent({ connections: CLIENTS * 2 });
+    let next = 0;
+    let delivered = 0;
+    let resultBytes = 0;
+    const failures: string[] = [];
+    let peakSampled = idle;
+    const sampler = setInterval(() => {
+      peakSampled = Math.max(peakSampled, readRss(pid).rss);
+    }, 20);
+    const client = async () => {
+      while (next < JOBS) {
+        const i = next++;
+        // 32 seeds: the fake keeps 32 rendered pictures; more would make it the bottleneck.
+        const submitted = await request(`${url}/v1/async/images/generations`, {
+          dispatcher: agent,
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ model: 'fake-image-model', prompt: `memory job ${i}`, size: '1024x1024', seed: i % 32 }),
+        });
+        const { jobId } = (await submitted.body.json()) as { jobId?: string };
+        if (!jobId) {
+          failures.push(`submit ${submitted.statusCode}`);
+          continue;
+        }
+        for (;;) {
+          const polled = await request(`${url}/v1/async/jobs/${jobId}?wait=30`, { dispatcher: agent });
+          const body = await polled.body.text();
+          const status = (JSON.parse(body) as { status?: string }).status;
+          if (status === 'pending' || status === 'processing') continue;
+          if (status === 'completed') {
+            delivered += 1;
+            resultBytes = Math.max(resultBytes, body.length);
+          } else failures.push(`job ended ${status}`);
+          break;
+        }
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: CLIENTS }, client));
+    } finally {
+      clearInterval(sampler);
+      await agent.close();
+    }
+    await sleep(2_000);
+    const { rss: after, hwm } = readRss(pid);
+    const scenario = `memory: ${JOBS.toLocaleString('en-US')} jobs, ${(resultBytes / 1e6).toFixed(1)} MB bodies (child process)`;
+    const ok = delivered === JOBS && failures.length === 0;
+    return [
+      { scenario, figure: 'RSS idle after start', value: idle / MB, unit: 'MiB', target: 'baseline', pass: null },
+      {
+        scenario,
+        figure: 'RSS after all jobs',
+        value: after / MB,
+        unit: 'MiB',
+        target: `≤ ${RSS_AFTER_JOBS_TARGET / MB} MiB`,
+        pass: ok && after <= RSS_AFTER_JOBS_TARGET,
+        note: `${delivered} delivered${failures.length > 0 ? `, failures: ${failures.slice(0, 3).join('; ')}` : ''}; peak during the run ${(Math.max(hwm, peakSampled) / MB).toFixed(0)} MiB`,
+      },
+    ];
+  } finally {
+    await child?.stop();
+    await fake.stop();
+  }
+}
+
+async function whileUploading(): Promise<BenchRow[]> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-upload-'));
+  let child: ChildDaemon | undefined;
+  try {
+    // A PNG of noise stored without compression: 5,773² RGB pixels ≈ 100 MB, under the 40 MP input limit.
+    const side = Math.ceil(Math.sqrt(UPLOAD_BYTES / 3));
+    const file = path.join(dir, 'big.png');
+    writeFileSync(file, await sharp(randomBytes(side * side * 3), { raw: { width: side, height: side, channels: 3 } }).png({ compressionLevel: 0 }).toBuffer());
+    child = await startChildDaemon({
+      // One slot, held by a job that sleeps: the upload's edit job waits in the queue and is never run.
+      backends: [{ id: 'ref', type: 'reference', concurrency: 1, latencyMsPerImage: 600_000 }],
+      models: [{ id: 'ref-model', backend: 'ref', capabilities: ['generation', 'edit'], sizes: ['64x64'] }],
+      limits: { maxInputImageBytes: 128 * MB },
+      server: { maxBodyBytes: 128 * MB },
+      rateLimits: UNLIMITED_RATES,
+    });
+    const { url, pid } = child;
+    const hold = await request(`${url}/v1/async/images/generations`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ model: 'ref-model', prompt: 'hold the slot', size: '64x64' }),
+    });
+    await hold.body.dump();
+    await sleep(1_000);
+    const before = readRss(pid).rss;
+    const peakReset = resetPeakRss(pid);
+    let peak = before;
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, readRss(pid).rss);
+    }, 5);
+    const form = new FormData();
+    form.append('model', 'ref-model');
+    form.append('prompt', 'make it winter');
+    form.append('size', '64x64');
+    form.append('image', await openAsBlob(file, { type: 'image/png' }), 'big.png');
+    let status: number;
+    let bodyText: string;
+    try {
+      const res = await request(`${url}/v1/async/images/edits`, { method: 'POST', body: form, headersTimeout: 120_000, bodyTimeout: 120_000 });
+      status = res.statusCode;
+      bodyText = await res.body.text();
+    } finally {
+      clearInterval(sampler);
+    }
+    const { rss: after, hwm } = readRss(pid);
+    if (peakReset) peak = Math.max(peak, hwm);
+    const growth = peak - before;
+    const scenario = `memory: one ${UPLOAD_BYTES / 1e6} MB multipart upload (child process)`;
+    const ok = status === 202;
+    return [
+      {
+        scenario,
+        figure: 'RSS growth until the 202',
+        value: growth / MB,
+        unit: 'MiB',
+        target: `≤ ${UPLOAD_GROWTH_TARGET / MB} MiB`,
+        pass: ok && growth <= UPLOAD_GROWTH_TARGET,
+        note: `RSS before ${(before / MB).toFixed(0)} MiB, peak ${(peak / MB).toFixed(0)} MiB, after ${(after / MB).toFixed(0)} MiB${peakReset ? '' : ' (sampled every 5 ms: VmHWM could not be reset)'}${ok ? '' : `; answered ${status}: ${bodyText.slice(0, 200)}`}`,
+      },
+    ];
+  } finally {
+    await child?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}

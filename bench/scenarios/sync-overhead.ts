@@ -1,0 +1,135 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pipeline } from 'node:stream/promises';
+import { Agent, request, type Dispatcher } from 'undici';
+import { cannon, mergeRounds, startBenchDaemon, startFakeBackendProcess, UNLIMITED_RATES, type CannonResult } from '../harness.js';
+import type { BenchRow, BenchScenario } from '../table.js';
+
+const CONNECTIONS = 8;
+const WARM_UP_SECONDS = 2;
+const ROUNDS = 3;
+const SECONDS = 12;
+/** One request at a time: what the daemon adds to a request when nothing queues. */
+const UNLOADED_SECONDS = 5;
+const P50_TARGET_MS = 15;
+const P99_TARGET_MS = 40;
+const MODEL = 'fake-image-model';
+/** The same request for all three paths; the fixed seed lets the fake serve its cached picture. */
+const BODY = JSON.stringify({ model: MODEL, prompt: 'a lighthouse at dusk', size: '1024x1024', seed: 7, response_format: 'b64_json' });
+
+/**
+ * Issue #7's scenario 3: what the daemon adds to a sync generation. The same request goes straight to the
+ * fake OpenAI-compatible backend (its own process; a real noisy 1024² PNG, ~2.6 MB, as b64), through a
+ * minimal undici pass-through proxy (the floor: one more HTTP hop and nothing else), and through the
+ * daemon (job row, runner, adapter, decode check, hash, sign, store, response) — all at concurrency 8.
+ */
+export const syncOverheadScenario: BenchScenario = {
+  name: 'sync-overhead',
+  async run(): Promise<BenchRow[]> {
+    const fake = await startFakeBackendProcess();
+    const proxy = await startPassThroughProxy(fake.origin);
+    const bench = await startBenchDaemon({
+      backends: [{ id: 'fake', type: 'openai', baseUrl: fake.url, concurrency: CONNECTIONS, maxQueuedJobs: 1_000 }],
+      models: [{ id: MODEL, backend: 'fake', capabilities: ['generation'], sizes: ['1024x1024'], maxInFlight: 1_000 }],
+      rateLimits: UNLIMITED_RATES,
+    });
+    try {
+      const paths = {
+        direct: `${fake.origin}/v1/images/generations`,
+        proxy: `${proxy.url}/v1/images/generations`,
+        daemon: `${bench.url}/v1/images/generations`,
+      };
+      type Path = keyof typeof paths;
+      const load = (url: string, connections: number, seconds: number) =>
+        cannon({ url, method: 'POST', headers: { 'content-type': 'application/json' }, body: BODY, connections, duration: seconds });
+      for (const url of Object.values(paths)) await load(url, CONNECTIONS, WARM_UP_SECONDS);
+      const measure = async (connections: number, rounds: number, seconds: number) => {
+        // Shared, noisy machine: the three paths take turns in short rounds, so drift hits them alike.
+        const results: Record<Path, CannonResult[]> = { direct: [], proxy: [], daemon: [] };
+        for (let round = 0; round < rounds; round += 1) {
+          for (const [name, url] of Object.entries(paths) as Array<[Path, string]>) results[name].push(await load(url, connections, seconds / rounds));
+        }
+        return { direct: mergeRounds(results.direct), proxy: mergeRounds(results.proxy), daemon: mergeRounds(results.daemon) };
+      };
+      const loaded = await measure(CONNECTIONS, ROUNDS, SECONDS);
+      const alone = await measure(1, 1, UNLOADED_SECONDS);
+      return [...rows(CONNECTIONS, loaded, true), ...rows(1, alone, false)];
+    } finally {
+      await bench.close();
+      await proxy.close();
+      await fake.stop();
+    }
+  },
+};
+
+interface Measured {
+  direct: CannonResult;
+  proxy: CannonResult;
+  daemon: CannonResult;
+}
+
+function rows(connections: number, { direct, proxy, daemon }: Measured, judged: boolean): BenchRow[] {
+  const scenario = `sync generation, 1024² PNG as b64, concurrency ${connections}`;
+  const added = (r: CannonResult, p: 'latencyP50Ms' | 'latencyP99Ms') => r[p] - direct[p];
+  const failures = direct.failures + proxy.failures + daemon.failures;
+  const failureNote = failures > 0 ? `; ${failures} failed requests (direct ${direct.failures}, proxy ${proxy.failures}, daemon ${daemon.failures})` : '';
+  const p50 = added(daemon, 'latencyP50Ms');
+  const p99 = added(daemon, 'latencyP99Ms');
+  const rate = (r: CannonResult) => `${r.requestsPerSecond.toFixed(1)} req/s`;
+  const out: BenchRow[] = [
+    { scenario, figure: 'direct to the backend, p50', value: direct.latencyP50Ms, unit: 'ms', target: 'baseline', pass: null, note: `p99 ${direct.latencyP99Ms} ms, ${rate(direct)}` },
+    { scenario, figure: 'pass-through proxy adds, p50', value: added(proxy, 'latencyP50Ms'), unit: 'ms', target: 'floor', pass: null, note: `p99 +${added(proxy, 'latencyP99Ms')} ms, ${rate(proxy)}` },
+    {
+      scenario,
+      figure: 'daemon adds, p50',
+      value: p50,
+      unit: 'ms',
+      target: judged ? `≤ ${P50_TARGET_MS} ms` : 'info',
+      pass: judged ? failures === 0 && p50 <= P50_TARGET_MS : null,
+      note: `${rate(daemon)} (direct ${rate(direct)})${failureNote}`,
+    },
+    {
+      scenario,
+      figure: 'daemon adds, p99',
+      value: p99,
+      unit: 'ms',
+      target: judged ? `≤ ${P99_TARGET_MS} ms` : 'info',
+      pass: judged ? failures === 0 && p99 <= P99_TARGET_MS : null,
+    },
+    { scenario, figure: 'daemon overhead ÷ proxy overhead, p50', value: p50 / Math.max(1, added(proxy, 'latencyP50Ms')), unit: '×', target: 'info', pass: null },
+  ];
+  return out;
+}
+
+/** The floor: forwards the request to the backend with undici and streams the answer back, nothing else. */
+async function startPassThroughProxy(origin: string): Promise<{ url: string; close(): Promise<void> }> {
+  const agent = new Agent({ connections: 64, keepAliveTimeout: 60_000 });
+  const server = createServer((req, res) => {
+    const headers: Record<string, string> = { 'content-type': req.headers['content-type'] ?? 'application/octet-stream' };
+    if (req.headers['content-length'] !== undefined) headers['content-length'] = req.headers['content-length'];
+    request(`${origin}${req.url ?? '/'}`, { dispatcher: agent, method: (req.method ?? 'GET') as Dispatcher.HttpMethod, headers, body: req })
+      .then(async (upstream) => {
+        const out: Record<string, string> = {};
+        for (const name of ['content-type', 'content-length']) {
+          const value = upstream.headers[name];
+          if (typeof value === 'string') out[name] = value;
+        }
+        res.writeHead(upstream.statusCode, out);
+        await pipeline(upstream.body, res);
+      })
+      .catch(() => {
+        if (!res.headersSent) res.writeHead(502);
+        res.end();
+      });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    async close() {
+      server.closeAllConnections();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await agent.close();
+    },
+  };
+}
