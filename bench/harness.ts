@@ -132,7 +132,7 @@ export interface ChildDaemon {
  * `node --import tsx src/cli.ts serve --config …` in its own process, so its memory is its own. Resolves
  * once it logs that it is listening.
  */
-export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>): Promise<ChildDaemon> {
+export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>, env: NodeJS.ProcessEnv = {}): Promise<ChildDaemon> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-child-'));
   const configFile = path.join(dataDir, 'pixeld.json');
   const config = {
@@ -143,9 +143,9 @@ export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>): Pro
     log: { level: 'info' },
   };
   writeFileSync(configFile, JSON.stringify(config, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)));
-  const child = spawn(process.execPath, [...(process.env.PIXELD_BENCH_CHILD_ARGS?.split(' ') ?? []), '--import', 'tsx', 'src/cli.ts', 'serve', '--config', configFile], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--config', configFile], {
     cwd: ROOT,
-    env: { ...process.env, NODE_ENV: 'development' },
+    env: { ...process.env, NODE_ENV: 'development', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const url = await new Promise<string>((resolve, reject) => {
@@ -161,8 +161,7 @@ export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>): Pro
     setTimeout(() => reject(new Error(`child daemon did not start: ${out.slice(-2000)}`)), 30_000).unref();
   });
   child.stdout!.resume();
-  if (process.env.PIXELD_BENCH_CHILD_ARGS) child.stderr!.on('data', (c: Buffer) => process.stderr.write(c));
-  else child.stderr!.resume();
+  child.stderr!.resume();
   return {
     url,
     pid: child.pid!,

@@ -1,9 +1,12 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { memoryScenario } from './scenarios/memory.js';
+import { pollThroughputScenario } from './scenarios/poll-throughput.js';
 import { saturationScenario } from './scenarios/saturation.js';
 import { settlementScenario } from './scenarios/settlement.js';
 import { signingScenario } from './scenarios/signing.js';
+import { syncOverheadScenario } from './scenarios/sync-overhead.js';
 import { timeToResultScenario } from './scenarios/time-to-result.js';
 import { formatTable, type BenchRow, type BenchScenario } from './table.js';
 
@@ -11,7 +14,15 @@ import { formatTable, type BenchRow, type BenchScenario } from './table.js';
  * `npm run bench [scenario …]`: runs each scenario on this machine, prints one table and writes the same
  * to bench/results/latest.json. Figures, not timed tests: nothing here fails the test suite.
  */
-const SCENARIOS: BenchScenario[] = [saturationScenario, timeToResultScenario, signingScenario, settlementScenario];
+const SCENARIOS: BenchScenario[] = [
+  saturationScenario,
+  timeToResultScenario,
+  syncOverheadScenario,
+  pollThroughputScenario,
+  memoryScenario,
+  signingScenario,
+  settlementScenario,
+];
 
 async function main(): Promise<void> {
   const wanted = process.argv.slice(2);
@@ -23,7 +34,9 @@ async function main(): Promise<void> {
   const rows: BenchRow[] = [];
   for (const scenario of chosen) {
     process.stderr.write(`running ${scenario.name}…\n`);
+    const started = Date.now();
     rows.push(...(await scenario.run()));
+    process.stderr.write(`  ${scenario.name}: ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
   }
   const machine = `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
   const date = new Date().toISOString();

@@ -9,6 +9,8 @@ import { readRss, resetPeakRss, sleep, startChildDaemon, startFakeBackendProcess
 import type { BenchRow, BenchScenario } from '../table.js';
 
 const JOBS = 1_000;
+/** The allocator comparison runs fewer jobs (RSS plateaus within the first few hundred) to save time. */
+const FIXED_THRESHOLD_JOBS = 400;
 const CLIENTS = 16;
 const RSS_AFTER_JOBS_TARGET = 300 * 1024 * 1024;
 const UPLOAD_BYTES = 100 * 1000 * 1000;
@@ -29,15 +31,69 @@ export const memoryScenario: BenchScenario = {
   },
 };
 
+/**
+ * glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after which
+ * multi-MB image buffers come from the brk heap and the freed ones stay resident. A fixed threshold
+ * keeps them in mmap, returned to the system when freed. Measured both ways: as `node` runs by default
+ * (the target) and with this setting (what the process could be, given the allocator setting).
+ */
+const FIXED_MMAP_THRESHOLD = { MALLOC_MMAP_THRESHOLD_: String(1024 * 1024) };
+
 async function afterManyJobs(): Promise<BenchRow[]> {
   const fake = await startFakeBackendProcess();
-  let child: ChildDaemon | undefined;
   try {
-    child = await startChildDaemon({
-      backends: [{ id: 'fake', type: 'openai', baseUrl: fake.url, concurrency: 4, maxQueuedJobs: JOBS }],
-      models: [{ id: 'fake-image-model', backend: 'fake', capabilities: ['generation'], sizes: ['1024x1024'], maxInFlight: JOBS }],
+    const plain = await manyJobs(fake.url, {}, JOBS);
+    const fixed = await manyJobs(fake.url, FIXED_MMAP_THRESHOLD, FIXED_THRESHOLD_JOBS);
+    const scenario = `memory: ${JOBS.toLocaleString('en-US')} jobs, ${(plain.resultBytes / 1e6).toFixed(1)} MB bodies (child process)`;
+    const describe = (r: ManyJobs) =>
+      `${r.delivered} delivered${r.failures.length > 0 ? `, failures: ${r.failures.slice(0, 3).join('; ')}` : ''}; idle ${(r.idle / MB).toFixed(0)} MiB, peak ${(r.peak / MB).toFixed(0)} MiB`;
+    return [
+      { scenario, figure: 'RSS idle after start', value: plain.idle / MB, unit: 'MiB', target: 'baseline', pass: null, note: 'node --import tsx src/cli.ts: the TypeScript loader is part of it' },
+      {
+        scenario,
+        figure: 'RSS after all jobs',
+        value: plain.after / MB,
+        unit: 'MiB',
+        target: `≤ ${RSS_AFTER_JOBS_TARGET / MB} MiB`,
+        pass: plain.delivered === JOBS && plain.failures.length === 0 && plain.after <= RSS_AFTER_JOBS_TARGET,
+        note:
+          `${describe(plain)}; the excess is glibc's brk heap keeping freed multi-MB buffers (its mmap threshold rises to the ` +
+          `largest block freed), not results: see the MALLOC_MMAP_THRESHOLD_ row`,
+      },
+      {
+        scenario,
+        figure: `RSS after ${FIXED_THRESHOLD_JOBS} jobs, MALLOC_MMAP_THRESHOLD_=1 MiB`,
+        value: fixed.after / MB,
+        unit: 'MiB',
+        target: 'info',
+        pass: null,
+        note: describe(fixed),
+      },
+    ];
+  } finally {
+    await fake.stop();
+  }
+}
+
+interface ManyJobs {
+  idle: number;
+  after: number;
+  peak: number;
+  delivered: number;
+  resultBytes: number;
+  failures: string[];
+}
+
+async function manyJobs(backendUrl: string, env: NodeJS.ProcessEnv, jobs: number): Promise<ManyJobs> {
+  const child = await startChildDaemon(
+    {
+      backends: [{ id: 'fake', type: 'openai', baseUrl: backendUrl, concurrency: 4, maxQueuedJobs: jobs }],
+      models: [{ id: 'fake-image-model', backend: 'fake', capabilities: ['generation'], sizes: ['1024x1024'], maxInFlight: jobs }],
       rateLimits: UNLIMITED_RATES,
-    });
+    },
+    env,
+  );
+  try {
     const { url, pid } = child;
     const idle = readRss(pid).rss;
     const agent = new Agent({ connections: CLIENTS * 2 });
@@ -45,12 +101,12 @@ async function afterManyJobs(): Promise<BenchRow[]> {
     let delivered = 0;
     let resultBytes = 0;
     const failures: string[] = [];
-    let peakSampled = idle;
+    let peak = idle;
     const sampler = setInterval(() => {
-      peakSampled = Math.max(peakSampled, readRss(pid).rss);
+      peak = Math.max(peak, readRss(pid).rss);
     }, 20);
     const client = async () => {
-      while (next < JOBS) {
+      while (next < jobs) {
         const i = next++;
         // 32 seeds: the fake keeps 32 rendered pictures; more would make it the bottleneck.
         const submitted = await request(`${url}/v1/async/images/generations`, {
@@ -85,23 +141,9 @@ async function afterManyJobs(): Promise<BenchRow[]> {
     }
     await sleep(2_000);
     const { rss: after, hwm } = readRss(pid);
-    const scenario = `memory: ${JOBS.toLocaleString('en-US')} jobs, ${(resultBytes / 1e6).toFixed(1)} MB bodies (child process)`;
-    const ok = delivered === JOBS && failures.length === 0;
-    return [
-      { scenario, figure: 'RSS idle after start', value: idle / MB, unit: 'MiB', target: 'baseline', pass: null },
-      {
-        scenario,
-        figure: 'RSS after all jobs',
-        value: after / MB,
-        unit: 'MiB',
-        target: `≤ ${RSS_AFTER_JOBS_TARGET / MB} MiB`,
-        pass: ok && after <= RSS_AFTER_JOBS_TARGET,
-        note: `${delivered} delivered${failures.length > 0 ? `, failures: ${failures.slice(0, 3).join('; ')}` : ''}; peak during the run ${(Math.max(hwm, peakSampled) / MB).toFixed(0)} MiB`,
-      },
-    ];
+    return { idle, after, peak: Math.max(peak, hwm), delivered, resultBytes, failures };
   } finally {
-    await child?.stop();
-    await fake.stop();
+    await child.stop();
   }
 }
 

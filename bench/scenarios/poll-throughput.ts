@@ -5,7 +5,7 @@ import type { BenchRow, BenchScenario } from '../table.js';
 import { realisticPng } from './signing.js';
 
 const CONNECTIONS = Number(process.env.PIXELD_BENCH_POLL_CONNECTIONS ?? 50);
-const SECONDS = 12;
+const SECONDS = 9;
 const ROUNDS = 3;
 const PENDING_TARGET = 5_000;
 const COMPLETED_TARGET = 200;

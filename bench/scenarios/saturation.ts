@@ -1,4 +1,4 @@
-import { asyncLoad, IDEAL_JOBS_PER_SECOND, LOAD, type AsyncLoadResult, type PollMode } from '../async-load.js';
+import { asyncLoad, bareBackendJobsPerSecond, IDEAL_JOBS_PER_SECOND, LOAD, type AsyncLoadResult, type PollMode } from '../async-load.js';
 import type { BenchRow, BenchScenario } from '../table.js';
 
 const TARGET_SHARE = 0.97;
@@ -7,23 +7,37 @@ const MODES: PollMode[] = ['retry-after', 'retry-after-ms', 'long-poll'];
 /**
  * Issue #7's scenario 1: does the daemon keep the backend busy? 1,000 async jobs from 50 polling clients
  * on the reference backend (100 ms an image, concurrency 2: ideal 20 jobs/s). The baseline, measured in
- * the same run, is the backend itself: how long its calls really took, hence the most it could deliver.
+ * the same run, is the same backend called directly, two calls at a time, with no daemon in front.
  */
 export const saturationScenario: BenchScenario = {
   name: 'saturation',
   async run(): Promise<BenchRow[]> {
-    const rows: BenchRow[] = [];
-    for (const mode of MODES) rows.push(...saturationRows(await asyncLoad(mode)));
+    const bare = await bareBackendJobsPerSecond();
+    const rows: BenchRow[] = [
+      {
+        scenario: `saturation: the reference backend alone, ${LOAD.concurrency} calls at a time, no daemon`,
+        figure: 'jobs/s',
+        value: bare,
+        unit: '/s',
+        target: 'baseline',
+        pass: null,
+        note: `${((bare / IDEAL_JOBS_PER_SECOND) * 100).toFixed(1)} % of the ideal ${IDEAL_JOBS_PER_SECOND}/s: each call renders its picture (~2.5 ms of CPU at 64×64, more with two at once) before its 100 ms sleep`,
+      },
+    ];
+    for (const mode of MODES) rows.push(...saturationRows(await asyncLoad(mode), bare));
+    if (bare / IDEAL_JOBS_PER_SECOND < TARGET_SHARE) {
+      rows[0]!.note += `; below the ${TARGET_SHARE * 100} % target before any daemon is in front of it, so that target cannot hold with this backend here`;
+    }
     return rows;
   },
 };
 
-function saturationRows(r: AsyncLoadResult): BenchRow[] {
-  const scenario = `saturation, ${LOAD.jobs} jobs, ${LOAD.clients} clients, ${label(r.mode)}`;
+function saturationRows(r: AsyncLoadResult, bare: number): BenchRow[] {
+  const scenario = `saturation, ${r.jobs.toLocaleString('en-US')} jobs, ${LOAD.clients} clients, ${label(r.mode)}`;
   const share = r.jobsPerSecond / IDEAL_JOBS_PER_SECOND;
-  const ceiling = (LOAD.concurrency * 1000) / r.backendCallMs;
   const pass = share >= TARGET_SHARE && r.completed === r.jobs && r.failures.length === 0;
-  const rows: BenchRow[] = [
+  const failures = r.failures.length > 0 ? `; failures: ${r.failures.slice(0, 3).join('; ')}` : '';
+  return [
     {
       scenario,
       figure: `delivered ÷ ideal ${IDEAL_JOBS_PER_SECOND}/s`,
@@ -31,30 +45,14 @@ function saturationRows(r: AsyncLoadResult): BenchRow[] {
       unit: '%',
       target: `≥ ${TARGET_SHARE * 100} %`,
       pass,
-      ...(pass
-        ? {}
-        : {
-            note:
-              `the reference backend's own calls took ${r.backendCallMs.toFixed(1)} ms, not 100 (it renders its SVG picture, ` +
-              `~2.5 ms of CPU, before the 100 ms sleep, and the sleep's timer fires late on 2 busy cores), so it cannot ` +
-              `deliver more than ${ceiling.toFixed(1)} jobs/s; the daemon kept its slots busy ${(r.backendBusy * 100).toFixed(1)} % of the run` +
-              (r.failures.length > 0 ? `; failures: ${r.failures.slice(0, 3).join('; ')}` : ''),
-          }),
+      note:
+        `${r.jobsPerSecond.toFixed(2)} jobs/s; the backend's calls took ${r.backendCallMs.toFixed(1)} ms on average (100 ms sleep, its own ` +
+        `rendering, its timer firing late on 2 busy cores) and its slots were busy ${(r.backendBusy * 100).toFixed(1)} % of the run${failures}`,
     },
-    { scenario, figure: 'delivered jobs/s', value: r.jobsPerSecond, unit: '/s', target: 'info', pass: null },
-    {
-      scenario,
-      figure: 'delivered ÷ backend ceiling (2 ÷ call time)',
-      value: (r.jobsPerSecond / ceiling) * 100,
-      unit: '%',
-      target: 'info',
-      pass: null,
-      note: `mean backend call ${r.backendCallMs.toFixed(1)} ms`,
-    },
+    { scenario, figure: 'delivered ÷ the backend alone', value: (r.jobsPerSecond / bare) * 100, unit: '%', target: 'info', pass: null },
     { scenario, figure: 'backend slots busy', value: r.backendBusy * 100, unit: '%', target: 'info', pass: null },
     { scenario, figure: 'polls per job', value: r.pollsPerJob, unit: '', target: 'info', pass: null },
   ];
-  return rows;
 }
 
 export function label(mode: PollMode): string {

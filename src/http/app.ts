@@ -64,14 +64,19 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', deps.config.server.trustProxy);
   app.set('etag', false);
 
+  // winston formats a line (timestamp, JSON) before its transports drop it by level: only ask for the
+  // per-request line when it will be written.
+  const logRequests = deps.logger.isDebugEnabled();
   app.use((req, res, next) => {
     const incoming = req.headers['x-request-id'];
     req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : `req_${randomUUID().replace(/-/g, '')}`;
     res.setHeader('x-request-id', req.requestId);
-    const started = Date.now();
-    res.on('finish', () => {
-      deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started });
-    });
+    if (logRequests) {
+      const started = Date.now();
+      res.on('finish', () => {
+        deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started });
+      });
+    }
     next();
   });
 

@@ -20,15 +20,15 @@ export class Base64Image {
   /** Inside `jsonBody`: a marker it replaces with the bytes; anywhere else: the text itself. */
   toJSON(): string {
     if (splicing) {
-      splicing.images.push(this.text);
-      return `${splicing.marker}${splicing.images.length - 1}`;
+      splicing.push(this.text);
+      return `${MARKER}${splicing.length - 1}`;
     }
     return this.text.toString('latin1');
   }
 }
 
-/** Set only while `jsonBody` runs JSON.stringify (synchronous, so never seen by another body). */
-let splicing: { marker: string; images: Buffer[] } | undefined;
+/** The images of the body `jsonParts` is writing; set only while its JSON.stringify runs (synchronously). */
+let splicing: Buffer[] | undefined;
 /** Random per process and never sent, so no other string in a body (a prompt, a warning) can pass for a marker. */
 const MARKER = `pixeld-b64-${randomBytes(12).toString('hex')}-`;
 
@@ -40,8 +40,7 @@ export function jsonBody(value: unknown): Buffer {
 /** The same bytes as jsonBody, in pieces: the images' text is not copied again. */
 function jsonParts(value: unknown): Buffer[] {
   const images: Buffer[] = [];
-  const marker = MARKER;
-  splicing = { marker, images };
+  splicing = images;
   let text: string;
   try {
     text = JSON.stringify(value);
@@ -52,9 +51,9 @@ function jsonParts(value: unknown): Buffer[] {
   const parts: Buffer[] = [];
   let from = 0;
   images.forEach((image, i) => {
-    const at = text.indexOf(`"${marker}${i}"`, from);
+    const at = text.indexOf(`"${MARKER}${i}"`, from);
     parts.push(Buffer.from(text.slice(from, at + 1)), image);
-    from = at + 1 + marker.length + String(i).length;
+    from = at + 1 + MARKER.length + String(i).length;
   });
   parts.push(Buffer.from(text.slice(from)));
   return parts;
@@ -73,8 +72,8 @@ export function sendJson(res: Response, value: unknown): void {
   res.end(parts.at(-1));
 }
 
-/** Bytes of base64 text kept for re-reads of finished jobs. @default 64 MiB (about 30 images of 1.5 MB) */
-export const BASE64_CACHE_BYTES = 64 * 1024 * 1024;
+/** Bytes of base64 text kept for re-reads of finished jobs. @default 32 MiB (about 15 images of 1.5 MB) */
+export const BASE64_CACHE_BYTES = 32 * 1024 * 1024;
 
 /**
  * Base64 text of stored images, by sha256. Blobs never change (they are named by their hash), so an entry

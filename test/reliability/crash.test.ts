@@ -100,7 +100,7 @@ describe(`crashes: ${SIZES.crashKills} SIGKILLs under load, restarted on the sam
         clients: WORKERS,
         processingAtKills,
         recoveredAtRestarts: recovered,
-        submitsCutOff: clients.stats.networkRetries,
+        requestsCutOff: clients.stats.networkRetries,
         idempotentReplays: clients.stats.idempotentReplays,
         completed: check.completed,
         failedWithReason: check.failed,
