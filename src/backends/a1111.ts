@@ -32,6 +32,7 @@ import type { Logger } from '../obs/logger.js';
 import { BackendError, sanitizeUpstreamMessage, type BackendFailureKind } from './errors.js';
 import { extractUpstreamError, joinUrl, parseRetryAfterMs, redactUrl } from './openai.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
+import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, isRecord } from './upstream.js';
 
 /** Bytes of an error body read to find the message: A1111's `body` key echoes the whole request. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
@@ -46,8 +47,6 @@ const CONTROL_TIMEOUT_MS = 10_000;
 const UNDICI_DEADLINE_MARGIN_MS = 1_000;
 /** Node timers overflow (and fire at once) above this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-/** How long `close()` lets in-flight calls finish before cutting their sockets. */
-const CLOSE_GRACE_MS = 5_000;
 /**
  * A task cancelled while it waited for A1111's queue still runs when its turn comes (A1111 does not drop
  * requests whose client left); it is watched this long to be interrupted the moment it starts.
@@ -602,18 +601,7 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
 
   async function close(): Promise<void> {
     closing.abort();
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), CLOSE_GRACE_MS);
-      timer.unref();
-    });
-    try {
-      const outcome = await Promise.race([agent.close().then(() => 'closed' as const), grace]);
-      // A hung upstream call must not hold the daemon's shutdown hostage.
-      if (outcome === 'late') await agent.destroy();
-    } finally {
-      clearTimeout(timer);
-    }
+    await closeAgent(agent);
   }
 
   return {
@@ -627,15 +615,5 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
   };
 }
 
-/** undici codes that mean the adapter built a bad request: retrying cannot help, so they stay bugs. */
-const PROGRAMMING_ERROR_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_INVALID_RETURN_VALUE', 'UND_ERR_NOT_SUPPORTED']);
 
-function errorCode(err: unknown): string | undefined {
-  if (!isRecord(err)) return undefined;
-  if (typeof err.code === 'string') return err.code;
-  return isRecord(err.cause) && typeof err.cause.code === 'string' ? err.cause.code : undefined;
-}
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}

@@ -26,6 +26,7 @@ import { BackendError, sanitizeUpstreamMessage } from './errors.js';
 import type { BackendFailureKind } from './errors.js';
 import { joinUrl, redactUrl, requestTimeouts } from './openai.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
+import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, isRecord } from './upstream.js';
 
 /** Bytes of an error body read to find the message. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
@@ -33,8 +34,6 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
 const MAX_JSON_BYTES = 32 * 1024 * 1024;
 /** How long the best-effort cleanup after an abort (queue delete, targeted interrupt) may take. */
 const CANCEL_TIMEOUT_MS = 5_000;
-/** How long `close()` lets in-flight calls finish before cutting their sockets. */
-const CLOSE_GRACE_MS = 5_000;
 /** Longest text of one node error kept in a message: value_not_in_list lists every model file. */
 const MAX_NODE_ERROR_CHARS = 160;
 
@@ -105,9 +104,6 @@ type ScalarRole = keyof typeof SCALAR_ROLES;
 const KNOWN_MARKERS = [...Object.keys(SCALAR_ROLES), 'size', 'image', 'image_<n>', 'mask', 'output'];
 const MARKER = /pixeld:([A-Za-z0-9_]+)/g;
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 function isLink(value: unknown): boolean {
   return Array.isArray(value) && value.length === 2 && (typeof value[0] === 'string' || typeof value[0] === 'number');
@@ -623,15 +619,7 @@ function createWaker(): Waker {
   };
 }
 
-/** undici codes that mean the adapter built a bad request: retrying cannot help, so they stay bugs. */
-const PROGRAMMING_ERROR_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_INVALID_RETURN_VALUE', 'UND_ERR_NOT_SUPPORTED']);
 
-function errorCode(err: unknown): string | undefined {
-  if (!isRecord(err) && !(err instanceof Error)) return undefined;
-  const e = err as { code?: unknown; cause?: unknown };
-  if (typeof e.code === 'string') return e.code;
-  return isRecord(e.cause) || e.cause instanceof Error ? errorCode(e.cause) : undefined;
-}
 
 /** Nothing listens on ComfyUI's port: the process is gone, and with it its in-memory queue. */
 function isConnectionRefused(err: unknown): boolean {
@@ -1195,17 +1183,7 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
       }
     }
     liveSockets.clear();
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), CLOSE_GRACE_MS);
-      timer.unref();
-    });
-    try {
-      const outcome = await Promise.race([agent.close().then(() => 'closed' as const), grace]);
-      if (outcome === 'late') await agent.destroy();
-    } finally {
-      clearTimeout(timer);
-    }
+    await closeAgent(agent);
   }
 
   return {

@@ -12,6 +12,7 @@ import { toWhiteInpaintMask } from '../images/masks.js';
 import type { Logger } from '../obs/logger.js';
 import { BackendError, sanitizeUpstreamMessage } from './errors.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
+import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, firstHeader, isRecord } from './upstream.js';
 
 /** Bytes of an error body read to find the message; servers sometimes echo whole base64 inputs back. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
@@ -19,8 +20,6 @@ const MAX_ERROR_BODY_BYTES = 64 * 1024;
 const RESPONSE_OVERHEAD_BYTES = 1024 * 1024;
 /** Node timers overflow (and fire at once) above this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
-/** How long `close()` lets in-flight calls finish before cutting their sockets. */
-const CLOSE_GRACE_MS = 5_000;
 /** Response headers worth keeping in the job log: request and trace ids. */
 const TRACE_HEADER = /(?:^|-)(?:request|trace)-id$/i;
 
@@ -508,18 +507,7 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
   }
 
   async function close(): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), CLOSE_GRACE_MS);
-      timer.unref();
-    });
-    try {
-      const outcome = await Promise.race([agent.close().then(() => 'closed' as const), grace]);
-      // A hung upstream call must not hold the daemon's shutdown hostage.
-      if (outcome === 'late') await agent.destroy();
-    } finally {
-      clearTimeout(timer);
-    }
+    await closeAgent(agent);
   }
 
   return {
@@ -541,23 +529,9 @@ interface FailureContext {
   cause?: unknown;
 }
 
-/** undici codes that mean the adapter built a bad request: retrying cannot help, so they stay bugs. */
-const PROGRAMMING_ERROR_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_INVALID_RETURN_VALUE', 'UND_ERR_NOT_SUPPORTED']);
 
-function errorCode(err: unknown): string | undefined {
-  if (!isRecord(err)) return undefined;
-  if (typeof err.code === 'string') return err.code;
-  // Node puts the socket error under cause for some undici errors ("other side closed" has none).
-  return isRecord(err.cause) && typeof err.cause.code === 'string' ? err.cause.code : undefined;
-}
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
-function firstHeader(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
-}
 
 function keptHeaders(headers: Record<string, string | string[] | undefined>): Record<string, string> {
   const kept: Record<string, string> = {};

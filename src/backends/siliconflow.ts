@@ -24,6 +24,7 @@ import type { Logger } from '../obs/logger.js';
 import { BackendError, sanitizeUpstreamMessage, type BackendFailureKind } from './errors.js';
 import { agentOptions, joinUrl, parseRetryAfterMs, redactUrl, requestTimeouts, type RequestTimeouts } from './openai.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend, InputImage } from './types.js';
+import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, firstHeader, isRecord } from './upstream.js';
 
 /** The response header SiliconFlow identifies a request by; support asks for it. */
 export const TRACE_ID_HEADER = 'x-siliconcloud-trace-id';
@@ -35,8 +36,6 @@ const IMAGE_FIELDS = ['image', 'image2', 'image3'] as const;
 const MAX_RESPONSE_BYTES = 1024 * 1024;
 /** Bytes of an error body read to find the message. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
-/** How long `close()` lets in-flight calls finish before cutting their sockets. */
-const CLOSE_GRACE_MS = 5_000;
 /** Result downloads answered with these statuses mean the short-lived URL is no longer valid. */
 const EXPIRED_URL_STATUSES = new Set([403, 404, 410]);
 
@@ -436,18 +435,7 @@ export function createSiliconFlowBackend(config: SiliconFlowBackendConfig, deps:
   }
 
   async function close(): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    const grace = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), CLOSE_GRACE_MS);
-      timer.unref();
-    });
-    try {
-      const outcome = await Promise.race([agent.close().then(() => 'closed' as const), grace]);
-      // A hung upstream call must not hold the daemon's shutdown hostage.
-      if (outcome === 'late') await agent.destroy();
-    } finally {
-      clearTimeout(timer);
-    }
+    await closeAgent(agent);
   }
 
   return {
@@ -470,19 +458,6 @@ interface FailureContext {
   cause?: unknown;
 }
 
-/** undici codes that mean the adapter built a bad request: retrying cannot help, so they stay bugs. */
-const PROGRAMMING_ERROR_CODES = new Set(['UND_ERR_INVALID_ARG', 'UND_ERR_INVALID_RETURN_VALUE', 'UND_ERR_NOT_SUPPORTED']);
 
-function errorCode(err: unknown): string | undefined {
-  if (!isRecord(err)) return undefined;
-  if (typeof err.code === 'string') return err.code;
-  return isRecord(err.cause) && typeof err.cause.code === 'string' ? err.cause.code : undefined;
-}
 
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
-function firstHeader(value: string | string[] | undefined): string | undefined {
-  return Array.isArray(value) ? value[0] : value;
-}
