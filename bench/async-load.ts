@@ -43,6 +43,11 @@ export interface AsyncLoadResult {
   backendBusy: number;
   /** Mean wall time of one generate() call (100 ms sleep plus the renderer's own work). */
   backendCallMs: number;
+  /**
+   * Where the backend's slots stood idle, in slot-milliseconds: before the first call, after the last one
+   * (clients still learning of their last results), and between calls (the daemon's share).
+   */
+  idleMs: { lead: number; between: number; tail: number };
   /** Per job: backend call end → client holds the completed body; sorted ascending. */
   timeToResultMs: number[];
   /** Poll requests per job, on average. */
@@ -53,6 +58,8 @@ export interface AsyncLoadResult {
 /** The reference backend with a stopwatch: end time of each call by prompt, and total time in calls. */
 class TimedBackend implements ImageBackend {
   readonly finishedAt = new Map<string, number>();
+  /** [start, end] of every call, absolute ms. */
+  readonly spans: Array<[number, number]> = [];
   busyMs = 0;
   calls = 0;
 
@@ -78,6 +85,7 @@ class TimedBackend implements ImageBackend {
     this.busyMs += ended - started;
     this.calls += 1;
     this.finishedAt.set(options.prompt, performance.timeOrigin + ended);
+    this.spans.push([performance.timeOrigin + started, performance.timeOrigin + ended]);
     return result;
   }
 
@@ -174,6 +182,7 @@ async function runAsyncLoad(mode: PollMode): Promise<AsyncLoadResult> {
   }
   backend.busyMs = 0;
   backend.calls = 0;
+  backend.spans.length = 0;
 
   let out: ClientsOutput;
   try {
@@ -204,8 +213,25 @@ async function runAsyncLoad(mode: PollMode): Promise<AsyncLoadResult> {
     jobsPerSecond: (out.completed * 1000) / wallMs,
     backendBusy: backend.busyMs / (wallMs * LOAD.concurrency),
     backendCallMs: backend.busyMs / Math.max(1, backend.calls),
+    idleMs: idleBreakdown(backend.spans, out.startedAt, out.endedAt),
     timeToResultMs,
     pollsPerJob: out.polls / Math.max(1, out.completed),
     failures: out.failures,
   };
+}
+
+/**
+ * Splits the slots' idle time into lead, tail and between-calls. With `concurrency` slots, the first
+ * `concurrency` call starts mark when each slot began working and the last `concurrency` ends when each
+ * stopped; everything else idle lies between calls.
+ */
+function idleBreakdown(spans: Array<[number, number]>, startedAt: number, endedAt: number): AsyncLoadResult['idleMs'] {
+  const slots = LOAD.concurrency;
+  const starts = spans.map(([start]) => start).sort((a, b) => a - b);
+  const ends = spans.map(([, end]) => end).sort((a, b) => a - b);
+  const busy = spans.reduce((sum, [start, end]) => sum + (end - start), 0);
+  const lead = starts.slice(0, slots).reduce((sum, start) => sum + (start - startedAt), 0);
+  const tail = ends.slice(-slots).reduce((sum, end) => sum + (endedAt - end), 0);
+  const between = (endedAt - startedAt) * slots - busy - lead - tail;
+  return { lead, between, tail };
 }

@@ -129,8 +129,15 @@ export interface ChildDaemon {
 }
 
 /**
- * `node --import tsx src/cli.ts serve --config …` in its own process, so its memory is its own. Resolves
- * once it logs that it is listening.
+ * What `npm start` (package.json) and the Docker image set for the daemon: glibc hands blocks of 1 MiB and
+ * more straight back to the system when freed, instead of keeping multi-MB image buffers in its heap.
+ */
+export const PRODUCTION_ALLOCATOR_ENV = { MALLOC_MMAP_THRESHOLD_: String(1024 * 1024) };
+
+/**
+ * `node dist/cli.js serve --config …` in its own process, as `npm start` and the Docker image run it (no
+ * TypeScript loader, their allocator setting), so its memory and its garbage collector are its own. `npm run bench` builds dist/
+ * first. Resolves once it logs that it is listening.
  */
 export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>, env: NodeJS.ProcessEnv = {}): Promise<ChildDaemon> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-child-'));
@@ -143,9 +150,9 @@ export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>, env:
     log: { level: 'info' },
   };
   writeFileSync(configFile, JSON.stringify(config, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v)));
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--config', configFile], {
+  const child = spawn(process.execPath, [...childNodeArgs(), 'dist/cli.js', 'serve', '--config', configFile], {
     cwd: ROOT,
-    env: { ...process.env, NODE_ENV: 'development', ...env },
+    env: { ...process.env, NODE_ENV: 'development', ...PRODUCTION_ALLOCATOR_ENV, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const url = await new Promise<string>((resolve, reject) => {
@@ -171,6 +178,14 @@ export async function startChildDaemon(input: Omit<ConfigInput, 'dataDir'>, env:
       rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Extra node flags for child daemons, from BENCH_DAEMON_NODE_ARGS: `BENCH_DAEMON_NODE_ARGS="--cpu-prof
+ * --cpu-prof-dir=prof" npm run bench memory` profiles the daemon alone (NODE_OPTIONS refuses --cpu-prof).
+ */
+function childNodeArgs(): string[] {
+  return (process.env.BENCH_DAEMON_NODE_ARGS ?? '').split(/\s+/).filter((arg) => arg !== '');
 }
 
 export async function stopChild(child: ChildProcess): Promise<void> {

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import type { Express } from 'express';
+import sharp from 'sharp';
 import { AdminToken } from './auth/admin-token.js';
 import { ApiKeyRing } from './auth/api-keys.js';
 import type { Authenticators } from './auth/authenticate.js';
@@ -74,8 +75,11 @@ export interface Daemon {
 export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   const { config, logger } = options;
   const now = options.now ?? Date.now;
+  // libvips keeps recent operations, decoded pixels included (up to 50 MB), for reuse; every image this
+  // daemon sees is new, so that cache only held memory (issue #7: RSS after 1,000 jobs).
+  sharp.cache(false);
   mkdirSync(config.dataDir, { recursive: true });
-  const blobs = new BlobStore(config.dataDir);
+  const blobs = new BlobStore(config.dataDir, config.limits.minFreeDiskBytes);
   await blobs.init();
   const db = openSqliteDatabase(path.join(config.dataDir, 'pixeld.sqlite'));
   const store = sqliteJobStore(db);

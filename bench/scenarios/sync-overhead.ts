@@ -1,14 +1,19 @@
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import { Agent, request, type Dispatcher } from 'undici';
 import { createOpenAIBackend, toGenerationBody } from '../../src/backends/openai.js';
 import type { BackendCallOptions } from '../../src/backends/types.js';
 import { openaiBackendSchema } from '../../src/config/schema.js';
+import { encodeBase64 } from '../../src/images/base64.js';
+import { BlobStore } from '../../src/images/blob-store.js';
 import { normalizeOutputImage } from '../../src/images/normalize-output.js';
 import { silentLogger } from '../../src/obs/logger.js';
-import { cannon, mergeRounds, startBenchDaemon, startFakeBackendProcess, UNLIMITED_RATES, type CannonResult } from '../harness.js';
+import { cannon, mergeRounds, startChildDaemon, startFakeBackendProcess, UNLIMITED_RATES, type CannonResult } from '../harness.js';
 import { percentile, type BenchRow, type BenchScenario } from '../table.js';
 
 const CONNECTIONS = 8;
@@ -27,14 +32,15 @@ const BODY = JSON.stringify({ model: MODEL, prompt: 'a lighthouse at dusk', size
  * Issue #7's scenario 3: what the daemon adds to a sync generation. The same request goes straight to the
  * fake OpenAI-compatible backend (its own process; a real noisy 1024² PNG, ~2.6 MB, as b64), through a
  * minimal undici pass-through proxy (the floor: one more HTTP hop and nothing else), and through the
- * daemon (job row, runner, adapter, decode check, hash, sign, store, response) — all at concurrency 8.
+ * daemon in its own process as `npm start` runs it (job row, runner, adapter, output check, hash, sign, store,
+ * response) — at concurrency 8, and one at a time.
  */
 export const syncOverheadScenario: BenchScenario = {
   name: 'sync-overhead',
   async run(): Promise<BenchRow[]> {
     const fake = await startFakeBackendProcess();
     const proxy = await startPassThroughProxy(fake.origin);
-    const bench = await startBenchDaemon({
+    const bench = await startChildDaemon({
       backends: [{ id: 'fake', type: 'openai', baseUrl: fake.url, concurrency: CONNECTIONS, maxQueuedJobs: 1_000 }],
       models: [{ id: MODEL, backend: 'fake', capabilities: ['generation'], sizes: ['1024x1024'], maxInFlight: 1_000 }],
       rateLimits: UNLIMITED_RATES,
@@ -62,7 +68,7 @@ export const syncOverheadScenario: BenchScenario = {
       const parts = await stages(fake.url, fake.origin);
       return [...rows(CONNECTIONS, loaded, true, parts), ...rows(1, alone, false, parts), ...stageRows(parts)];
     } finally {
-      await bench.close();
+      await bench.stop();
       await proxy.close();
       await fake.stop();
     }
@@ -96,10 +102,10 @@ function rows(connections: number, { direct, proxy, daemon }: Measured, judged: 
       note:
         `${rate(daemon)} (direct ${rate(direct)})${failureNote}` +
         (judged && p50 > P50_TARGET_MS
-          ? `. The limit is CPU: one request alone costs the daemon the OpenAI adapter's parsing and base64 checks ` +
-            `(+${parts.adapterMs.toFixed(1)} ms over a bare request), the full decode check of the PNG (${parts.decodeMs.toFixed(1)} ms, ` +
-            `zlib inflate of 2.6 MB), hashing, signing, storing and base64-encoding the answer; at concurrency 8 the 2 cores, shared with ` +
-            `the fake backend and autocannon, run out and requests queue`
+          ? `. The limit is CPU: one request alone costs the daemon reading and decoding the backend's 3.5 MB answer ` +
+            `(+${parts.adapterMs.toFixed(1)} ms over a bare request), the output check (${parts.decodeMs.toFixed(1)} ms), hashing, ` +
+            `two signatures, storing and base64-encoding the answer, and V8's collections of the megabytes each request allocates; ` +
+            `at concurrency 8 the 2 cores, shared with the fake backend and autocannon, run out and requests queue`
           : ''),
     },
     {
@@ -118,13 +124,17 @@ function rows(connections: number, { direct, proxy, daemon }: Measured, judged: 
 interface Stages {
   /** p50 of the openai adapter's generate() minus p50 of the same call made with a bare undici request. */
   adapterMs: number;
-  /** p50 of the output check (sniff, header, full decode) on the fake's PNG, as the format already matches. */
+  /** p50 of the output check (sniff, container walk with CRCs, header) on the fake's PNG, as the format already matches. */
   decodeMs: number;
+  /** p50 of hashing and writing the PNG into the blob store. */
+  storeMs: number;
+  /** p50 of base64-encoding the PNG for the answer. */
+  encodeMs: number;
   reencoded: boolean;
   pngBytes: number;
 }
 
-/** Two stages of the daemon's path timed on their own, one call at a time, to say where the time goes. */
+/** Stages of the daemon's path timed on their own, one call at a time, to say where the time goes. */
 async function stages(baseUrl: string, origin: string): Promise<Stages> {
   const config = openaiBackendSchema.parse({ id: 'fake', type: 'openai', baseUrl });
   const adapter = createOpenAIBackend(config, { logger: silentLogger() });
@@ -159,12 +169,29 @@ async function stages(baseUrl: string, origin: string): Promise<Stages> {
   const check = async () => {
     reencoded = (await normalizeOutputImage(png, { outputFormat: 'png', outputCompression: undefined, background: 'auto', maxPixels: 160_000_000 })).reencoded;
   };
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-stages-'));
+  const blobs = new BlobStore(dataDir, 0);
+  await blobs.init();
+  const store = async () => {
+    await blobs.putBuffer(png);
+  };
+  const encode = async () => {
+    encodeBase64(png);
+  };
   try {
     const bareMs = await medianMs(bare);
     const adapterMs = await medianMs(viaAdapter);
-    return { adapterMs: adapterMs - bareMs, decodeMs: await medianMs(check), reencoded, pngBytes: png.byteLength };
+    return {
+      adapterMs: adapterMs - bareMs,
+      decodeMs: await medianMs(check),
+      storeMs: await medianMs(store),
+      encodeMs: await medianMs(encode),
+      reencoded,
+      pngBytes: png.byteLength,
+    };
   } finally {
     await adapter.close?.();
+    rmSync(dataDir, { recursive: true, force: true });
   }
 }
 
@@ -181,17 +208,21 @@ async function medianMs(f: () => Promise<void>, times = 15): Promise<number> {
 
 function stageRows(parts: Stages): BenchRow[] {
   const scenario = `sync generation: where a request's time goes (one at a time, ${(parts.pngBytes / 1e6).toFixed(1)} MB PNG)`;
+  const row = (figure: string, value: number, note: string): BenchRow => ({ scenario, figure, value, unit: 'ms', target: 'info', pass: null, note });
   return [
-    { scenario, figure: 'openai adapter over a bare request, p50', value: parts.adapterMs, unit: 'ms', target: 'info', pass: null, note: 'reading, JSON.parse and base64 checks of a 3.5 MB body (src/backends/openai.ts)' },
-    {
-      scenario,
-      figure: 'output check (full decode), p50',
-      value: parts.decodeMs,
-      unit: 'ms',
-      target: 'info',
-      pass: null,
-      note: parts.reencoded ? 'RE-ENCODED although the format matched' : 'not re-encoded: the format matched, bytes delivered as received',
-    },
+    row('openai adapter over a bare request, p50', parts.adapterMs, 'reading a 3.5 MB body, parsing the JSON around the base64 and decoding it (src/backends/openai.ts, base64-json.ts)'),
+    row(
+      'output check (container, CRCs, header), p50',
+      parts.decodeMs,
+      parts.reencoded ? 'RE-ENCODED although the format matched' : 'not re-encoded: the format matched, bytes delivered as received',
+    ),
+    row('store (sha256 + write), p50', parts.storeMs, 'src/images/blob-store.ts'),
+    row('base64 of the answer, p50', parts.encodeMs, 'src/images/base64.ts'),
+    row(
+      'these stages together',
+      parts.adapterMs + parts.decodeMs + parts.storeMs + parts.encodeMs,
+      'plus signing (see sign+hash below), the job row, the HTTP exchange and garbage collection: the work itself, before any queueing',
+    ),
   ];
 }
 

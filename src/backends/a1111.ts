@@ -29,6 +29,7 @@ import type { Dispatcher } from 'undici';
 import type { A1111BackendConfig } from '../config/schema.js';
 import { toA1111Mask } from '../images/masks.js';
 import type { Logger } from '../obs/logger.js';
+import { decodeBase64Image, parseJsonBody, RawJsonString } from './base64-json.js';
 import { BackendError, sanitizeUpstreamMessage, type BackendFailureKind } from './errors.js';
 import { extractUpstreamError, joinUrl, parseRetryAfterMs, redactUrl } from './openai.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
@@ -183,7 +184,7 @@ export function parseA1111Response(parsed: unknown, want: { n: number; seed: num
 
   const images: Uint8Array[] = [];
   for (const [i, entry] of entries.entries()) {
-    const bytes = typeof entry === 'string' ? decodeB64(entry) : undefined;
+    const bytes = typeof entry === 'string' || entry instanceof RawJsonString ? decodeBase64Image(entry) : undefined;
     if (bytes === undefined) return { ok: false, message: `images[${i}] is not a base64 image` };
     images.push(bytes);
   }
@@ -223,14 +224,6 @@ function reportedSeeds(info: Record<string, unknown>, count: number): number[] |
   }
   if (count === 1 && typeof info.seed === 'number') return [info.seed];
   return undefined;
-}
-
-function decodeB64(text: string): Uint8Array | undefined {
-  // Forks differ: most send bare base64, some a data URL.
-  const payload = text.replace(/^data:[^,]*;base64,/i, '').replace(/\s+/g, '');
-  if (payload === '' || !/^[A-Za-z0-9+/]+={0,2}$/.test(payload)) return undefined;
-  const bytes = Buffer.from(payload, 'base64');
-  return bytes.length === 0 ? undefined : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
 }
 
 /**
@@ -557,7 +550,7 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
       if (read.overflow) fail('bad_response', `backend response is over maxResponseBytes ${config.maxResponseBytes}`, ctx);
       let parsed: unknown;
       try {
-        parsed = JSON.parse(read.bytes.toString('utf8'));
+        parsed = parseJsonBody(read.bytes);
       } catch {
         fail('bad_response', 'backend response is not valid JSON', ctx);
       }

@@ -11,6 +11,7 @@ import type { OpenAIBackendConfig } from '../config/schema.js';
 import { toWhiteInpaintMask } from '../images/masks.js';
 import type { Logger } from '../obs/logger.js';
 import { BackendError, sanitizeUpstreamMessage } from './errors.js';
+import { decodeBase64Image, parseJsonBody, RawJsonString } from './base64-json.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
 import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, firstHeader, isRecord } from './upstream.js';
 
@@ -388,14 +389,9 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
     return decodeB64(match[1], url);
   }
 
-  function decodeB64(text: string, url: URL): Uint8Array {
-    // Some servers put a whole data URL into b64_json.
-    const payload = text.replace(/^data:[^,]*;base64,/i, '').replace(/\s+/g, '');
-    if (payload === '' || !/^[A-Za-z0-9+/_-]+={0,2}$/.test(payload)) {
-      fail('bad_response', payload === '' ? 'backend returned an empty image' : 'b64_json is not base64', { url });
-    }
-    const bytes = Buffer.from(payload, 'base64');
-    if (bytes.length === 0) fail('bad_response', 'backend returned an empty image', { url });
+  function decodeB64(value: string | RawJsonString, url: URL): Uint8Array {
+    const bytes = decodeBase64Image(value);
+    if (bytes === undefined) fail('bad_response', 'backend returned an empty image', { url });
     return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length);
   }
 
@@ -439,7 +435,7 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
 
     let parsed: unknown;
     try {
-      parsed = JSON.parse(bytes.toString('utf8'));
+      parsed = parseJsonBody(bytes);
     } catch {
       fail('bad_response', 'backend response is not valid JSON', ctx);
     }
@@ -461,7 +457,7 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
 
     const sources = entries.map((entry, i): Uint8Array | { url: string } => {
       const e = isRecord(entry) ? entry : {};
-      if (typeof e.b64_json === 'string' && e.b64_json !== '') return decodeB64(e.b64_json, url);
+      if (e.b64_json instanceof RawJsonString || (typeof e.b64_json === 'string' && e.b64_json !== '')) return decodeB64(e.b64_json, url);
       if (typeof e.url === 'string' && e.url !== '') return { url: e.url };
       if (e.b64_json === '') fail('bad_response', `data[${i}] is an empty image`, ctx);
       return fail('bad_response', `data[${i}] has neither b64_json nor url`, ctx);

@@ -19,7 +19,7 @@ export type SleepFn = (ms: number, signal: AbortSignal) => Promise<void>;
 export interface ReferenceBackendDeps {
   /** Simulated model time; tests pass a fake. @default sleepWithSignal (real timers) */
   sleep?: SleepFn;
-  /** Clock for `response.timestampMs`. @default Date.now */
+  /** Clock for `response.timestampMs` and for the time already spent rendering. @default Date.now */
   now?: () => number;
 }
 
@@ -79,6 +79,7 @@ export function createReferenceBackend(config: ReferenceBackendConfig, deps: Ref
     async generate(options: BackendCallOptions): Promise<BackendCallResult> {
       const { signal } = options;
       signal.throwIfAborted();
+      const startedMs = now();
       const { width, height } = parseSize(config.id, options.size);
       if (!Number.isInteger(options.n) || options.n < 1 || options.n > config.maxImagesPerCall) {
         throw new BackendError(
@@ -123,9 +124,10 @@ export function createReferenceBackend(config: ReferenceBackendConfig, deps: Ref
         }
       }
 
-      // Latency comes after rendering so that bad inputs fail at once instead of after the simulated wait.
-      const latencyMs = config.latencyMsPerImage * options.n;
-      if (latencyMs > 0) await sleep(latencyMs, signal);
+      // A GPU takes a fixed time per image whatever the host does, so the simulated latency is the call's
+      // whole duration: rendering counts towards it. Waiting after rendering lets bad inputs fail at once.
+      const remainingMs = config.latencyMsPerImage * options.n - (now() - startedMs);
+      if (remainingMs > 0) await sleep(remainingMs, signal);
       signal.throwIfAborted();
 
       return { images, warnings, response: { timestampMs: now(), modelId: options.model } };

@@ -40,7 +40,7 @@ export const referenceBackendSchema = z
   .object({
     ...backendCommon,
     type: z.literal('reference'),
-    /** Simulated model time per image, to imitate a slow GPU. */
+    /** Simulated model time per image, to imitate a slow GPU: a call of n images lasts n × this, rendering included. */
     latencyMsPerImage: z.number().int().min(0).max(600_000).default(0),
   })
   .strict();
@@ -387,6 +387,11 @@ export const configSchema = z
         /** Width × height above which an input is refused without being decoded. */
         maxInputPixels: z.number().int().min(1).default(40_000_000),
         maxPromptChars: z.number().int().min(1).default(32_000),
+        /**
+         * Free space under the data dir below which submits get 507 insufficient_storage: what is left is
+         * kept for the results of jobs already accepted.
+         */
+        minFreeDiskBytes: z.number().int().min(0).default(64 * MiB),
       })
       .strict()
       .prefault({}),

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Response } from 'express';
 import { PixeldError } from '../errors.js';
+import { encodeBase64 } from '../images/base64.js';
 import type { BlobStore } from '../images/blob-store.js';
 import { formatOf } from '../images/sniff.js';
 import { isExpired, type Job, type JobResult } from '../jobs/model.js';
@@ -72,6 +73,9 @@ export function sendJson(res: Response, value: unknown): void {
   res.end(parts.at(-1));
 }
 
+/** Blobs remembered as read once, oldest forgotten first: 64 bytes of hash each. */
+const READ_ONCE_REMEMBERED = 4096;
+
 /** Bytes of base64 text kept for re-reads of finished jobs. @default 32 MiB (about 15 images of 1.5 MB) */
 export const BASE64_CACHE_BYTES = 32 * 1024 * 1024;
 
@@ -83,6 +87,12 @@ export const BASE64_CACHE_BYTES = 32 * 1024 * 1024;
 export class Base64Images {
   private readonly entries = new Map<string, Buffer>();
   private readonly loading = new Map<string, Promise<Buffer>>();
+  /**
+   * Blobs read once lately. Text is kept from a blob's second read on: most images are read once (a sync
+   * answer, the poll that finds a job done), and caching those only churned megabytes through the heap,
+   * which V8 pays for in full collections (issue #7's sync path).
+   */
+  private readonly readOnce = new Set<string>();
   private bytes = 0;
 
   constructor(
@@ -100,14 +110,23 @@ export class Base64Images {
     }
     let load = this.loading.get(sha256);
     if (!load) {
-      load = readFile(this.blobs.pathOf(sha256)).then((bytes) => Buffer.from(bytes.toString('base64'), 'latin1'));
+      load = readFile(this.blobs.pathOf(sha256)).then(encodeBase64);
       this.loading.set(sha256, load);
+      const readBefore = this.readOnce.delete(sha256);
+      if (!readBefore) this.rememberRead(sha256);
       void load.then(
-        (text) => this.keep(sha256, text),
+        (text) => {
+          if (readBefore) this.keep(sha256, text);
+        },
         () => undefined,
       ).finally(() => this.loading.delete(sha256));
     }
     return new Base64Image(await load);
+  }
+
+  private rememberRead(sha256: string): void {
+    this.readOnce.add(sha256);
+    if (this.readOnce.size > READ_ONCE_REMEMBERED) this.readOnce.delete(this.readOnce.values().next().value as string);
   }
 
   private keep(sha256: string, text: Buffer): void {

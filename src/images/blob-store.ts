@@ -19,7 +19,6 @@ export interface StoredBlob {
  * let in can still write their images and their completion. 5 % of a filesystem smaller than 1.25 GiB.
  * @default 64 MiB
  */
-export const RESERVED_FREE_BYTES = 64 * 1024 * 1024;
 
 export interface StorageRoom {
   /** Whether new work may be accepted: more than `reservedBytes` free. */
@@ -32,7 +31,14 @@ export class BlobStore {
   readonly blobDir: string;
   readonly tmpDir: string;
 
-  constructor(dataDir: string) {
+  /**
+   * @param minFreeBytes free space under the data dir below which no new work is accepted: what is left
+   * is kept for the jobs already accepted (`limits.minFreeDiskBytes`).
+   */
+  constructor(
+    dataDir: string,
+    private readonly minFreeBytes: number,
+  ) {
     this.blobDir = path.join(dataDir, 'blobs');
     this.tmpDir = path.join(dataDir, 'tmp');
   }
@@ -46,12 +52,11 @@ export class BlobStore {
     return path.join(this.blobDir, sha256.slice(0, 2), sha256);
   }
 
-  /** Free space under the data dir against the reserve kept for accepted jobs (RESERVED_FREE_BYTES). */
+  /** Free space under the data dir against the reserve kept for accepted jobs. */
   async room(): Promise<StorageRoom> {
     const fs = await statfs(this.blobDir);
     const freeBytes = fs.bavail * fs.bsize;
-    const reservedBytes = Math.min(RESERVED_FREE_BYTES, Math.floor(fs.blocks * fs.bsize * 0.05));
-    return { ok: freeBytes > reservedBytes, freeBytes, reservedBytes };
+    return { ok: freeBytes > this.minFreeBytes, freeBytes, reservedBytes: this.minFreeBytes };
   }
 
   /** A fresh path under the temp dir, for uploads on their way in. */

@@ -206,7 +206,7 @@ describe('parseA1111Response', () => {
     expect(parseA1111Response({ images: [`data:image/png;base64,${b64(a)}`], info: info({ all_seeds: [10] }) }, { n: 1, seed: 10 }).ok).toBe(true);
     expect(parseA1111Response({ images: [], info: info({}) }, { n: 1, seed: 10 })).toEqual({ ok: false, message: 'backend answered 200 without images' });
     expect(parseA1111Response({ info: info({}) }, { n: 1, seed: 10 }).ok).toBe(false);
-    expect(parseA1111Response({ images: ['not base64!'], info: info({}) }, { n: 1, seed: 10 })).toEqual({ ok: false, message: 'images[0] is not a base64 image' });
+    expect(parseA1111Response({ images: ['!!!'], info: info({}) }, { n: 1, seed: 10 })).toEqual({ ok: false, message: 'images[0] is not a base64 image' });
     expect(parseA1111Response({ images: [42], info: info({}) }, { n: 1, seed: 10 }).ok).toBe(false);
   });
 });

@@ -504,7 +504,7 @@ describe('bad responses', () => {
   it.each([
     ['an entry with neither b64_json nor url', { data: [{ revised_prompt: 'x' }] }],
     ['an empty b64_json', { data: [{ b64_json: '' }] }],
-    ['b64_json that is not base64', { data: [{ b64_json: 'not base64 at all!' }] }],
+    ['b64_json without a base64 character in it', { data: [{ b64_json: '!!! ???' }] }],
     ['a url with an odd scheme', { data: [{ url: 'file:///etc/passwd' }] }],
   ])('200 with %s is a bad response', async (_name, body) => {
     const { server, backend } = await setup('openai');

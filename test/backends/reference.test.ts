@@ -317,7 +317,7 @@ describe('reference backend: latency and cancellation', () => {
   it('waits latencyMsPerImage × n through the injected sleep, with the call signal', async () => {
     let release: () => void = () => undefined;
     const sleep = vi.fn((_ms: number, _signal: AbortSignal) => new Promise<void>((resolve) => (release = resolve)));
-    const backend = createReferenceBackend(backendConfig({ latencyMsPerImage: 250 }), { sleep });
+    const backend = createReferenceBackend(backendConfig({ latencyMsPerImage: 250 }), { sleep, now: () => 1_000 });
     const signal = new AbortController().signal;
     let settled = false;
     const pending = backend.generate(callOptions({ n: 3, signal })).finally(() => (settled = true));
@@ -328,6 +328,20 @@ describe('reference backend: latency and cancellation', () => {
     expect(settled).toBe(false);
     release();
     expect((await pending).images).toHaveLength(3);
+  });
+
+  it('counts the rendering time towards the latency, and does not sleep when rendering took longer', async () => {
+    const sleep = vi.fn((_ms: number, _signal: AbortSignal) => Promise.resolve());
+    // The clock is read when the call starts, after rendering, and for the response timestamp.
+    const clock = (readings: number[]) => () => readings.shift() ?? 0;
+    const timed = createReferenceBackend(backendConfig({ latencyMsPerImage: 100 }), { sleep, now: clock([5_000, 5_030, 5_100]) });
+    await timed.generate(callOptions({ n: 2 }));
+    expect(sleep).toHaveBeenCalledTimes(1);
+    expect(sleep.mock.calls[0]![0]).toBe(170);
+
+    const slow = createReferenceBackend(backendConfig({ latencyMsPerImage: 100 }), { sleep, now: clock([5_000, 5_100, 5_100]) });
+    await slow.generate(callOptions({ n: 1 }));
+    expect(sleep).toHaveBeenCalledTimes(1);
   });
 
   it('rejects with the signal reason soon after an abort during the simulated latency', async () => {

@@ -27,10 +27,10 @@ describe('jsonBody', () => {
 });
 
 describe('Base64Images', () => {
-  it('encodes a stored blob once and keeps at most maxBytes of text', async () => {
+  it('keeps the text from the second read of a blob on, and at most maxBytes of it', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'pixeld-render-'));
     dirs.push(dir);
-    const blobs = new BlobStore(dir);
+    const blobs = new BlobStore(dir, 0);
     const put = (sha: string, bytes: Buffer) => {
       mkdirSync(path.dirname(blobs.pathOf(sha)), { recursive: true });
       writeFileSync(blobs.pathOf(sha), bytes);
@@ -41,9 +41,13 @@ describe('Base64Images', () => {
     put(b, Buffer.alloc(30, 2));
     const images = new Base64Images(blobs, 50);
     expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 1).toString('base64'));
+    // Read once, not kept: most images are read once, and keeping them only churns memory.
+    writeFileSync(blobs.pathOf(a), Buffer.alloc(30, 3));
+    expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 3).toString('base64'));
     rmSync(blobs.pathOf(a));
-    // Cached: the file is not read again.
-    expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 1).toString('base64'));
+    // Read twice: kept, so the file is not read again.
+    expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 3).toString('base64'));
+    await images.get(b);
     await images.get(b);
     // 40 + 40 bytes of text exceed 50: the least recently used entry (a) went, and its file is gone.
     await expect(images.get(a)).rejects.toMatchObject({ code: 'ENOENT' });

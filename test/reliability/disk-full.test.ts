@@ -68,6 +68,8 @@ describe(`the data dir filling up (${MODE})`, () => {
       env: d.env,
       config: {
         jobs: { retryBackoffMs: 200, maxAttempts: 5 },
+        // The default 64 MiB reserve is the whole of this disk: keep 4 MiB, as a provider on a small disk would.
+        limits: { minFreeDiskBytes: 4 * 1024 * 1024 },
         backends: [{ id: 'reference', type: 'reference', concurrency: 2, latencyMsPerImage: 150, maxQueuedJobs: 1_000 }],
         models: [{ id: 'ref', backend: 'reference', capabilities: ['generation', 'edit'], sizes: ['64x64'], maxN: 4, pricePerImageWei: PRICE.toString() }],
       },
