@@ -1,5 +1,5 @@
 import OpenAI, { NotFoundError, toFile } from 'openai';
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestDaemon, type TestDaemon } from './helpers/daemon.js';
 
@@ -27,7 +27,7 @@ afterAll(async () => {
 });
 
 /** PNG magic, IHDR and all: sharp decodes every pixel, so a truncated file fails here. */
-async function decode(b64: string | undefined): Promise<{ bytes: Buffer; meta: sharp.Metadata; raw: Buffer; channels: number }> {
+async function decode(b64: string | undefined): Promise<{ bytes: Buffer; meta: Metadata; raw: Buffer; channels: number }> {
   expect(typeof b64).toBe('string');
   const bytes = Buffer.from(b64!, 'base64');
   const meta = await sharp(bytes).metadata();

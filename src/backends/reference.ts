@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import sharp from 'sharp';
+import sharp, { type PngOptions, type Sharp } from 'sharp';
 import type { ReferenceBackendConfig } from '../config/schema.js';
 import { BackendError, sanitizeUpstreamMessage } from './errors.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
@@ -44,7 +44,7 @@ const MAX_SIDE_PX = 16_384;
  * zlib level 6 (sharp's default) costs about twice the time of level 3 on these flat-coloured pictures
  * for a few percent of size; the renderer exists to be fast, so take the cheaper level.
  */
-const PNG_OPTIONS: sharp.PngOptions = { compressionLevel: 3, adaptiveFiltering: false };
+const PNG_OPTIONS: PngOptions = { compressionLevel: 3, adaptiveFiltering: false };
 
 /** Resolves after `ms`, or rejects with `signal.reason` as soon as the signal aborts. */
 export function sleepWithSignal(ms: number, signal: AbortSignal): Promise<void> {
@@ -284,7 +284,7 @@ export function buildPatternSvg(
   );
 }
 
-function svgPipeline(svg: string): sharp.Sharp {
+function svgPipeline(svg: string): Sharp {
   // density 72 makes one SVG user unit one pixel, so the output is exactly width × height.
   return sharp(Buffer.from(svg), { density: 72 });
 }

@@ -1,5 +1,5 @@
 import { open } from 'node:fs/promises';
-import sharp from 'sharp';
+import sharp, { type Metadata } from 'sharp';
 import { PixeldError } from '../errors.js';
 import type { MediaType } from '../jobs/model.js';
 import { SNIFF_BYTES, sniffImageType } from './sniff.js';
@@ -25,7 +25,7 @@ export async function inspectInputImage(file: string, limits: InspectLimits, par
   if (mediaType === undefined) {
     throw new PixeldError('invalid_image', `${param} is not a png, jpeg or webp image`, { param });
   }
-  let meta: sharp.Metadata;
+  let meta: Metadata;
   try {
     meta = await sharp(file, { limitInputPixels: false }).metadata();
   } catch (err) {

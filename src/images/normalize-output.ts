@@ -1,4 +1,4 @@
-import sharp from 'sharp';
+import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import type { MediaType, OutputFormat } from '../jobs/model.js';
 import { findStructuralDamage } from './check-structure.js';
 import { formatOf, mediaTypeOf, sniffImageType } from './sniff.js';
@@ -36,7 +36,7 @@ export async function normalizeOutputImage(input: Uint8Array, request: OutputReq
   if (sourceType === undefined) throw new NotAnImageError('the backend returned bytes that are not a png, jpeg or webp image');
   const damage = findStructuralDamage(bytes, sourceType);
   if (damage !== undefined) throw new NotAnImageError(`the backend returned a damaged image: ${damage}`);
-  let meta: sharp.Metadata;
+  let meta: Metadata;
   try {
     meta = await sharp(bytes, { limitInputPixels: request.maxPixels, failOn: 'error' }).metadata();
   } catch (err) {
@@ -63,7 +63,7 @@ export async function normalizeOutputImage(input: Uint8Array, request: OutputReq
       pipeline = pipeline.webp(quality === undefined ? {} : { quality: Math.max(1, quality) });
       break;
   }
-  let converted: { data: Buffer; info: sharp.OutputInfo };
+  let converted: { data: Buffer; info: OutputInfo };
   try {
     converted = await pipeline.toBuffer({ resolveWithObject: true });
   } catch (err) {

@@ -8,7 +8,7 @@ import { createServer } from 'node:http';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import busboy from 'busboy';
-import sharp from 'sharp';
+import sharp, { type Sharp } from 'sharp';
 
 export type FakeFlavor = 'sglang' | 'vllm-omni' | 'localai' | 'openai';
 
@@ -499,7 +499,7 @@ export async function renderImage(
   const cached = renderCache.get(key);
   if (cached) return cached;
   const [r, g, b] = colourForSeed(seed);
-  let image: sharp.Sharp;
+  let image: Sharp;
   if (noisy) {
     const raw = Buffer.alloc(width * height * 3);
     let state = (seed ^ 0x9e3779b9) >>> 0 || 1;
