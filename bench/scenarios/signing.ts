@@ -60,13 +60,36 @@ export const signingScenario: BenchScenario = {
         });
         if (i >= 20) samples.push(performance.now() - started);
       }
+      // The baseline, in the same run: sha256 of the same images alone, what no signing scheme can avoid.
+      const hashOnly: number[] = [];
+      for (let i = 0; i < ITERATIONS + 20; i += 1) {
+        const started = performance.now();
+        for (const img of images.slice(0, n)) createHash('sha256').update(img).digest('hex');
+        if (i >= 20) hashOnly.push(performance.now() - started);
+      }
       samples.sort((a, b) => a - b);
+      hashOnly.sort((a, b) => a - b);
       const p50 = percentile(samples, 50);
       const p99 = percentile(samples, 99);
-      const mb = (images.slice(0, n).reduce((s, b) => s + b.length, 0) / 1e6).toFixed(1);
+      const hashP50 = percentile(hashOnly, 50);
+      const bytes = images.slice(0, n).reduce((s, b) => s + b.length, 0);
+      const scenario = `sign+hash per job, n=${n} (${(bytes / 1e6).toFixed(1)} MB of PNG)`;
       rows.push(
-        { scenario: `sign+hash per job, n=${n} (${mb} MB of PNG)`, figure: 'p50', value: p50, unit: 'ms', target: `≤ ${TARGET_MS} ms`, pass: p50 <= TARGET_MS },
-        { scenario: `sign+hash per job, n=${n} (${mb} MB of PNG)`, figure: 'p99', value: p99, unit: 'ms', target: 'info', pass: null },
+        {
+          scenario,
+          figure: 'p50',
+          value: p50,
+          unit: 'ms',
+          target: `≤ ${TARGET_MS} ms`,
+          pass: p50 <= TARGET_MS,
+          note:
+            p50 > TARGET_MS && hashP50 > TARGET_MS * 0.8
+              ? `hashing the images alone takes ${hashP50.toFixed(2)} ms here (sha256 at ${(bytes / 1e6 / (hashP50 / 1000)).toFixed(0)} MB/s): the limit is this CPU's sha256 rate`
+              : undefined,
+        },
+        { scenario, figure: 'p99', value: p99, unit: 'ms', target: 'info', pass: null },
+        { scenario, figure: 'sha256 of the images alone, p50', value: hashP50, unit: 'ms', target: 'baseline', pass: null },
+        { scenario, figure: 'signing beyond hashing, p50', value: p50 - hashP50, unit: 'ms', target: 'info', pass: null },
       );
     }
     return rows;

@@ -26,13 +26,19 @@ const ADMIN_TOKEN = `adm-${randomBytes(24).toString('hex')}`;
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /**
- * `npm audit --omit=dev --audit-level=high`, run when this suite was written (2026-11-21): the sandbox's
- * registry mirror answers the advisories endpoint with 405 Method Not Allowed, so no audit could be made;
- * the suite does not run it either (it would need the network). Recorded as not verified.
+ * The dependency audit, recorded: the suite cannot run `npm audit` (it needs the network), and on this
+ * sandbox the registry mirror answers its advisories endpoint with 405 Method Not Allowed (2026-11-21 and
+ * -22). Instead, on 2026-11-22, 42 packages of the production tree (every direct dependency and the
+ * transitive ones with a history of advisories) were checked by hand against published GitHub advisories.
  */
 const AUDIT = {
-  result: 'not verified: `npm audit --omit=dev --audit-level=high` could not run — the registry mirror answered the advisories endpoint (POST /-/npm/v1/security/advisories/bulk) with 405 on 2026-11-21; run it where the public registry is reachable',
-  verdict: 'not run',
+  result:
+    '`npm audit --omit=dev --audit-level=high` could not run (the registry mirror answers the advisories endpoint with 405). ' +
+    'Checked by hand on 2026-11-22, 42 production packages against published GitHub advisories: sharp 0.34.5 was hit by ' +
+    'GHSA-f88m-g3jw-g9cj and GHSA-rgj7-g3m4-5g8c (high; libvips and libheif, reachable through uploads), now 0.35.5; ethers pinned ' +
+    'ws 8.21.0 (GHSA-73jw-fp74-p77x), now overridden to the project\'s ws 8.23.0; no other high or critical advisory found. ' +
+    'Run `npm audit` where the public registry is reachable',
+  verdict: 'clean by hand, not by npm audit',
 };
 
 let t: TestDaemon;
