@@ -96,15 +96,25 @@ export const settlementScenario: BenchScenario = {
       const billingConfig = configSchema.parse({ backends: [{ id: 'b', type: 'reference' }], models: [{ id: 'm', backend: 'b', capabilities: ['generation'], sizes: ['64x64'] }] }).billing;
       const settler = new Settler({ billing, chain, wallet: new Wallet(provider.privateKey), providerAddress: provider.address, tee, billingConfig, logger: silentLogger(), pollIntervalMs: 50 });
       const before = await anvil.provider.getBalance(provider.address);
+      const firstBlock = (await anvil.provider.getBlockNumber()) + 1;
       const started = performance.now();
       const round = await settler.runRound({ reason: 'bench' });
       const seconds = (performance.now() - started) / 1000;
+      // What reached the chain, read from the blocks the round made rather than from the round's own
+      // report: the transactions the provider wallet sent, their gas and what it paid for them.
+      const lastBlock = await anvil.provider.getBlockNumber();
       let gas = 0n;
       let gasCost = 0n;
-      for (const hash of round.transactions) {
-        const receipt = (await anvil.provider.getTransactionReceipt(hash))!;
-        gas += receipt.gasUsed;
-        gasCost += receipt.gasUsed * receipt.gasPrice;
+      let sent = 0;
+      for (let number = firstBlock; number <= lastBlock; number += 1) {
+        const block = (await anvil.provider.getBlock(number, true))!;
+        for (const tx of block.prefetchedTransactions) {
+          if (tx.from !== provider.address) continue;
+          const receipt = (await anvil.provider.getTransactionReceipt(tx.hash))!;
+          sent += 1;
+          gas += receipt.gasUsed;
+          gasCost += receipt.gasUsed * receipt.gasPrice;
+        }
       }
       const after = await anvil.provider.getBalance(provider.address);
       const settled = round.users.filter((u) => u.outcome === 'settled').length;
@@ -115,7 +125,15 @@ export const settlementScenario: BenchScenario = {
       const paidExactly = after - before + gasCost === PRICE * BigInt(RECEIPTS);
       return [
         { scenario: label, figure: 'wall time', value: seconds, unit: 's', target: `≤ ${TARGET_SECONDS} s`, pass: seconds <= TARGET_SECONDS && settled === USERS },
-        { scenario: label, figure: 'transactions', value: round.transactions.length, unit: '', target: '4', pass: round.transactions.length === 4 },
+        {
+          scenario: label,
+          figure: 'transactions',
+          value: sent,
+          unit: '',
+          target: '4',
+          pass: sent === 4,
+          note: round.transactions.length === sent ? undefined : `the round reported ${round.transactions.length} of them (the others it resolved from the users' on-chain nonces)`,
+        },
         { scenario: label, figure: 'users settled', value: settled, unit: '', target: String(USERS), pass: settled === USERS },
         { scenario: label, figure: 'provider paid exactly the fees', value: paidExactly ? 1 : 0, unit: '', target: '1', pass: paidExactly },
         { scenario: label, figure: 'gas per user', value: Number(gas / BigInt(USERS)), unit: 'gas', target: 'info', pass: null },
