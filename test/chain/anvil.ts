@@ -12,7 +12,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -126,6 +126,40 @@ export async function startAnvil(options: StartAnvilOptions = {}): Promise<Anvil
 
 class AnvilExitedError extends Error {}
 
+/** Whether process `pid` holds a listening TCP socket on `port` (Linux: its fds against /proc/net/tcp). */
+export function listensOn(pid: number, port: number): boolean {
+  const inodes = new Set<string>();
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  for (const fd of fds) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m) inodes.add(m[1]!);
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  const portHex = port.toString(16).toUpperCase().padStart(4, '0');
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(table, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      // local_address is cols[1] (ADDR:PORT in hex), st is cols[3] (0A = LISTEN), inode is cols[9].
+      if (cols.length > 9 && cols[1]!.endsWith(`:${portHex}`) && cols[3] === '0A' && inodes.has(cols[9]!)) return true;
+    }
+  }
+  return false;
+}
+
 /**
  * Runs "$@" (anvil) and prints its pid; a watcher kills it when our end of stdin closes (stop(), or this
  * process dying) and the guard itself exits when anvil does, so a failed start is seen at once.
@@ -198,7 +232,7 @@ async function startAnvilOnce(port: number, options: StartAnvilOptions): Promise
   };
 
   try {
-    await waitForChainId(rpcUrl, chainId, options.startupTimeoutMs ?? 15_000, () => hasExited);
+    await waitForChainId(rpcUrl, chainId, options.startupTimeoutMs ?? 15_000, () => hasExited, () => listensOn(anvilPid, port));
   } catch (error) {
     await stop();
     if (hasExited && !(error instanceof AnvilTimeoutError)) {
@@ -320,7 +354,13 @@ function readPid(guard: ChildProcess): Promise<number> {
 
 class AnvilTimeoutError extends Error {}
 
-async function waitForChainId(rpcUrl: string, chainId: number, timeoutMs: number, hasExited: () => boolean) {
+/**
+ * Waits until the port answers eth_chainId with `chainId` and is held by our anvil. Test files start
+ * anvils in parallel, all on chain 31337: when another file's anvil took the port between our look and
+ * our bind, it answers too, and a test would run against someone else's chain (sporadic reverts); our own
+ * anvil exits on the failed bind, and startAnvil retries on another port.
+ */
+async function waitForChainId(rpcUrl: string, chainId: number, timeoutMs: number, hasExited: () => boolean, isOurs: () => boolean) {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   while (Date.now() < deadline) {
@@ -335,7 +375,8 @@ async function waitForChainId(rpcUrl: string, chainId: number, timeoutMs: number
       const body = (await response.json()) as { result?: string };
       if (body.result !== undefined) {
         if (Number(body.result) !== chainId) throw new Error(`anvil reports chain id ${body.result}, expected ${chainId}`);
-        return;
+        if (isOurs()) return;
+        lastError = new Error(`${rpcUrl} answers, but not from our anvil (yet)`);
       }
     } catch (error) {
       if (error instanceof Error && error.message.startsWith('anvil reports')) throw error;

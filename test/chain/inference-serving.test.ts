@@ -31,6 +31,7 @@ import {
   compileInferenceServing,
   createFundedAccount,
   deployInferenceServing,
+  listensOn,
   mined,
   registerAcknowledgedService,
   registerService,
@@ -780,6 +781,13 @@ describe('the anvil harness', () => {
     await chain.setNextBlockBaseFee(7_000_000_000n);
     await chain.mine();
     expect((await chain.provider.getBlock('latest'))?.baseFeePerGas).toBe(7_000_000_000n);
+  });
+
+  it('knows its own anvil from another process on the port (parallel test files all run chain 31337)', () => {
+    const port = Number(new URL(chain.rpcUrl).port);
+    expect(listensOn(chain.pid, port)).toBe(true);
+    expect(listensOn(chain.pid, port + 1)).toBe(false);
+    expect(listensOn(process.pid, port)).toBe(false);
   });
 
   it('noMining leaves transactions pending; stop() leaves no process behind', async () => {
