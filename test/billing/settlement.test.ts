@@ -423,6 +423,35 @@ describe('a settlement round', () => {
     expect(await settlementEventsFor(c, user.address)).toHaveLength(1);
   });
 
+  it('a receipt served a moment after the nonce shows as used still counts as mined, with its hash and gas', async () => {
+    const d = await daemon({ wallet: false });
+    const p = await proxy();
+    const { settler } = settlerVia(d, p.url);
+    const [user] = (await fundedUsers(c, 1)) as [Wallet];
+    const jobId = await completedJob(d, c, user);
+    await c.anvil.setAutomine(false);
+
+    const round = settler.runRound();
+    await waitFor(async () => {
+      const [b] = await d.daemon.billing.openBatches();
+      const hash = b?.txHashes[0];
+      return hash ? ((await c.anvil.provider.getTransaction(hash)) ?? undefined) : undefined;
+    });
+    // The block is mined as the settler asks for the receipt, but two receipt reads in a row reach a node
+    // that has not seen it yet, while the nonce read reaches one that has.
+    p.once('eth_getTransactionReceipt', async () => {
+      await c.anvil.mine();
+      return { lagging: null };
+    });
+    p.once('eth_getTransactionReceipt', () => ({ lagging: null }));
+    const result = await round;
+
+    expect(result.users).toMatchObject([{ user: user.address, outcome: 'settled' }]);
+    expect(result.transactions).toHaveLength(1);
+    expect(await d.daemon.billing.getReceipt(jobId)).toMatchObject({ state: 'settled', settledTx: result.transactions[0] });
+    expect(await settlementEventsFor(c, user.address)).toHaveLength(1);
+  });
+
   it('runs one settler at a time: a second one started together reports the lock held', async () => {
     const d = await daemon({ wallet: false });
     const [user] = (await fundedUsers(c, 1)) as [Wallet];

@@ -4,7 +4,8 @@ import type { AddressInfo, Socket } from 'node:net';
 /**
  * A JSON-RPC proxy in front of a real node (anvil), for outages and crashes at an exact step: every call
  * is forwarded unchanged unless the proxy is cut (connections dropped, nothing forwarded) or a hook for
- * the call's method decides otherwise. Nothing is answered that the node did not answer.
+ * the call's method decides otherwise. Nothing is answered that the node did not answer, or would not
+ * have answered a block earlier.
  */
 
 export interface ProxiedCall {
@@ -14,8 +15,12 @@ export interface ProxiedCall {
   forward(): Promise<unknown>;
 }
 
-/** `answer`: forward if not yet done, then answer; `drop`: close the connection without answering. */
-export type HookAction = 'answer' | 'drop';
+/**
+ * `answer`: forward if not yet done, then answer; `drop`: close the connection without answering;
+ * `{ lagging }`: answer `lagging` as the result instead, as a node behind the others at the same URL
+ * would (RPC providers balance calls over nodes that are not all at the same block).
+ */
+export type HookAction = 'answer' | 'drop' | { lagging: unknown };
 export type Hook = (call: ProxiedCall) => Promise<HookAction> | HookAction;
 
 export interface RpcProxy {
@@ -46,7 +51,7 @@ export async function startRpcProxy(targetUrl: string): Promise<RpcProxy> {
     for await (const chunk of req) chunks.push(chunk as Buffer);
     const body = Buffer.concat(chunks).toString('utf8');
     if (isCut) return req.socket.destroy();
-    let parsed: { method?: string; params?: unknown[] } | Array<{ method?: string; params?: unknown[] }>;
+    let parsed: { id?: unknown; method?: string; params?: unknown[] } | Array<{ id?: unknown; method?: string; params?: unknown[] }>;
     try {
       parsed = JSON.parse(body) as typeof parsed;
     } catch {
@@ -68,6 +73,10 @@ export async function startRpcProxy(targetUrl: string): Promise<RpcProxy> {
     const hook = hooks.get(method)?.shift();
     const action = hook ? await hook({ method, params: first?.params ?? [], forward }) : 'answer';
     if (action === 'drop' || isCut) return req.socket.destroy();
+    if (typeof action === 'object') {
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ jsonrpc: '2.0', id: first?.id, result: action.lagging }));
+      return;
+    }
     await forward();
     res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(response));
   };

@@ -230,6 +230,9 @@ export type WaitOutcome =
   /** Still pending at the deadline. */
   | { kind: 'timeout' };
 
+/** Further looks for our receipt, a poll interval apart, once the wallet nonce shows as used. */
+const RECEIPT_LAG_LOOKS = 3;
+
 /** Waits for one of the batch's transactions to be mined, re-sending with higher fees when it lingers. */
 export async function waitForBatch(ctx: RoundContext, batchId: string, sent: SentTransaction, deadlineMs: number): Promise<WaitOutcome> {
   const { txReplaceAfterMs, feeBumpPercent } = ctx.deps.billingConfig;
@@ -240,9 +243,14 @@ export async function waitForBatch(ctx: RoundContext, batchId: string, sent: Sen
       return { kind: 'mined', receipt };
     }
     if ((await walletNonce(ctx, 'latest')) > sent.walletNonce) {
-      // Mined between the two reads, or replaced by something that is not ours.
-      const late = await minedReceipt(ctx, sent.hashes);
-      if (late) return { kind: 'mined', receipt: late };
+      // Mined between the two reads, or replaced by something that is not ours. A node can report the
+      // nonce used a moment before it serves the receipt (anvil under load did): look a few more times
+      // before settling for the users' on-chain nonces, which lose the transaction's hash and gas.
+      for (let look = 0; look <= RECEIPT_LAG_LOOKS; look += 1) {
+        const late = await minedReceipt(ctx, sent.hashes);
+        if (late) return { kind: 'mined', receipt: late };
+        if (look < RECEIPT_LAG_LOOKS) await sleepInterruptibly(ctx, ctx.deps.pollIntervalMs);
+      }
       return { kind: 'nonce-consumed' };
     }
     if (ctx.deps.now() >= deadlineMs) return { kind: 'timeout' };
