@@ -8,8 +8,8 @@ import { decodeBase64 } from '../images/base64.js';
  */
 
 /**
- * A long JSON string value (never a key) kept as its bytes: base64 images, megabytes each. Such a value has no escape
- * in it, so its bytes are exactly its text.
+ * A long JSON string value (never a key) kept as its bytes: base64 images, megabytes each. Such a value
+ * has no escape in it, so its bytes are exactly its text.
  */
 export class RawJsonString {
   constructor(readonly bytes: Buffer) {}
