@@ -1,6 +1,7 @@
 import { isError, type Signer } from 'ethers';
 import type { PixeldError } from '../errors.js';
 import { chainUnavailable } from './errors.js';
+import { gasLimitFor } from './gas.js';
 import type { ChainClient } from './serving-contract.js';
 
 /** ServiceParams as InferenceServing takes it (§4 of the provider protocol; prices in wei). */
@@ -78,7 +79,9 @@ export async function addOrUpdateService(
   let hash: string;
   let wait: (confirms: number, timeoutMs: number) => Promise<{ blockNumber: number; hash: string } | null>;
   try {
-    const tx = await serving.getFunction('addOrUpdateService').send(params.service, { value: valueWei });
+    const send = serving.getFunction('addOrUpdateService');
+    const estimate = await send.estimateGas(params.service, { value: valueWei });
+    const tx = await send.send(params.service, { value: valueWei, gasLimit: gasLimitFor(estimate) });
     hash = tx.hash;
     wait = (confirms, timeoutMs) => tx.wait(confirms, timeoutMs);
   } catch (err) {

@@ -35,6 +35,7 @@ import {
   type TypedDataField,
 } from 'ethers';
 import daemonAbi from '../../contracts-abi/InferenceServing.json' with { type: 'json' };
+import { gasLimitFor } from '../../src/chain/gas.js';
 
 const require = createRequire(import.meta.url);
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -609,7 +610,9 @@ export async function registerService(
 ): Promise<TransactionReceipt> {
   const exists = (await contract.serviceExists(provider.address)) as boolean;
   const value = stakeWei ?? (exists ? 0n : MIN_PROVIDER_STAKE_WEI);
-  return mined(as(contract, provider).addOrUpdateService(params, { value }));
+  // With the daemon's margin: the estimate is exact for its block only (see src/chain/gas.ts).
+  const estimate = await as(contract, provider).addOrUpdateService.estimateGas(params, { value });
+  return mined(as(contract, provider).addOrUpdateService(params, { value, gasLimit: gasLimitFor(estimate) }));
 }
 
 /** The owner's acknowledgement of the provider's TEE signer (reset by §4's field changes). */

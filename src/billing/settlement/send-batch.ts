@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { isError, Transaction, type TransactionReceipt, type TransactionRequest } from 'ethers';
 import { chainUnavailable, isRevert } from '../../chain/errors.js';
+import { gasLimitFor } from '../../chain/gas.js';
 import type { BatchItem } from '../store.js';
 import { contractItem, previewSettlement } from './chain-reads.js';
 import { WalletUnfundedError, type RoundContext } from './types.js';
@@ -49,7 +50,7 @@ export function settlementCalldata(ctx: RoundContext, items: readonly BatchItem[
   ]);
 }
 
-/** Gas for the batch with a 25 % margin (the state may move a little before it is mined); undefined if it would revert. */
+/** Gas for the batch, with gasLimitFor's margin; undefined if it would revert. */
 export async function estimateBatchGas(ctx: RoundContext, data: string): Promise<bigint | undefined> {
   try {
     const estimate = await ctx.deps.chain.provider.estimateGas({
@@ -57,7 +58,7 @@ export async function estimateBatchGas(ctx: RoundContext, data: string): Promise
       to: ctx.deps.chain.servingAddress,
       data,
     });
-    return (estimate * 125n) / 100n + 10_000n;
+    return gasLimitFor(estimate);
   } catch (err) {
     if (isRevert(err)) return undefined;
     throw chainUnavailable('estimateGas(settleFeesWithTEE)', err);
