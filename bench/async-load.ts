@@ -5,6 +5,7 @@ import { request } from 'undici';
 import { createReferenceBackend } from '../src/backends/reference.js';
 import type { BackendCallOptions, BackendCallResult, ImageBackend } from '../src/backends/types.js';
 import { referenceBackendSchema } from '../src/config/schema.js';
+import { backendCallOptions } from '../test/helpers/backend-call.js';
 import type { ClientsInput, ClientsOutput } from './async-clients.js';
 import { startBenchDaemon, UNLIMITED_RATES } from './harness.js';
 
@@ -30,7 +31,7 @@ export const LOAD = { jobs: 1_000, clients: 50, latencyMsPerImage: 100, concurre
 export const JOBS_PER_MODE: Record<PollMode, number> = { 'retry-after': LOAD.jobs, 'long-poll': LOAD.jobs, 'retry-after-ms': 400 };
 export const IDEAL_JOBS_PER_SECOND = (LOAD.concurrency * 1000) / LOAD.latencyMsPerImage;
 const LONG_POLL_SECONDS = 30;
-/** 64×64 keeps the reference renderer's own CPU time (~2.5 ms a picture, before its 100 ms sleep) small. */
+/** 64×64 keeps the reference renderer's own CPU time (~2.5 ms a picture, inside its 100 ms) small. */
 const SIZE = '64x64';
 
 export interface AsyncLoadResult {
@@ -41,7 +42,7 @@ export interface AsyncLoadResult {
   jobsPerSecond: number;
   /** Share of the wall time the backend's slots spent inside generate() calls. */
   backendBusy: number;
-  /** Mean wall time of one generate() call (100 ms sleep plus the renderer's own work). */
+  /** Mean wall time of one generate() call (100 ms, rendering included, plus timers firing late). */
   backendCallMs: number;
   /**
    * Where the backend's slots stood idle, in slot-milliseconds: before the first call, after the last one
@@ -98,30 +99,13 @@ let bare: Promise<number> | undefined;
 
 /**
  * The baseline: the same reference backend called directly, `concurrency` calls at a time, no daemon.
- * Jobs per second it delivers on its own (it renders a picture before each 100 ms sleep).
+ * Jobs per second it delivers on its own (each call lasts its 100 ms, rendering included).
  */
 export function bareBackendJobsPerSecond(): Promise<number> {
   bare ??= (async () => {
     const backend = createReferenceBackend(referenceBackendConfig(0));
     const call = (i: number) =>
-      backend.generate({
-        model: 'ref-model',
-        prompt: `bare ${i}`,
-        n: 1,
-        size: SIZE,
-        seed: i,
-        quality: 'high',
-        background: 'auto',
-        outputFormat: 'png',
-        negativePrompt: undefined,
-        numInferenceSteps: undefined,
-        guidanceScale: undefined,
-        images: undefined,
-        mask: undefined,
-        signal: new AbortController().signal,
-        onProgress: () => undefined,
-        deadlineMs: Date.now() + 60_000,
-      });
+      backend.generate(backendCallOptions({ model: 'ref-model', prompt: `bare ${i}`, size: SIZE, seed: i, deadlineMs: Date.now() + 60_000 }));
     for (let i = 0; i < 2 * LOAD.concurrency; i += 1) await call(i);
     const calls = 60;
     let next = 0;

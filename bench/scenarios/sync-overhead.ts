@@ -7,12 +7,12 @@ import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import { Agent, request, type Dispatcher } from 'undici';
 import { createOpenAIBackend, toGenerationBody } from '../../src/backends/openai.js';
-import type { BackendCallOptions } from '../../src/backends/types.js';
 import { openaiBackendSchema } from '../../src/config/schema.js';
 import { encodeBase64 } from '../../src/images/base64.js';
 import { BlobStore } from '../../src/images/blob-store.js';
 import { normalizeOutputImage } from '../../src/images/normalize-output.js';
 import { silentLogger } from '../../src/obs/logger.js';
+import { backendCallOptions } from '../../test/helpers/backend-call.js';
 import { cannon, mergeRounds, startChildDaemon, startFakeBackendProcess, UNLIMITED_RATES, type CannonResult } from '../harness.js';
 import { percentile, type BenchRow, type BenchScenario } from '../table.js';
 
@@ -138,24 +138,7 @@ interface Stages {
 async function stages(baseUrl: string, origin: string): Promise<Stages> {
   const config = openaiBackendSchema.parse({ id: 'fake', type: 'openai', baseUrl });
   const adapter = createOpenAIBackend(config, { logger: silentLogger() });
-  const options: BackendCallOptions = {
-    model: MODEL,
-    prompt: 'a lighthouse at dusk',
-    n: 1,
-    size: '1024x1024',
-    seed: 7,
-    quality: 'high',
-    background: 'auto',
-    outputFormat: 'png',
-    negativePrompt: undefined,
-    numInferenceSteps: undefined,
-    guidanceScale: undefined,
-    images: undefined,
-    mask: undefined,
-    signal: new AbortController().signal,
-    onProgress: () => undefined,
-    deadlineMs: Date.now() + 600_000,
-  };
+  const options = backendCallOptions({ model: MODEL, size: '1024x1024', seed: 7, deadlineMs: Date.now() + 600_000 });
   const body = JSON.stringify(toGenerationBody(options, config));
   const bare = async () => {
     const res = await request(`${origin}/v1/images/generations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
