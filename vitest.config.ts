@@ -7,6 +7,8 @@ export default defineConfig({
     pool: 'forks',
     testTimeout: 30_000,
     hookTimeout: 60_000,
+    // An uncaught exception or unhandled rejection fails the test it happened in, not only the run.
+    setupFiles: ['./test/support/fail-on-uncaught.ts'],
     reporters: ['default', './test/support/summary-reporter.ts'],
   },
 });

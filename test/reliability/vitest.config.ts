@@ -14,6 +14,7 @@ export default defineConfig({
     testTimeout: 600_000,
     hookTimeout: 300_000,
     globalSetup: ['test/reliability/global-setup.ts'],
+    setupFiles: ['./test/support/fail-on-uncaught.ts'],
     reporters: ['default', './test/support/summary-reporter.ts', './test/reliability/report-reporter.ts'],
   },
 });
