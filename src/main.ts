@@ -10,6 +10,7 @@ import { OwnerRateLimiter } from './auth/rate-limiter.js';
 import { ZeroGAuthenticator } from './auth/zero-g-auth.js';
 import { ModelCatalog } from './backends/catalog.js';
 import { loadProviderWallet, resolveProviderAddress } from './chain/provider-wallet.js';
+import { createPriceGuard, type PriceGuard } from './chain/price-guard.js';
 import { createChainClient, type ChainClient, type ChainConfig } from './chain/serving-contract.js';
 import { createBackend } from './backends/create-backend.js';
 import type { ImageBackend } from './backends/types.js';
@@ -60,7 +61,12 @@ export interface Daemon {
   settler: Settler | undefined;
   /** The cron schedule and early-settlement checks driving `settler`. */
   settlementTriggers: SettlementTriggers | undefined;
-  /** Starts the runner and sweeper (recovering interrupted jobs first), reconciles settlement and schedules it. */
+  /** Compares model prices with the chain and refuses 0G-billed work above them; undefined without 0G auth. */
+  priceGuard: PriceGuard | undefined;
+  /**
+   * Starts the runner and sweeper (recovering interrupted jobs first), checks model prices against the chain,
+   * reconciles settlement and schedules both.
+   */
   start(): Promise<void>;
   /** Listens on the configured host and port; resolves with the server once it accepts connections. */
   listen(): Promise<Server>;
@@ -160,7 +166,18 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
         : 'settlement is off: the chain is not configured (chain.rpcUrl, chain.chainId, chain.servingAddress)',
     );
   }
-  const readiness = new Readiness({ store, backends });
+  // Only 0G users are billed on chain; the guard's verdicts matter to nobody else.
+  const priceGuard = config.auth.mode.includes('0g')
+    ? createPriceGuard({
+        chain: chain!,
+        providerAddress,
+        models: config.models,
+        checkIntervalMs: config.billing.priceCheckIntervalMs,
+        logger,
+        now,
+      })
+    : undefined;
+  const readiness = new Readiness({ store, backends, prices: priceGuard });
   const auth: Authenticators = {
     zeroG: config.auth.mode.includes('0g')
       ? new ZeroGAuthenticator({
@@ -195,6 +212,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     rateLimiter,
     billing,
     admission: new BillingAdmission(billing),
+    priceGuard,
     teeAttested: !tee.insecure,
     logger,
     now,
@@ -214,9 +232,12 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     tee,
     settler,
     settlementTriggers,
+    priceGuard,
     async start() {
       await runner.start();
       sweeper.start();
+      // Before the server listens: no 0G user is billed at a price the chain has not been compared with.
+      await priceGuard?.start();
       if (settler) {
         // A crash may have left a batch between sending and recording: settle it against the chain before
         // any new round. An unreachable chain only postpones this to the first round.
@@ -239,6 +260,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     },
     async stop() {
       service.beginShutdown();
+      await priceGuard?.stop();
       if (settler) {
         const triggersStopped = settlementTriggers!.stop();
         await settler.stop();

@@ -311,6 +311,8 @@ export const configSchema = z
         lowBalancePercent: z.number().int().min(1).max(100).default(80),
         /** How often users are checked for early settlement (threshold, low balance, refund guard). */
         thresholdCheckIntervalMs: z.number().int().min(1_000).default(30_000),
+        /** How often each model's pricePerImageWei is compared with its on-chain outputPrice (also at start). */
+        priceCheckIntervalMs: z.number().int().min(1_000).default(5 * 60_000),
         /**
          * The settlement lock (one settler at a time, across processes) expires this long after its last
          * renewal; a settler that died holding it blocks rounds for at most this long.

@@ -16,6 +16,7 @@ import type { OwnerRateLimiter } from '../auth/rate-limiter.js';
 import type { BillingAdmission } from '../billing/admission.js';
 import type { BillingStore } from '../billing/store.js';
 import type { ServingAccount } from '../chain/get-account.js';
+import type { PriceGuard } from '../chain/price-guard.js';
 import { adminRoutes, type AdminDeps } from './routes/admin.js';
 import { attestationRoutes } from './routes/attestation.js';
 import { billingRoutes } from './routes/billing.js';
@@ -47,6 +48,8 @@ export interface AppDeps {
   rateLimiter: OwnerRateLimiter;
   billing: BillingStore;
   admission: BillingAdmission;
+  /** Refuses 0G-billed work for models priced above what the chain advertises; undefined without 0G auth. */
+  priceGuard: PriceGuard | undefined;
   /** false in tee.mode dev: nothing this daemon signs is attested. */
   teeAttested: boolean;
   logger: Logger;

@@ -1,36 +1,48 @@
 import type { ImageBackend } from '../backends/types.js';
+import type { PriceGuardReport } from '../chain/price-guard.js';
 import type { JobStore } from '../jobs/store.js';
 
 export interface ReadinessReport {
   ready: boolean;
   store: string;
   backends: Record<string, string>;
+  /** Each model's price against the chain; present when 0G users are served. */
+  prices?: PriceGuardReport;
 }
 
 export interface ReadinessDeps {
   store: JobStore;
   backends: ReadonlyMap<string, ImageBackend>;
+  /** The price guard, when 0G users are served: a model they may not be billed for makes the daemon not ready. */
+  prices?: { report(): PriceGuardReport } | undefined;
   /** How long one probe may take. @default 2_000 */
   probeTimeoutMs?: number;
   /** A result is reused for this long, so a busy load balancer does not hammer the backends. @default 5_000 */
   cacheMs?: number;
 }
 
-/** Answers /readyz: the store answers a query and every backend answers its health probe. */
+type ProbeReport = Omit<ReadinessReport, 'prices'>;
+
+/**
+ * Answers /readyz: the store answers a query, every backend answers its health probe, and — with 0G users —
+ * every model may be billed at its configured price (the price verdicts are read fresh, not cached).
+ */
 export class Readiness {
-  private cached: { atMs: number; report: Promise<ReadinessReport> } | undefined;
+  private cached: { atMs: number; report: Promise<ProbeReport> } | undefined;
 
   constructor(private readonly deps: ReadinessDeps) {}
 
-  check(): Promise<ReadinessReport> {
+  async check(): Promise<ReadinessReport> {
     const cacheMs = this.deps.cacheMs ?? 5_000;
-    if (this.cached && Date.now() - this.cached.atMs < cacheMs) return this.cached.report;
-    const report = this.probe();
-    this.cached = { atMs: Date.now(), report };
-    return report;
+    if (!this.cached || Date.now() - this.cached.atMs >= cacheMs) this.cached = { atMs: Date.now(), report: this.probe() };
+    const probed = await this.cached.report;
+    if (!this.deps.prices) return probed;
+    const prices = this.deps.prices.report();
+    const billable = Object.values(prices.models).every((m) => m.billable);
+    return { ...probed, ready: probed.ready && billable, prices };
   }
 
-  private async probe(): Promise<ReadinessReport> {
+  private async probe(): Promise<ProbeReport> {
     const timeoutMs = this.deps.probeTimeoutMs ?? 2_000;
     const store = await this.deps.store.ping().then(
       () => 'ok',
