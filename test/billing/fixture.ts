@@ -45,7 +45,7 @@ export async function setupBillingChain(): Promise<BillingChain> {
   const [owner, provider] = anvil.wallets as [Wallet, Wallet];
   const serving = (await deployInferenceServing(owner)).contract;
   const teeKey = Wallet.createRandom();
-  await registerAcknowledgedService(serving, owner, provider, teeKey.address, { outputPrice: PRICE });
+  await registerAcknowledgedService(serving, owner, provider, teeKey.address, { model: 'ref', outputPrice: PRICE });
   return { anvil, serving, owner, provider, teeKey: new Wallet(teeKey.privateKey) };
 }
 

@@ -1,10 +1,18 @@
 import { createHash } from 'node:crypto';
-import { hashMessage, recoverAddress, type Wallet } from 'ethers';
+import { hashMessage, recoverAddress, Wallet } from 'ethers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backends/errors.js';
 import { buildUserTree, leafHashOf, receiptLeaf, verifyLeaf } from '../../src/billing/leaf.js';
 import type { ConfigInput } from '../../src/config/schema.js';
-import { createFundedAccount, deployInferenceServing, startAnvil, type Anvil, type InferenceServingContract } from '../chain/anvil.js';
+import {
+  createFundedAccount,
+  deployInferenceServing,
+  registerService,
+  serviceParams,
+  startAnvil,
+  type Anvil,
+  type InferenceServingContract,
+} from '../chain/anvil.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { makeSessionToken } from '../helpers/session-token.js';
@@ -28,6 +36,8 @@ beforeAll(async () => {
   const [owner, p] = anvil.wallets as [Wallet, Wallet];
   provider = p;
   serving = (await deployInferenceServing(owner)).contract;
+  // The priced model as `pixeld register` publishes it: 0G users are never billed above the chain's price.
+  await registerService(serving, provider, serviceParams(Wallet.createRandom().address, { model: 'paid', outputPrice: PRICE }));
   users = await anvil.fundWallets(8, 10n ** 20n);
   // Room for three images each (0.01 0G), except users[7] who has plenty.
   for (const u of users.slice(0, 7)) await createFundedAccount(serving, u, provider.address, 10_000_000_000_000_000n);
