@@ -38,6 +38,8 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     limits: deps.config.limits,
     tmpPath: () => deps.blobs.tempPath(),
   });
+  // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
+  if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
   const allowance = deps.rateLimiter.take(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
