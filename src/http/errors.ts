@@ -1,14 +1,20 @@
+import type { IncomingMessage } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { PixeldError } from '../errors.js';
 import { storageError } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 
-/** Writes any error in the OpenAI shape, with the status, retry hints and headers its code calls for. */
+/**
+ * Writes any error in the OpenAI shape, with the status, retry hints and headers its code calls for.
+ * A refusal that comes before the body has all arrived (too large, unauthenticated, rate-limited, cut
+ * off) closes the connection: kept open, Node would read and drop the rest of the body, however large.
+ */
 export function sendError(res: Response, err: PixeldError): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
+  if (bodyStillArriving(res.req)) res.setHeader('Connection', 'close');
   for (const [name, value] of Object.entries(err.headers)) res.setHeader(name, value);
   res.setHeader('x-should-retry', err.retryable ? 'true' : 'false');
   if (err.retryAfterSeconds !== undefined) res.setHeader('Retry-After', String(err.retryAfterSeconds));
@@ -41,3 +47,9 @@ export function toPixeldError(err: unknown, logger: Logger, requestId: string | 
 export const notFoundHandler: RequestHandler = (req, res) => {
   sendError(res, new PixeldError('not_found', `no route for ${req.method} ${req.path}`));
 };
+
+/** The request announced a body (a length or chunks) that has not fully arrived. */
+function bodyStillArriving(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  return req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length'] ?? 0) > 0;
+}

@@ -29,14 +29,15 @@ export interface BodyLimits {
   tmpDir: string;
 }
 
+/**
+ * Throws a PixeldError for a body that is too large, malformed or cut off; never writes to `res` (multer's
+ * middleware signature wants it), so a refusal is answered once, by sendError.
+ */
 export async function readImageRequestBody(req: Request, res: Response, limits: BodyLimits): Promise<RequestBody> {
   const type = (req.headers['content-type'] ?? '').toLowerCase();
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limits.maxBodyBytes) {
-    res.setHeader('Connection', 'close');
-    throw tooLarge(limits.maxBodyBytes);
-  }
-  if (type.startsWith('application/json')) return readJson(req, res, limits);
+  if (Number.isFinite(declared) && declared > limits.maxBodyBytes) throw tooLarge(limits.maxBodyBytes);
+  if (type.startsWith('application/json')) return readJson(req, limits);
   if (type.startsWith('multipart/form-data')) return readMultipart(req, res, limits);
   throw new PixeldError(
     'unsupported_media_type',
@@ -44,7 +45,7 @@ export async function readImageRequestBody(req: Request, res: Response, limits: 
   );
 }
 
-async function readJson(req: Request, res: Response, limits: BodyLimits): Promise<RequestBody> {
+async function readJson(req: Request, limits: BodyLimits): Promise<RequestBody> {
   const hash = createHash('sha256');
   const chunks: Buffer[] = [];
   let bytes = 0;
@@ -52,10 +53,7 @@ async function readJson(req: Request, res: Response, limits: BodyLimits): Promis
     for await (const chunk of req) {
       const buf = chunk as Buffer;
       bytes += buf.length;
-      if (bytes > limits.maxBodyBytes) {
-        res.setHeader('Connection', 'close');
-        throw tooLarge(limits.maxBodyBytes);
-      }
+      if (bytes > limits.maxBodyBytes) throw tooLarge(limits.maxBodyBytes);
       hash.update(buf);
       chunks.push(buf);
     }
@@ -98,6 +96,8 @@ async function readMultipart(req: Request, res: Response, limits: BodyLimits): P
     const settle = (err: unknown, value?: RequestBody) => {
       if (settled) return;
       settled = true;
+      req.off('data', count);
+      req.off('close', cutOff);
       req.unpipe(tap);
       if (err) {
         // Without this, multer waits forever for the rest of a cut-off upload, keeping the half-written
@@ -107,19 +107,21 @@ async function readMultipart(req: Request, res: Response, limits: BodyLimits): P
         reject(err);
       } else resolve(value!);
     };
-    req.on('data', (chunk: Buffer) => {
+    // Stream events: these run outside any promise, so they may not throw or touch the response. The
+    // answer, and the close of a connection whose body is still arriving, are sendError's.
+    const count = (chunk: Buffer) => {
       bytes += chunk.length;
       if (bytes > limits.maxBodyBytes) {
-        res.setHeader('Connection', 'close');
-        tap.destroy();
         settle(tooLarge(limits.maxBodyBytes));
         return;
       }
       hash.update(chunk);
-    });
-    req.on('close', () => {
+    };
+    const cutOff = () => {
       if (!req.complete) settle(new PixeldError('invalid_multipart', 'the request body ended before it was complete'));
-    });
+    };
+    req.on('data', count);
+    req.on('close', cutOff);
     req.pipe(tap);
     upload(proxy, res, (err: unknown) => {
       const files = ((proxy as unknown as { files?: Express.Multer.File[] }).files ?? []) as Express.Multer.File[];
