@@ -1,14 +1,9 @@
 import { PixeldError } from '../errors.js';
+import { TokenBuckets } from './token-buckets.js';
 
 export interface RateLimits {
   requestsPerMinute: number;
   imagesPerMinute: number;
-}
-
-interface Buckets {
-  requests: number;
-  images: number;
-  atMs: number;
 }
 
 export interface RateDecision {
@@ -16,72 +11,58 @@ export interface RateDecision {
 }
 
 /**
- * Per-owner token buckets: one for requests, one for images (the sum of n). A bucket holds a minute's
- * allowance and refills continuously, so a burst up to the limit is fine and a steady rate above it is not.
+ * Per-owner allowances of requests and of images (the sum of n), a minute's worth each. A submit takes
+ * its request before its body is read, so a refused caller costs no upload; its images once the body is
+ * parsed and n is known. A request whose images are then refused keeps its request spent: the allowance
+ * of requests is what bounds the bodies a caller can make the daemon read, and that body was read.
  */
 export class OwnerRateLimiter {
-  private readonly owners = new Map<string, Buckets>();
+  private readonly requests: TokenBuckets;
+  private readonly images: TokenBuckets;
 
-  constructor(
-    private readonly limits: RateLimits,
-    private readonly now: () => number,
-  ) {}
-
-  /** Takes one request and `images` images from the owner's allowance, or throws 429 without taking any. */
-  take(owner: string, images: number): RateDecision {
-    const b = this.refill(owner);
-    const { requestsPerMinute, imagesPerMinute } = this.limits;
-    const headers = (requestsLeft: number, imagesLeft: number) => ({
-      'X-RateLimit-Limit': String(requestsPerMinute),
-      'X-RateLimit-Remaining': String(Math.max(0, Math.floor(requestsLeft))),
-      'X-RateLimit-Limit-Images': String(imagesPerMinute),
-      'X-RateLimit-Remaining-Images': String(Math.max(0, Math.floor(imagesLeft))),
-    });
-    if (b.requests < 1) {
-      throw new PixeldError('rate_limit_exceeded', `rate limit: at most ${requestsPerMinute} requests a minute`, {
-        retryAfterSeconds: secondsUntil(1 - b.requests, requestsPerMinute),
-        headers: headers(b.requests, b.images),
-      });
-    }
-    if (images > imagesPerMinute) {
-      throw new PixeldError('rate_limit_exceeded', `rate limit: at most ${imagesPerMinute} images a minute`, {
-        headers: headers(b.requests, b.images),
-      });
-    }
-    if (b.images < images) {
-      throw new PixeldError('rate_limit_exceeded', `rate limit: at most ${imagesPerMinute} images a minute`, {
-        retryAfterSeconds: secondsUntil(images - b.images, imagesPerMinute),
-        headers: headers(b.requests, b.images),
-      });
-    }
-    b.requests -= 1;
-    b.images -= images;
-    return { headers: headers(b.requests, b.images) };
+  constructor(limits: RateLimits, now: () => number) {
+    this.requests = new TokenBuckets(limits.requestsPerMinute, now);
+    this.images = new TokenBuckets(limits.imagesPerMinute, now);
   }
 
-  private refill(owner: string): Buckets {
-    const nowMs = this.now();
-    const { requestsPerMinute, imagesPerMinute } = this.limits;
-    let b = this.owners.get(owner);
-    if (!b) {
-      b = { requests: requestsPerMinute, images: imagesPerMinute, atMs: nowMs };
-      if (this.owners.size >= 100_000) this.forgetFull(nowMs);
-      this.owners.set(owner, b);
-      return b;
+  /** Takes one request from the owner's allowance, or throws 429 without taking it. */
+  takeRequest(owner: string): void {
+    if (this.requests.tokens(owner) < 1) {
+      throw new PixeldError('rate_limit_exceeded', `rate limit: at most ${this.requests.perMinute} requests a minute`, {
+        retryAfterSeconds: this.requests.secondsUntil(owner, 1),
+        headers: this.headers(owner),
+      });
     }
-    const elapsedMin = (nowMs - b.atMs) / 60_000;
-    b.requests = Math.min(requestsPerMinute, b.requests + elapsedMin * requestsPerMinute);
-    b.images = Math.min(imagesPerMinute, b.images + elapsedMin * imagesPerMinute);
-    b.atMs = nowMs;
-    return b;
+    this.requests.take(owner, 1);
   }
 
-  /** Owners idle for a minute are back to a full allowance: forgetting them changes nothing. */
-  private forgetFull(nowMs: number): void {
-    for (const [owner, b] of this.owners) if (nowMs - b.atMs >= 60_000) this.owners.delete(owner);
+  /**
+   * Takes `images` from the owner's allowance, or throws 429 without taking any. More images than a
+   * minute's allowance can never be granted: that is a 400 the caller must not retry.
+   */
+  takeImages(owner: string, images: number): RateDecision {
+    const { perMinute } = this.images;
+    if (images > perMinute) {
+      throw new PixeldError('invalid_n', `n is ${images}, but this daemon grants a caller at most ${perMinute} images a minute`, {
+        param: 'n',
+      });
+    }
+    if (this.images.tokens(owner) < images) {
+      throw new PixeldError('rate_limit_exceeded', `rate limit: at most ${perMinute} images a minute`, {
+        retryAfterSeconds: this.images.secondsUntil(owner, images),
+        headers: this.headers(owner),
+      });
+    }
+    this.images.take(owner, images);
+    return { headers: this.headers(owner) };
   }
-}
 
-function secondsUntil(missing: number, perMinute: number): number {
-  return Math.max(1, Math.ceil((missing / perMinute) * 60));
+  private headers(owner: string): Record<string, string> {
+    return {
+      'X-RateLimit-Limit': String(this.requests.perMinute),
+      'X-RateLimit-Remaining': String(Math.floor(this.requests.tokens(owner))),
+      'X-RateLimit-Limit-Images': String(this.images.perMinute),
+      'X-RateLimit-Remaining-Images': String(Math.floor(this.images.tokens(owner))),
+    };
+  }
 }

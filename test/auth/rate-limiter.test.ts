@@ -5,36 +5,66 @@ import { PixeldError } from '../../src/errors.js';
 import { createHash } from 'node:crypto';
 
 describe('per-owner rate limits', () => {
-  it('allows a burst up to the limit, then 429 with Retry-After and counters, and refills over time', () => {
+  const refusal = (take: () => unknown): PixeldError => {
+    try {
+      take();
+    } catch (err) {
+      return err as PixeldError;
+    }
+    throw new Error('not refused');
+  };
+
+  it('allows a burst of requests up to the limit, then 429 with Retry-After and counters, and refills over time', () => {
     let now = 0;
     const limiter = new OwnerRateLimiter({ requestsPerMinute: 3, imagesPerMinute: 100 }, () => now);
-    expect(limiter.take('alice', 1).headers['X-RateLimit-Remaining']).toBe('2');
-    limiter.take('alice', 1);
-    limiter.take('alice', 1);
-    let refused: PixeldError | undefined;
-    try {
-      limiter.take('alice', 1);
-    } catch (err) {
-      refused = err as PixeldError;
-    }
-    expect(refused?.code).toBe('rate_limit_exceeded');
-    expect(refused?.retryAfterSeconds).toBe(20);
-    expect(refused?.headers).toMatchObject({ 'X-RateLimit-Limit': '3', 'X-RateLimit-Remaining': '0' });
+    limiter.takeRequest('alice');
+    expect(limiter.takeImages('alice', 1).headers['X-RateLimit-Remaining']).toBe('2');
+    limiter.takeRequest('alice');
+    limiter.takeRequest('alice');
+    const refused = refusal(() => limiter.takeRequest('alice'));
+    expect(refused.code).toBe('rate_limit_exceeded');
+    expect(refused.retryAfterSeconds).toBe(20);
+    expect(refused.headers).toMatchObject({ 'X-RateLimit-Limit': '3', 'X-RateLimit-Remaining': '0' });
     // Another owner is untouched.
-    expect(() => limiter.take('bob', 1)).not.toThrow();
+    expect(() => limiter.takeRequest('bob')).not.toThrow();
     now += 20_000;
-    expect(() => limiter.take('alice', 1)).not.toThrow();
+    expect(() => limiter.takeRequest('alice')).not.toThrow();
   });
 
   it('counts images separately, and refuses without spending when images do not fit', () => {
     let now = 0;
     const limiter = new OwnerRateLimiter({ requestsPerMinute: 100, imagesPerMinute: 10 }, () => now);
-    limiter.take('alice', 8);
-    expect(() => limiter.take('alice', 4)).toThrow(/10 images a minute/);
-    expect(limiter.take('alice', 2).headers['X-RateLimit-Remaining-Images']).toBe('0');
-    expect(() => limiter.take('alice', 11)).toThrow(PixeldError);
+    limiter.takeImages('alice', 8);
+    const refused = refusal(() => limiter.takeImages('alice', 4));
+    expect(refused.code).toBe('rate_limit_exceeded');
+    expect(refused.message).toMatch(/10 images a minute/);
+    expect(refused.retryAfterSeconds).toBe(12);
+    expect(limiter.takeImages('alice', 2).headers['X-RateLimit-Remaining-Images']).toBe('0');
     now += 60_000;
-    expect(limiter.take('alice', 10).headers['X-RateLimit-Remaining-Images']).toBe('0');
+    expect(limiter.takeImages('alice', 10).headers['X-RateLimit-Remaining-Images']).toBe('0');
+  });
+
+  it('refuses n above a minute of images with 400 invalid_n, not a 429 a client would retry', () => {
+    const limiter = new OwnerRateLimiter({ requestsPerMinute: 100, imagesPerMinute: 10 }, () => 0);
+    const refused = refusal(() => limiter.takeImages('alice', 11));
+    expect({ code: refused.code, status: refused.status, param: refused.param, retryable: refused.retryable }).toEqual({
+      code: 'invalid_n',
+      status: 400,
+      param: 'n',
+      retryable: false,
+    });
+    expect(refused.retryAfterSeconds).toBeUndefined();
+    // Nothing was taken.
+    expect(limiter.takeImages('alice', 10).headers['X-RateLimit-Remaining-Images']).toBe('0');
+  });
+
+  it('keeps a request spent when its images are then refused', () => {
+    const limiter = new OwnerRateLimiter({ requestsPerMinute: 2, imagesPerMinute: 1 }, () => 0);
+    limiter.takeRequest('alice');
+    limiter.takeImages('alice', 1);
+    limiter.takeRequest('alice');
+    expect(refusal(() => limiter.takeImages('alice', 1)).code).toBe('rate_limit_exceeded');
+    expect(refusal(() => limiter.takeRequest('alice')).code).toBe('rate_limit_exceeded');
   });
 });
 

@@ -27,6 +27,8 @@ type Mode = 'sync' | 'async-0g';
 
 async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response, mode: Mode): Promise<void> {
   const idempotencyKey = readIdempotencyKey(req);
+  // Before the body: a caller over its allowance must not make the daemon read, store or decode an upload.
+  deps.rateLimiter.takeRequest(req.owner);
   const body = await readImageRequestBody(req, res, {
     maxBodyBytes: deps.config.server.maxBodyBytes,
     maxFileBytes: deps.config.limits.maxInputImageBytes,
@@ -40,7 +42,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
   if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
-  const allowance = deps.rateLimiter.take(req.owner, request.params.n);
+  const allowance = deps.rateLimiter.takeImages(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
   const { job, created } = await deps.service.submit(request, {
