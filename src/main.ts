@@ -1,3 +1,4 @@
+import { SettlementJournal } from './tee/settlement-journal.js';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import path from 'node:path';
@@ -109,6 +110,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     throw new ConfigError('config: provider.address: set it, or the provider wallet: 0G session tokens name the provider');
   }
   const backends = options.backends ?? new Map(config.backends.map((b) => [b.id, createBackend(b, { logger })]));
+  const journal = new SettlementJournal(tee.journalDir, tee.address);
   const runner = new JobRunner({
     store,
     blobs,
@@ -116,6 +118,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
     catalog,
     tee,
+    receiptSeqFloor: (user) => journal.floorFor(user),
     providerAddress,
     jobs: config.jobs,
     maxOutputPixels: 4 * config.limits.maxInputPixels,
@@ -150,6 +153,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       billingConfig: config.billing,
       logger,
       now,
+      onSettled: (users) => auth.zeroG?.forget(users),
     });
     settlementTriggers = createSettlementTriggers({
       settler,

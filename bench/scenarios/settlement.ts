@@ -49,6 +49,7 @@ export const settlementScenario: BenchScenario = {
         keySource: 'bench',
         address: teeWallet.address,
         signer: teeWallet,
+        journalDir: dir,
         signatureChain: [],
         info: async () => undefined,
         quote: async () => undefined,
@@ -77,7 +78,8 @@ export const settlementScenario: BenchScenario = {
         );
         const claimed = (await jobs.claimNext('b', Date.now(), 60_000))!;
         const imageSha = (i + 1).toString(16).padStart(64, '0');
-        const signature = await signJob(tee, {
+        const sign = (seq: bigint) => signJob(tee, {
+          seq,
           provider: provider.address,
           job: id,
           model: 'm',
@@ -88,8 +90,8 @@ export const settlementScenario: BenchScenario = {
           feeWei: PRICE,
           created: Math.floor(Date.now() / 1000),
         });
-        const result = { created: signature.receipt.created, images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };
-        await jobs.complete(claimed.id, claimed.leaseToken, result, signature, Date.now(), Date.now() + 3_600_000);
+        const result = { created: Math.floor(Date.now() / 1000), images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };
+        await jobs.complete(claimed.id, claimed.leaseToken, result, { seqFloor: 0n, sign }, Date.now(), Date.now() + 3_600_000);
       }
 
       const chain = createChainClient({ rpcUrl: anvil.rpcUrl, chainId: anvil.chainId, servingAddress: serving.target as string, rpcTimeoutMs: 10_000, freshReads: true });

@@ -34,6 +34,7 @@ export const signingScenario: BenchScenario = {
       keySource: 'bench',
       address: wallet.address,
       signer: wallet,
+      journalDir: '/nonexistent',
       signatureChain: [],
       info: async () => undefined,
       quote: async () => undefined,
@@ -47,7 +48,8 @@ export const signingScenario: BenchScenario = {
         const started = performance.now();
         const requestSha256 = createHash('sha256').update(request).digest('hex');
         const imageSha256 = images.slice(0, n).map((img) => createHash('sha256').update(img).digest('hex'));
-        await signJob(key, {
+        signJob(key, {
+          seq: BigInt(i + 1),
           provider: wallet.address,
           job: `job_${i.toString(16).padStart(32, '0')}`,
           model: 'm',

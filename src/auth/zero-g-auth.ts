@@ -1,3 +1,4 @@
+import { chainUnavailable } from '../chain/errors.js';
 import { getAccount, type ServingAccount } from '../chain/get-account.js';
 import type { ChainClient } from '../chain/serving-contract.js';
 import { PixeldError } from '../errors.js';
@@ -49,12 +50,23 @@ export class ZeroGAuthenticator {
     return { owner: user, account };
   }
 
+  /** A settlement of these users was mined: their cached accounts are stale. */
+  forget(users: readonly string[]): void {
+    for (const user of users) this.cache.delete(user.toLowerCase());
+  }
+
   private account(user: string): Promise<ServingAccount | undefined> {
     const key = user.toLowerCase();
     const nowMs = this.deps.now();
     const hit = this.cache.get(key);
     if (hit && nowMs - hit.atMs < this.deps.chainCacheMs) return hit.account;
-    const account = getAccount(this.deps.chain, user, this.deps.providerAddress);
+    // At a definite block: admission counts receipts settled after it as still owed (billing/admission.ts).
+    const account = this.deps.chain.provider
+      .getBlockNumber()
+      .catch((err: unknown) => {
+        throw chainUnavailable('getBlockNumber', err);
+      })
+      .then((block) => getAccount(this.deps.chain, user, this.deps.providerAddress, block));
     this.cache.set(key, { atMs: nowMs, account });
     // A failed read is never cached: the next request asks the chain again.
     account.catch(() => {

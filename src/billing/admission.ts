@@ -26,6 +26,6 @@ export class BillingAdmission {
       await this.billing.unblockUser(owner);
     }
     const budget = account.balance - account.pendingRefund;
-    return { budgetWei: budget > 0n ? budget : 0n };
+    return { budgetWei: budget > 0n ? budget : 0n, balanceBlock: account.block };
   }
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { StandardMerkleTree } from '@openzeppelin/merkle-tree';
-import type { ReceiptJson } from '../tee/receipt.js';
+import { receiptFieldsOf, type ReceiptFields, type ReceiptJson } from '../tee/receipt.js';
 
 /**
  * The billing leaf of a receipt: the ABI encoding of its signed fields, so every wei billed traces to a
@@ -8,11 +8,11 @@ import type { ReceiptJson } from '../tee/receipt.js';
  * (double keccak of the ABI encoding), never by hand.
  */
 
-export const LEAF_TYPES = ['bytes32', 'address', 'address', 'bytes32', 'bytes32', 'uint256', 'uint256', 'uint256'] as const;
-export const LEAF_FIELDS = ['job', 'user', 'provider', 'request_sha256', 'images_sha256', 'images', 'fee_wei', 'created'] as const;
+export const LEAF_TYPES = ['bytes32', 'address', 'address', 'bytes32', 'bytes32', 'uint256', 'uint256', 'uint256', 'uint256'] as const;
+export const LEAF_FIELDS = ['job', 'user', 'provider', 'request_sha256', 'images_sha256', 'images', 'fee_wei', 'created', 'seq'] as const;
 
 /** Leaf values in LEAF_TYPES order; numbers as decimal strings so they survive JSON. */
-export type LeafValues = [string, string, string, string, string, string, string, string];
+export type LeafValues = [string, string, string, string, string, string, string, string, string];
 
 /** The job id's 16 random bytes, left-padded into a bytes32 (`job_<32 hex>` → 0x000…<32 hex>). */
 export function jobIdAsBytes32(jobId: string): string {
@@ -26,17 +26,24 @@ export function imagesHashOf(imageSha256: readonly string[]): string {
   return `0x${createHash('sha256').update(Buffer.concat(imageSha256.map((h) => Buffer.from(h, 'hex')))).digest('hex')}`;
 }
 
-export function receiptLeaf(receipt: ReceiptJson): LeafValues {
+/** The leaf of a receipt's signed fields; v1 receipts (no sequence number) have none: they are never settled. */
+export function leafOf(fields: ReceiptFields): LeafValues {
+  if (fields.seq === undefined) throw new Error(`receipt of ${fields.job} has no sequence number (v1): it has no billing leaf`);
   return [
-    jobIdAsBytes32(receipt.job),
-    receipt.user,
-    receipt.provider,
-    `0x${receipt.request_sha256}`,
-    imagesHashOf(receipt.image_sha256),
-    String(receipt.images),
-    receipt.fee_wei,
-    String(receipt.created),
+    jobIdAsBytes32(fields.job),
+    fields.user,
+    fields.provider,
+    `0x${fields.requestSha256}`,
+    imagesHashOf(fields.imageSha256),
+    String(fields.imageSha256.length),
+    fields.feeWei.toString(),
+    String(fields.created),
+    fields.seq.toString(),
   ];
+}
+
+export function receiptLeaf(receipt: ReceiptJson): LeafValues {
+  return leafOf(receiptFieldsOf(receipt));
 }
 
 export interface UserTree {

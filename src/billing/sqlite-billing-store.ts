@@ -1,4 +1,5 @@
 import type Database from 'better-sqlite3';
+import { seqKey } from '../jobs/sqlite/database.js';
 import type { ReceiptJson } from '../tee/receipt.js';
 import type { LeafValues } from './leaf.js';
 import type {
@@ -23,9 +24,12 @@ interface ReceiptRow {
   fee_wei: string;
   images: number;
   created: number;
+  seq: string | null;
   leaf: string;
   receipt: string;
+  signature: string | null;
   state: string;
+  note: string | null;
   batch_id: string | null;
   root: string | null;
   proof: string | null;
@@ -66,7 +70,10 @@ function receiptFromRow(row: ReceiptRow): ReceiptRecord {
     created: row.created,
     leaf: JSON.parse(row.leaf) as LeafValues,
     receipt: JSON.parse(row.receipt) as ReceiptJson,
+    seq: row.seq === null ? undefined : BigInt(row.seq),
+    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as ReceiptRecord['signature']),
     state: row.state as ReceiptState,
+    note: row.note ?? undefined,
     batchId: row.batch_id ?? undefined,
     root: row.root ?? undefined,
     proof: row.proof === null ? undefined : (JSON.parse(row.proof) as string[]),
@@ -120,13 +127,18 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
        WHERE owner = ? AND status IN ('pending', 'processing')`,
     ),
     unsettledByUser: db.prepare<[], { user: string; fee_wei: string }>("SELECT user, fee_wei FROM receipts WHERE state = 'unsettled'"),
+    // v1 receipts (seq NULL) first: they are voided on sight and must not hold back numbered ones.
     unsettledOf: db.prepare<[string, number], ReceiptRow>(
-      "SELECT * FROM receipts WHERE user = ? AND state = 'unsettled' ORDER BY created, job_id LIMIT ?",
+      "SELECT * FROM receipts WHERE user = ? AND state = 'unsettled' ORDER BY seq NULLS FIRST, job_id LIMIT ?",
     ),
-    lastNonce: db.prepare<[string], { last_nonce: string }>('SELECT last_nonce FROM settlement_nonces WHERE user = ?'),
-    setNonce: db.prepare<[string, string]>(
-      `INSERT INTO settlement_nonces (user, last_nonce) VALUES (?, ?)
-       ON CONFLICT (user) DO UPDATE SET last_nonce = excluded.last_nonce`,
+    inSeqRange: db.prepare<[string, string, string], ReceiptRow>(
+      "SELECT * FROM receipts WHERE user = ? AND seq > ? AND seq <= ? AND state <> 'invalid' ORDER BY seq",
+    ),
+    unbillable: db.prepare<[string, string, string]>("UPDATE receipts SET state = ?, note = ? WHERE job_id = ? AND state = 'unsettled'"),
+    paidOnChain: db.prepare(
+      `UPDATE receipts SET state = @state, root = @root, proof = @proof, settled_tx = @tx, settled_block = @block,
+         settled_ms = @now, note = @note
+       WHERE job_id = @jobId AND state = 'unsettled'`,
     ),
     insertBatch: db.prepare<[string, string, number]>("INSERT INTO settlement_batches (id, state, items, created_ms) VALUES (?, 'prepared', ?, ?)"),
     claimReceipt: db.prepare<[string, string, string, string]>(
@@ -175,21 +187,38 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     ),
   };
 
-  const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }): boolean => {
+  const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }) => {
     const stored: StoredItem[] = batch.items.map((i) => ({ ...i, nonce: i.nonce.toString(), totalFeeWei: i.totalFeeWei.toString() }));
     stmt.insertBatch.run(batch.id, JSON.stringify(stored), batch.createdMs);
     for (const item of batch.items) {
-      for (const r of item.receipts) {
-        if (stmt.claimReceipt.run(batch.id, item.requestsHash, JSON.stringify(r.proof), r.jobId).changes !== 1) {
-          // Someone settled or claimed it meanwhile: undo the whole batch (the transaction rolls back).
-          throw new ReceiptTaken(r.jobId);
-        }
-      }
-      // Persisted with the batch, before anything is sent: a crash after sending never reuses it.
-      stmt.setNonce.run(item.user, item.nonce.toString());
+      for (const r of item.receipts) stmt.claimReceipt.run(batch.id, item.requestsHash, JSON.stringify(r.proof), r.jobId);
     }
-    return true;
   });
+
+  const markUnbillable = db.transaction((receipts: ReadonlyArray<{ jobId: string; state: 'invalid' | 'void'; note: string }>) => {
+    for (const r of receipts) stmt.unbillable.run(r.state, r.note, r.jobId);
+  });
+
+  const markPaidOnChain = db.transaction(
+    (
+      receipts: ReadonlyArray<{ jobId: string; root: string; proof: string[] }>,
+      outcome: 'settled' | 'partial',
+      at: { txHash: string; block: number; nowMs: number; note: string },
+    ) => {
+      for (const r of receipts) {
+        stmt.paidOnChain.run({
+          state: outcome,
+          root: r.root,
+          proof: JSON.stringify(r.proof),
+          tx: at.txHash,
+          block: at.block,
+          now: at.nowMs,
+          note: at.note,
+          jobId: r.jobId,
+        });
+      }
+    },
+  );
 
   const confirmBatch = db.transaction((batchId: string, txHash: string, block: number, results: ItemResult[], nowMs: number) => {
     const stored = results.map((r) => ({ ...r, unsettledWei: r.unsettledWei.toString() }));
@@ -235,17 +264,17 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     async unsettledReceipts(user, limit) {
       return stmt.unsettledOf.all(user, limit).map(receiptFromRow);
     },
-    async lastNonce(user) {
-      const row = stmt.lastNonce.get(user);
-      return row ? BigInt(row.last_nonce) : undefined;
+    async receiptsInSeqRange(user, afterSeq, upToSeq) {
+      return stmt.inSeqRange.all(user, seqKey(afterSeq), seqKey(upToSeq)).map(receiptFromRow);
     },
     async prepareBatch(batch) {
-      try {
-        return prepareBatch(batch);
-      } catch (err) {
-        if (err instanceof ReceiptTaken) return false;
-        throw err;
-      }
+      prepareBatch(batch);
+    },
+    async markUnbillable(receipts) {
+      markUnbillable(receipts);
+    },
+    async markPaidOnChain(receipts, outcome, at) {
+      markPaidOnChain(receipts, outcome, at);
     },
     async recordBatchTx(batchId, txHash, walletNonce, sentMs) {
       stmt.recordTx.run(txHash, walletNonce, sentMs, batchId);
@@ -284,23 +313,27 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     async earningsByDay() {
       const days = new Map<string, EarningsDay>();
       for (const row of stmt.earnings.all()) {
-        const d = days.get(row.day) ?? { day: row.day, receipts: 0, images: 0, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 0n };
+        const d = days.get(row.day) ?? {
+          day: row.day,
+          receipts: 0,
+          images: 0,
+          settledWei: 0n,
+          partialWei: 0n,
+          unsettledWei: 0n,
+          offchainWei: 0n,
+          unbillableWei: 0n,
+        };
         const fee = BigInt(row.fee_wei);
         d.receipts += 1;
         d.images += row.images;
         if (row.state === 'settled') d.settledWei += fee;
         else if (row.state === 'partial') d.partialWei += fee;
         else if (row.state === 'offchain') d.offchainWei += fee;
+        else if (row.state === 'invalid' || row.state === 'void') d.unbillableWei += fee;
         else d.unsettledWei += fee;
         days.set(row.day, d);
       }
       return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
     },
   };
-}
-
-class ReceiptTaken extends Error {
-  constructor(jobId: string) {
-    super(`receipt ${jobId} is no longer unsettled`);
-  }
 }

@@ -7,10 +7,14 @@ import type { LeafValues } from './leaf.js';
  * - `offchain`: the owner is not a 0G user (an API-key router): billed by the router, never settled here;
  * - `in_flight`: part of a batch that was prepared or sent and not yet confirmed;
  * - `settled`: paid on chain (SUCCESS);
- * - `partial`: in a batch the chain settled PARTIAL: what the balance covered was paid, the rest is not owed.
+ * - `partial`: in a batch the chain settled PARTIAL: what the balance covered was paid, the rest is not owed;
+ * - `invalid`: its signed text or signature does not hold up against the TEE key (the row was edited or
+ *   forged): never settled, kept for a person to look at (`note` says why);
+ * - `void`: can never be charged — numbered at or below the user's on-chain nonce without a settlement of
+ *   it found on chain, or a v1 receipt without a sequence number (`note` says which).
  * A receipt is never deleted.
  */
-export type ReceiptState = 'unsettled' | 'offchain' | 'in_flight' | 'settled' | 'partial';
+export type ReceiptState = 'unsettled' | 'offchain' | 'in_flight' | 'settled' | 'partial' | 'invalid' | 'void';
 
 export interface ReceiptRecord {
   jobId: string;
@@ -21,7 +25,13 @@ export interface ReceiptRecord {
   created: number;
   leaf: LeafValues;
   receipt: ReceiptJson;
+  /** The user's sequence number from the receipt (undefined for v1 receipts). */
+  seq: bigint | undefined;
+  /** The 0G-compatible signature made with the receipt, served by /v1/proxy/signature/{id}. */
+  signature: { signingAddress: string; text: string; signature: string } | undefined;
   state: ReceiptState;
+  /** Why an `invalid` or `void` receipt is so; how a receipt was found settled on chain. */
+  note: string | undefined;
   batchId: string | undefined;
   /** The requestsHash (Merkle root) of the user's receipts in the batch, and this receipt's proof. */
   root: string | undefined;
@@ -83,6 +93,8 @@ export interface EarningsDay {
   partialWei: bigint;
   unsettledWei: bigint;
   offchainWei: bigint;
+  /** `invalid` and `void` receipts: never charged. */
+  unbillableWei: bigint;
 }
 
 /**
@@ -98,15 +110,24 @@ export interface BillingStore {
   reservedWei(user: string): Promise<bigint>;
   /** Users with unsettled receipts, with their totals. */
   usersWithUnsettled(): Promise<Array<{ user: string; feeWei: bigint; receipts: number }>>;
-  /** The user's oldest unsettled receipts. */
+  /** The user's unsettled receipts, lowest sequence number first. */
   unsettledReceipts(user: string, limit: number): Promise<ReceiptRecord[]>;
-  /** The highest settlement nonce this daemon has used for the user. */
-  lastNonce(user: string): Promise<bigint | undefined>;
+  /** The user's receipts numbered in (afterSeq, upToSeq], in any state but `invalid`, lowest first. */
+  receiptsInSeqRange(user: string, afterSeq: bigint, upToSeq: bigint): Promise<ReceiptRecord[]>;
   /**
-   * Persists a batch before anything is sent: the batch row, its receipts moved to in_flight with their
-   * roots and proofs, and every user's nonce. Refuses (returns false) when a receipt is no longer unsettled.
+   * Persists a batch before anything is sent: the batch row and its receipts moved to in_flight with their
+   * roots and proofs. A receipt that is no longer unsettled (or no longer there) is left as it is: the item
+   * was signed over the receipts' own texts, not these rows.
    */
-  prepareBatch(batch: { id: string; items: BatchItem[]; createdMs: number }): Promise<boolean>;
+  prepareBatch(batch: { id: string; items: BatchItem[]; createdMs: number }): Promise<void>;
+  /** Unsettled receipts that can never be charged → `invalid` or `void`, with the reason. */
+  markUnbillable(receipts: ReadonlyArray<{ jobId: string; state: 'invalid' | 'void'; note: string }>): Promise<void>;
+  /** Unsettled receipts the chain shows paid by a settlement (found from its events after a rollback). */
+  markPaidOnChain(
+    receipts: ReadonlyArray<{ jobId: string; root: string; proof: string[] }>,
+    outcome: 'settled' | 'partial',
+    at: { txHash: string; block: number; nowMs: number; note: string },
+  ): Promise<void>;
   /** Records a transaction sent (or re-sent) for the batch, before waiting for it. */
   recordBatchTx(batchId: string, txHash: string, walletNonce: number, sentMs: number): Promise<void>;
   /**

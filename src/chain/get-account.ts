@@ -14,6 +14,8 @@ export interface ServingAccount {
   /** Refund slots; the active ones are the first `validRefundsLength`, oldest first. */
   refunds: ServingRefund[];
   validRefundsLength: bigint;
+  /** The block it was read at, when read at a definite block number. */
+  block?: number;
 }
 
 /** A refund request: withdrawable from `createdAt + lockTime()` (chain seconds) unless a settlement takes it first. */
@@ -46,7 +48,7 @@ export async function getAccount(
     if (isRevert(err)) return undefined;
     throw chainUnavailable('getAccount', err);
   }
-  return toServingAccount(raw);
+  return { ...toServingAccount(raw), ...(typeof blockTag === 'number' ? { block: blockTag } : {}) };
 }
 
 export function toServingAccount(raw: Record<string, unknown>): ServingAccount {

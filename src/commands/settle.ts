@@ -103,7 +103,10 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
     });
 
     io.stdout(`Provider ${providerAddress}, contract ${servingAddress} on chain ${chainId}, TEE signer ${tee.address}`);
-    if (options.dryRun) io.stdout('Dry run: nothing is persisted or sent.');
+    if (options.dryRun) {
+      // The TEE never hands out a signature it has not journaled (tee/settlement-journal.ts), previews included.
+      io.stdout('Dry run: nothing is sent. The items are signed and kept in the TEE journal: the next round sends exactly these.');
+    }
     const progress = (line: string) => io.stdout(`  … ${line}`);
     const result = await settler.runRound({ dryRun: options.dryRun ?? false, onProgress: progress, reason: 'cli' });
     if (result.outcome === 'locked') {

@@ -428,6 +428,13 @@ export const configSchema = z
   })
   .strict()
   .superRefine((cfg, ctx) => {
+    if (cfg.jobs.recordRetentionMs < cfg.jobs.resultTtlMs) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `must be at least jobs.resultTtlMs (${cfg.jobs.resultTtlMs}): a job's signature must outlive its images`,
+        path: ['jobs', 'recordRetentionMs'],
+      });
+    }
     if (cfg.auth.mode.includes('0g')) {
       for (const key of ['rpcUrl', 'chainId', 'servingAddress'] as const) {
         if (cfg.chain[key] === undefined) {

@@ -21,6 +21,11 @@ export interface RunnerDeps {
   catalog: ModelCatalog;
   /** Signs every completed job's request and images (tee.md §3). */
   tee: TeeKeyProvider;
+  /**
+   * Each user's receipts are numbered above what the TEE already signed in settlements (the settlement
+   * journal's floor), so a rolled-back database cannot hand out numbers the chain has passed. @default 0
+   */
+  receiptSeqFloor?: (user: string) => bigint;
   /** Provider wallet address named in receipts. */
   providerAddress: string;
   jobs: Config['jobs'];
@@ -253,9 +258,9 @@ export class JobRunner {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
       log.debug('attempt started');
       const result = await this.produce(job, backend, controller.signal, deadlineMs, slot);
-      const signature = await this.sign(job, result);
+      const signing = { seqFloor: this.deps.receiptSeqFloor?.(job.owner) ?? 0n, sign: (seq: bigint) => this.sign(job, result, seq) };
       const finishedMs = now();
-      if (await store.complete(job.id, job.leaseToken, result, signature, finishedMs, finishedMs + jobs.resultTtlMs)) {
+      if (await store.complete(job.id, job.leaseToken, result, signing, finishedMs, finishedMs + jobs.resultTtlMs)) {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
         this.counters.jobsCompleted += 1;
         this.counters.imagesDelivered += result.images.length;
@@ -426,10 +431,11 @@ export class JobRunner {
     };
   }
 
-  /** Signed before the job completes, so no completed job is ever without its signatures. */
-  private sign(job: Job, result: JobResult): Promise<JobSignature> {
+  /** Signed inside the completion, so no completed job is ever without its signatures. */
+  private sign(job: Job, result: JobResult, seq: bigint): JobSignature {
     const images = result.images.map((i) => i.sha256);
     return signJob(this.deps.tee, {
+      seq,
       provider: this.deps.providerAddress,
       job: job.id,
       model: job.model,

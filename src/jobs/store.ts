@@ -28,6 +28,11 @@ export type NewJob = Pick<
  */
 export interface Reservation {
   budgetWei: bigint;
+  /**
+   * The block the balance was read at. Receipts settled in a later block were paid from a balance this
+   * figure still includes, so they still count against it until the balance is read again.
+   */
+  balanceBlock: number | undefined;
 }
 
 /** The job's reservation does not fit; the numbers say by how much. */
@@ -52,6 +57,14 @@ export type InterruptedJobPolicy = (job: Job) => 'rerun' | 'fail';
  * it got from `claimNext`, so a runner that lost its lease cannot overwrite anyone's result.
  * One conformance suite (test/jobs/store-conformance.ts) runs against every implementation.
  */
+/** How the store has a completed job signed once its receipt has a sequence number. */
+export interface ReceiptSigning {
+  /** The owner's receipts must be numbered above this (what the TEE already signed in settlements). */
+  seqFloor: bigint;
+  /** Synchronous: called inside the completion transaction. */
+  sign(seq: bigint): JobSignature;
+}
+
 export interface JobStore {
   /**
    * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
@@ -68,8 +81,13 @@ export interface JobStore {
   /** Takes the oldest runnable pending job of the backend, starting an attempt under a fresh lease. */
   claimNext(backendId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
   extendLease(id: string, leaseToken: string, leaseExpiresMs: number): Promise<boolean>;
-  /** Completes the job with its result and signatures in one transition. */
-  complete(id: string, leaseToken: string, result: JobResult, signature: JobSignature, nowMs: number, expiresMs: number): Promise<boolean>;
+  /**
+   * Completes the job with its result and signatures in one transition: takes the owner's next receipt
+   * sequence number (above `signing.seqFloor` and every number given before), has the job signed with it,
+   * and writes the job, the signature and the receipt together — so sequence order is commit order and a
+   * settlement never covers a number before a lower one is written.
+   */
+  complete(id: string, leaseToken: string, result: JobResult, signing: ReceiptSigning, nowMs: number, expiresMs: number): Promise<boolean>;
   fail(id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number): Promise<boolean>;
   /** Back to pending, to be claimed again no earlier than runAfterMs; the error is kept for the record. */
   retryLater(id: string, leaseToken: string, error: JobError, runAfterMs: number, nowMs: number): Promise<boolean>;

@@ -44,6 +44,7 @@ export function openDevKeyProvider(options: DevKeyOptions): TeeKeyProvider {
     keySource: 'dev-file',
     address: wallet.address,
     signer: wallet,
+    journalDir: options.dataDir,
     signatureChain: [],
     async info() {
       return undefined;

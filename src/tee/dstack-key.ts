@@ -8,6 +8,8 @@ export interface DstackKeyOptions {
   endpoint: string | undefined;
   /** Key derivation path, e.g. `pixeld/signing/v1`. */
   keyPath: string;
+  /** The settlement journal's directory: the app's data volume, which dstack encrypts with an app key. */
+  journalDir: string;
 }
 
 export interface DstackKeyDeps {
@@ -65,6 +67,7 @@ export async function openDstackKeyProvider(options: DstackKeyOptions, deps: Dst
     keySource: `dstack-kms:${options.keyPath}`,
     address: wallet.address,
     signer: wallet,
+    journalDir: options.journalDir,
     signatureChain,
     async info() {
       // Info does not change while the CVM runs; a failed fetch is not cached so the next call retries.

@@ -1,4 +1,4 @@
-import type { Signer } from 'ethers';
+import type { Wallet } from 'ethers';
 
 /** Where the signing key lives and how quotes are made; one config switch, `tee.mode`. */
 export type TeeMode = 'dev' | 'dstack' | 'tdx';
@@ -26,8 +26,16 @@ export interface TeeKeyProvider {
   readonly keySource: string;
   /** Checksummed Ethereum address of the key. */
   readonly address: string;
-  /** EIP-191 and EIP-712 signing with the key (ethers Signer); the key itself never leaves. */
-  readonly signer: Signer;
+  /**
+   * EIP-191 and EIP-712 signing with the key; the key itself never leaves. A Wallet (not any Signer)
+   * because receipts are signed synchronously inside the completion transaction.
+   */
+  readonly signer: Pick<Wallet, 'signMessage' | 'signMessageSync' | 'signTypedData' | 'address'>;
+  /**
+   * Where the settlement journal lives: storage with the key's own trust and lifetime (tmpfs beside the
+   * key in `tdx` mode, the app's encrypted volume under dstack), never the operator's data dir in `tdx`.
+   */
+  readonly journalDir: string;
   /** dstack KMS signature chain for the key (hex), proving it was derived for this app; empty elsewhere. */
   readonly signatureChain: string[];
   /** Platform information worth publishing (dstack's Info); undefined elsewhere. */

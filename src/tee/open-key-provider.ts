@@ -17,7 +17,7 @@ export async function openTeeKeyProvider(options: OpenKeyProviderOptions): Promi
     case 'dev':
       return openDevKeyProvider({ dataDir: options.dataDir, nodeEnv: options.nodeEnv, allowInProduction: tee.allowDevInProduction });
     case 'dstack':
-      return openDstackKeyProvider({ endpoint: tee.dstack.endpoint, keyPath: tee.dstack.keyPath });
+      return openDstackKeyProvider({ endpoint: tee.dstack.endpoint, keyPath: tee.dstack.keyPath, journalDir: options.dataDir });
     case 'tdx':
       return openTdxKeyProvider({ tsmReportDir: tee.tdx.tsmReportDir, keyFile: tee.tdx.keyFile });
   }

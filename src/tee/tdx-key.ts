@@ -33,6 +33,8 @@ export async function openTdxKeyProvider(options: TdxKeyOptions, deps: TdxKeyDep
     keySource: 'tdx-tmpfs',
     address: wallet.address,
     signer: wallet,
+    // Beside the key, on the TD's tmpfs: the host operator can edit the data dir, not the TD's memory.
+    journalDir: path.dirname(options.keyFile),
     signatureChain: [],
     async info() {
       return undefined;

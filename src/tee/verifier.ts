@@ -468,7 +468,9 @@ function signatureProblem(value: unknown): string | undefined {
     firstProblem(
       (value as { receipt: unknown }).receipt,
       [
-        ['version', (v) => v === 1, '1'],
+        ['version', (v) => v === 1 || v === 2, '1 or 2'],
+        // v2 receipts carry the user's sequence number; v1 receipts have none.
+        ['seq', (v) => ((value as { receipt: { version: unknown } }).receipt.version === 2 ? isDecimal(v) : v === undefined), 'a decimal string in v2, absent in v1'],
         ['tee', (v) => v === 'tdx' || v === 'dstack' || v === 'INSECURE-DEV', "'tdx', 'dstack' or 'INSECURE-DEV'"],
         ['provider', isString, 'a string'],
         ['signer', isString, 'a string'],

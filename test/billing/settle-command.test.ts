@@ -84,13 +84,12 @@ describe('pixeld settle', () => {
 
     const dry = captureIo();
     expect(await settle({ configPath: config, dryRun: true }, dry)).toBe(0);
-    expect(dry.out).toContain('Dry run: nothing is persisted or sent.');
-    expect(lineFor(dry.out, alice)).toMatch(/receipts 2 {2}3000000000000000 wei \(0\.003 0G\) {2}nonce 1 {2}would be SUCCESS$/);
+    expect(dry.out).toContain('Dry run: nothing is sent. The items are signed and kept in the TEE journal: the next round sends exactly these.');
+    expect(lineFor(dry.out, alice)).toMatch(/receipts 2 {2}3000000000000000 wei \(0\.003 0G\) {2}nonce 2 {2}would be SUCCESS$/);
     expect(lineFor(dry.out, bob)).toMatch(/receipts 1 {2}1000000000000000 wei \(0\.001 0G\) {2}nonce 1 {2}would be SUCCESS$/);
     expect(await c.anvil.provider.getTransactionCount(c.provider.address)).toBe(walletNonce);
     for (const jobId of [...aliceJobs, bobJob]) expect((await d.daemon.billing.getReceipt(jobId))!.state).toBe('unsettled');
     expect(await d.daemon.billing.openBatches()).toEqual([]);
-    expect(await d.daemon.billing.lastNonce(alice.address)).toBeUndefined();
 
     const real = captureIo();
     expect(await settle({ configPath: config }, real)).toBe(0);
@@ -99,7 +98,7 @@ describe('pixeld settle', () => {
     const tx = /sent tx (0x[0-9a-f]{64})/.exec(txLine!)![1]!;
     const block = (await c.anvil.provider.getTransactionReceipt(tx))!.blockNumber;
     expect(lineFor(real.out, alice)).toBe(
-      `  ${alice.address}  receipts 2  3000000000000000 wei (0.003 0G)  nonce 1  SUCCESS  tx ${tx} (block ${block})`,
+      `  ${alice.address}  receipts 2  3000000000000000 wei (0.003 0G)  nonce 2  SUCCESS  tx ${tx} (block ${block})`,
     );
     expect(lineFor(real.out, bob)).toBe(`  ${bob.address}  receipts 1  1000000000000000 wei (0.001 0G)  nonce 1  SUCCESS  tx ${tx} (block ${block})`);
     expect(real.out).toContain('Paid to the provider: 4000000000000000 wei (0.004 0G) in 1 transaction(s).');
@@ -179,7 +178,6 @@ describe('pixeld settle', () => {
     for (const user of [alice, bob]) {
       expect(await settlementEventsFor(c, user.address)).toEqual([{ status: 0, unsettled: 0n, tx: hash }]);
       expect((await accountOf(c, user.address)).nonce).toBe(1n);
-      expect(await d.daemon.billing.lastNonce(user.address)).toBe(1n);
     }
     // Paid once: one settlement transaction from the provider wallet, and nothing else sent since.
     expect((await c.anvil.provider.getBalance(c.provider.address)) - providerBefore).toBe(3n * PRICE - gasPaid(mined));

@@ -113,9 +113,10 @@ describe('a settlement round', () => {
     for (const [i, user] of users.entries()) {
       const item = sent.get(user.address.toLowerCase())!;
       expect(item.totalFee).toBe(fees.get(user));
-      expect(item.nonce).toBe(1n);
+      // The nonce is the highest receipt sequence number the item covers: two receipts each.
+      expect(item.nonce).toBe(2n);
       const account = await accountOf(c, user.address);
-      expect(account.nonce).toBe(1n);
+      expect(account.nonce).toBe(2n);
       expect(balancesBefore[i]!.balance - account.balance).toBe(fees.get(user));
       for (const jobId of jobs.get(user)!) {
         const r = await receiptOf(d, c, user, jobId);
@@ -158,34 +159,38 @@ describe('a settlement round', () => {
     for (const jobId of jobIds) expect(await stateOf(d, jobId)).toBe('settled');
   }, 60_000);
 
-  it('PARTIAL when the balance fell short: pays what is there, records the shortfall, refuses the user until they top up', async () => {
+  it('settles only the whole receipts the balance covers, in sequence order — never a PARTIAL that forfeits the rest; the rest after a top-up', async () => {
     const d = await daemon();
-    const [user] = (await fundedUsers(c, 1, 3n * PRICE)) as [Wallet];
-    const jobId = await completedJob(d, c, user, 2);
-    // After the job the user takes 2 of their 3 back: the account holds 1 when the provider settles 2.
+    const [user] = (await fundedUsers(c, 1, 4n * PRICE)) as [Wallet];
+    const jobs = [await completedJob(d, c, user, 1), await completedJob(d, c, user, 2), await completedJob(d, c, user, 1)];
+    // After the jobs the user takes 2 of their 4 back: the balance covers the first receipt (1), not the next (2).
     await mined(as(c.serving, user).requestRefund(c.provider.address, 2n * PRICE));
     await c.anvil.increaseTime(3601);
     await mined(as(c.serving, user).processRefunds(c.provider.address));
-    expect((await accountOf(c, user.address)).balance).toBe(PRICE);
+    expect((await accountOf(c, user.address)).balance).toBe(2n * PRICE);
     const before = await providerBalance();
 
-    const result = await d.daemon.settler!.runRound();
+    const first = await d.daemon.settler!.runRound();
 
-    expect(result.users).toMatchObject([{ user: user.address, outcome: 'partial', status: 'PARTIAL', amountWei: 2n * PRICE, shortfallWei: PRICE }]);
-    const receipt = (await c.anvil.provider.getTransactionReceipt(result.transactions[0]!))!;
+    expect(first.users).toMatchObject([{ user: user.address, outcome: 'settled', status: 'SUCCESS', amountWei: PRICE, receipts: 1, nonce: 1n }]);
+    const receipt = (await c.anvil.provider.getTransactionReceipt(first.transactions[0]!))!;
     expect((await providerBalance()) - before).toBe(PRICE - gasPaid(receipt));
-    expect(await d.daemon.billing.getUserBlock(user.address)).toMatchObject({ shortfallWei: PRICE, balanceWei: 0n });
-    expect(await receiptOf(d, c, user, jobId)).toMatchObject({ state: 'partial', settlement: { outcome: 'PARTIAL' } });
-    expect(d.daemon.settler!.counters).toMatchObject({ receiptsPartial: 1, shortfallWei: PRICE, settledWei: PRICE });
-
-    const refused = await generate(d, c, user);
-    expect(refused.status).toBe(402);
-    expect(refused.body.error).toMatchObject({ code: 'insufficient_credits' });
-    expect(refused.body.error.message).toMatch(/short/);
-
-    await mined(as(c.serving, user).depositFund(c.provider.address, { value: 2n * PRICE }));
-    expect((await generate(d, c, user)).status).toBe(200);
+    expect(await Promise.all(jobs.map((j) => stateOf(d, j)))).toEqual(['settled', 'unsettled', 'unsettled']);
     expect(await d.daemon.billing.getUserBlock(user.address)).toBeUndefined();
+    // What is still owed (3) is above the balance (1): no more work until the user tops up.
+    expect((await generate(d, c, user)).status).toBe(402);
+    // Nothing else fits: the next round sends nothing rather than a PARTIAL.
+    expect(await d.daemon.settler!.runRound()).toMatchObject({ outcome: 'completed', transactions: [] });
+
+    await mined(as(c.serving, user).depositFund(c.provider.address, { value: 3n * PRICE }));
+    const second = await d.daemon.settler!.runRound();
+    expect(second.users).toMatchObject([{ user: user.address, outcome: 'settled', amountWei: 3n * PRICE, receipts: 2, nonce: 3n }]);
+    expect(await Promise.all(jobs.map((j) => stateOf(d, j)))).toEqual(['settled', 'settled', 'settled']);
+    // Charged exactly the sum of the receipts, once, with no PARTIAL on the way.
+    expect((await settlementEventsFor(c, user.address)).map((e) => e.status)).toEqual([0, 0]);
+    // 4 deposited − 2 refunded + 3 topped up − 4 charged.
+    expect((await accountOf(c, user.address)).balance).toBe(PRICE);
+    expect(d.daemon.settler!.counters).toMatchObject({ receiptsPartial: 0, settledWei: 4n * PRICE });
   });
 
   it('refuses a job whose reservation does not fit before any GPU work: 402 and no backend call', async () => {
@@ -200,7 +205,7 @@ describe('a settlement round', () => {
     expect(await d.daemon.store.countUnfinishedForModel('ref')).toBe(0);
   });
 
-  it('INVALID_NONCE when the nonce moved on chain after signing: receipts unsettled again, settled next round above it', async () => {
+  it('INVALID_NONCE when the nonce moved on chain after signing: the receipt can never be charged (void); later receipts are numbered above the new nonce', async () => {
     const d = await daemon({ wallet: false });
     const p = await proxy();
     const { settler } = settlerVia(d, p.url);
@@ -229,9 +234,16 @@ describe('a settlement round', () => {
     expect(await stateOf(d, jobId)).toBe('unsettled');
     expect(settler.counters.failures.INVALID_NONCE).toBe(1);
 
+    // An item with nonce 100 was signed by this key: it may have paid for anything numbered up to 100.
     const second = await settler.runRound();
-    expect(second.users).toMatchObject([{ user: user.address, outcome: 'settled', nonce: 101n }]);
-    expect(await stateOf(d, jobId)).toBe('settled');
+    expect(second).toMatchObject({ outcome: 'completed', users: [], transactions: [] });
+    expect(await d.daemon.billing.getReceipt(jobId)).toMatchObject({ state: 'void', note: expect.stringMatching(/at or below the settled nonce/) });
+
+    const later = await completedJob(d, c, user);
+    expect((await d.daemon.billing.getReceipt(later))!.seq).toBe(101n);
+    const third = await settler.runRound();
+    expect(third.users).toMatchObject([{ user: user.address, outcome: 'settled', nonce: 101n }]);
+    expect(await stateOf(d, later)).toBe('settled');
     expect((await accountOf(c, user.address)).nonce).toBe(101n);
   });
 
@@ -265,8 +277,8 @@ describe('a settlement round', () => {
 
     await acknowledgeService(c.serving, c.owner, c.provider.address);
     const settled = await settler.runRound();
-    // Nonce 1 was persisted for the refused item: the next one is above it.
-    expect(settled.users).toMatchObject([{ outcome: 'settled', nonce: 2n }]);
+    // The refused item is still the TEE's outstanding one: sent again exactly as signed.
+    expect(settled.users).toMatchObject([{ outcome: 'settled', nonce: 1n }]);
     expect(await stateOf(d, jobId)).toBe('settled');
     expect(await settlementEventsFor(c, user.address)).toMatchObject([{ status: 3 }, { status: 0 }]);
   });
@@ -360,9 +372,9 @@ describe('a settlement round', () => {
     p.restore();
     expect(await settler.reconcile()).toMatchObject({ users: [{ user: bob.address, outcome: 'abandoned', nonce: 1n }] });
     expect(await stateOf(d, bobJob)).toBe('unsettled');
-    expect(await d.daemon.billing.lastNonce(bob.address)).toBe(1n);
+    // The TEE journal still holds the signed item: it is sent again as it was, never re-signed under another nonce.
     const next = await settler.runRound();
-    expect(next.users).toMatchObject([{ user: bob.address, outcome: 'settled', nonce: 2n }]);
+    expect(next.users).toMatchObject([{ user: bob.address, outcome: 'settled', nonce: 1n }]);
     expect(await settlementEventsFor(c, bob.address)).toHaveLength(1);
   });
 

@@ -140,6 +140,7 @@ function fakeTee(mode: 'dstack' | 'tdx' = 'dstack'): TeeKeyProvider {
     keySource: 'test-fake',
     address: wallet.address,
     signer: wallet,
+    journalDir: '/nonexistent',
     signatureChain: [],
     info: async () => undefined,
     quote: async () => undefined,

@@ -1,32 +1,18 @@
-import { Wallet } from 'ethers';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { TeeKeyProvider } from '../../src/tee/key-provider.js';
+import type { JobStore } from '../../src/jobs/store.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
-/** A dev-mode key whose signatures wait until the test opens the gate: post-processing the test controls. */
-function gatedTee(): { tee: TeeKeyProvider; open(): void } {
+/** Holds the store's completion (where the job is signed and written) until the test opens the gate. */
+function gateCompletions(store: JobStore): () => void {
   let open!: () => void;
   const gate = new Promise<void>((resolve) => (open = resolve));
-  class GatedWallet extends Wallet {
-    override async signMessage(message: string | Uint8Array): Promise<string> {
-      await gate;
-      return super.signMessage(message);
-    }
-  }
-  const wallet = new GatedWallet(Wallet.createRandom().privateKey);
-  const tee: TeeKeyProvider = {
-    mode: 'dev',
-    teeLabel: 'INSECURE-DEV',
-    insecure: true,
-    keySource: 'test',
-    address: wallet.address,
-    signer: wallet,
-    signatureChain: [],
-    info: async () => undefined,
-    quote: async () => undefined,
+  const complete = store.complete.bind(store);
+  store.complete = async (...args) => {
+    await gate;
+    return complete(...args);
   };
-  return { tee, open };
+  return open;
 }
 
 let daemon: TestDaemon | undefined;
@@ -47,15 +33,14 @@ async function submit(url: string, prompt: string): Promise<string> {
 describe('runner call slots', () => {
   it('starts the next backend call as soon as the backend answers, while the last job is still being signed', async () => {
     const backend = new ControlledBackend('ctl');
-    const { tee, open } = gatedTee();
     daemon = await startTestDaemon({
       config: {
         backends: [{ id: 'ctl', type: 'reference', concurrency: 1 }],
         models: [{ id: 'ctl-model', backend: 'ctl', capabilities: ['generation'], sizes: ['64x64'] }],
       },
       backends: new Map([['ctl', backend]]),
-      tee,
     });
+    const open = gateCompletions(daemon.daemon.store);
     const first = await submit(daemon.url, 'first');
     const second = await submit(daemon.url, 'second');
     await (await backend.nextCall()).succeed();

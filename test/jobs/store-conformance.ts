@@ -1,6 +1,6 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
-import type { JobStore, NewJob } from '../../src/jobs/store.js';
+import type { JobStore, NewJob, ReceiptSigning } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
 
 /**
@@ -52,23 +52,25 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       text: 'a:b',
       signature: '0x00',
       receipt: {
-        version: 1,
+        version: 2,
         tee: 'INSECURE-DEV',
         provider: '0x0000000000000000000000000000000000000002',
         signer: '0x0000000000000000000000000000000000000001',
         job: `job_${'0'.repeat(32)}`,
         model: 'm',
         user: 'alice',
+        seq: '1',
         request_sha256: 'a',
         images: 1,
         image_sha256: ['b'],
         price_per_image_wei: '1000000000000000000000',
         fee_wei: '1000000000000000000000',
         created: 1,
-        text: 'image-receipt/1',
+        text: 'image-receipt/2',
         signature: '0x00',
       },
     };
+    const SIGNING: ReceiptSigning = { seqFloor: 0n, sign: () => SIGNATURE };
     const result = (shas: string[]): JobResult => ({
       created: 1,
       images: shas.map((sha256) => ({ sha256, mediaType: 'image/png', bytes: 10, width: 64, height: 64 })),
@@ -126,19 +128,44 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       const job = newJob();
       await store.create(job, 0);
       const claimed = (await store.claimNext('b1', T0, 1000))!;
-      expect(await store.complete(job.id, 'wrong', result(['s1']), SIGNATURE, T0 + 5, T0 + 100)).toBe(false);
+      expect(await store.complete(job.id, 'wrong', result(['s1']), SIGNING, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.fail(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.retryLater(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0, T0)).toBe(false);
       expect(await store.extendLease(job.id, 'wrong', T0 + 9999)).toBe(false);
       expect(await store.extendLease(job.id, claimed.leaseToken, T0 + 9999)).toBe(true);
-      expect(await store.complete(job.id, claimed.leaseToken, result(['s1']), SIGNATURE, T0 + 5, T0 + 100)).toBe(true);
+      expect(await store.complete(job.id, claimed.leaseToken, result(['s1']), SIGNING, T0 + 5, T0 + 100)).toBe(true);
       const done = (await store.get(job.id))!;
       expect(done).toMatchObject({ status: 'completed', finishedMs: T0 + 5, expiresMs: T0 + 100, leaseToken: undefined });
       expect(done.result).toEqual(result(['s1']));
       expect(done.signature).toEqual(SIGNATURE);
       expect(done.pricePerImageWei).toBe(1_000_000_000_000_000n);
       // A finished job cannot be completed twice.
-      expect(await store.complete(job.id, claimed.leaseToken, result(['s2']), SIGNATURE, T0 + 6, T0 + 100)).toBe(false);
+      expect(await store.complete(job.id, claimed.leaseToken, result(['s2']), SIGNING, T0 + 6, T0 + 100)).toBe(false);
+    });
+
+    it('numbers each owner’s completions strictly upwards, above the floor, signing only under a live lease', async () => {
+      const seqs = new Map<string, bigint[]>();
+      const signing = (floor: bigint): ReceiptSigning => ({
+        seqFloor: floor,
+        sign: (seq) => {
+          seqs.set('last', [...(seqs.get('last') ?? []), seq]);
+          return SIGNATURE;
+        },
+      });
+      const run = async (owner: string, floor: bigint, lease?: string) => {
+        const job = newJob({ owner });
+        await store.create(job, 0);
+        const claimed = (await store.claimNext('b1', T0, 1000))!;
+        return store.complete(job.id, lease ?? claimed.leaseToken, result(['s']), signing(floor), T0 + 1, T0 + 100);
+      };
+      await run('alice', 0n);
+      await run('alice', 0n);
+      await run('bob', 0n);
+      expect(await run('alice', 0n, 'stale-lease')).toBe(false);
+      await run('alice', 10n);
+      await run('alice', 3n);
+      // Not signed at all under the stale lease; alice 1, 2, then above the floor 10, then on from 11.
+      expect(seqs.get('last')).toEqual([1n, 2n, 1n, 11n, 12n]);
     });
 
     it('cancels pending and processing jobs, after which the runner cannot write', async () => {
@@ -150,7 +177,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect((await store.cancel(pending.id, T0 + 1, T0 + 50))!.status).toBe('cancelled');
       const cancelled = (await store.cancel(running.id, T0 + 2, T0 + 50))!;
       expect(cancelled).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
-      expect(await store.complete(running.id, claimed.leaseToken, result(['s']), SIGNATURE, T0 + 3, T0 + 50)).toBe(false);
+      expect(await store.complete(running.id, claimed.leaseToken, result(['s']), SIGNING, T0 + 3, T0 + 50)).toBe(false);
       expect((await store.get(running.id))!.status).toBe('cancelled');
       // Cancelling a finished job changes nothing.
       expect((await store.cancel(running.id, T0 + 4, T0 + 60))!.finishedMs).toBe(T0 + 2);
@@ -228,7 +255,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       await store.create(job, 0);
       expect(await store.isBlobReferenced('in1')).toBe(true);
       const claimed = (await store.claimNext('b1', T0, 1000))!;
-      await store.complete(job.id, claimed.leaseToken, result(['out1', 'out2']), SIGNATURE, T0 + 5, T0 + 100);
+      await store.complete(job.id, claimed.leaseToken, result(['out1', 'out2']), SIGNING, T0 + 5, T0 + 100);
       expect(await store.isBlobReferenced('in1')).toBe(false);
       expect(await store.isBlobReferenced('out1')).toBe(true);
       expect(await store.expireResults(T0 + 99, 10)).toEqual([]);
@@ -260,7 +287,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
         await store.create(job, 0);
         const claimed = (await store.claimNext('b1', T0, 10_000))!;
         const shas = Array.from({ length: images }, (_, i) => `s${ms}${i}`);
-        await store.complete(job.id, claimed.leaseToken, result(shas), SIGNATURE, T0 + ms, T0 + 9999);
+        await store.complete(job.id, claimed.leaseToken, result(shas), SIGNING, T0 + ms, T0 + 9999);
       }
       expect(await store.recentPerImageMs('b1', 10)).toEqual([200, 300]);
       expect(await store.recentPerImageMs('b2', 10)).toEqual([]);

@@ -33,25 +33,25 @@ function recoverDstackSigner(digest: string, sigHex: string): string {
 describe('dstack key provider', () => {
   it('derives the same signer across restarts of the agent with the same app secret', async () => {
     const first = await agent({ appSecret: 'app-one' });
-    const a = await openDstackKeyProvider({ endpoint: first.socketPath, keyPath: KEY_PATH });
+    const a = await openDstackKeyProvider({ endpoint: first.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     await first.close();
 
     const restarted = await agent({ appSecret: 'app-one' });
-    const b = await openDstackKeyProvider({ endpoint: restarted.socketPath, keyPath: KEY_PATH });
+    const b = await openDstackKeyProvider({ endpoint: restarted.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     expect(b.address).toBe(a.address);
     expect(b.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
 
     const otherApp = await agent({ appSecret: 'app-two' });
-    const c = await openDstackKeyProvider({ endpoint: otherApp.socketPath, keyPath: KEY_PATH });
+    const c = await openDstackKeyProvider({ endpoint: otherApp.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     expect(c.address).not.toBe(a.address);
 
-    const otherPath = await openDstackKeyProvider({ endpoint: restarted.socketPath, keyPath: 'pixeld/signing/v2' });
+    const otherPath = await openDstackKeyProvider({ endpoint: restarted.socketPath, keyPath: 'pixeld/signing/v2', journalDir: '/tmp' });
     expect(otherPath.address).not.toBe(a.address);
   });
 
   it('asks the agent for the configured path with purpose "signing" and describes itself as dstack', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     expect(fake.requests.map((r) => r.rpc)).toEqual(['GetKey']);
     expect(fake.requests[0]!.body).toEqual({ path: KEY_PATH, purpose: 'signing', algorithm: 'secp256k1' });
     expect(provider).toMatchObject({
@@ -64,7 +64,7 @@ describe('dstack key provider', () => {
 
   it('signs with the derived key', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     const derivedKeyHex = (fake.requests[0]!.response as { key: string }).key;
     expect(provider.address).toBe(computeAddress(`0x${derivedKeyHex}`));
     const signature = await provider.signer.signMessage('hello');
@@ -73,7 +73,7 @@ describe('dstack key provider', () => {
 
   it('exposes the signature chain as the hex the agent sent, chaining to the KMS root', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     const sent = fake.requests[0]!.response as { key: string; signature_chain: string[] };
     expect(provider.signatureChain).toEqual(sent.signature_chain);
     expect(provider.signatureChain).toHaveLength(2);
@@ -97,7 +97,7 @@ describe('dstack key provider', () => {
 
   it('sends exactly the 64 report-data bytes as hex and returns the quote carrying them', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     // Bytes that are not valid UTF-8 would be mangled by any string round trip.
     const reportData = Buffer.concat([Buffer.from([0xff, 0xfe, 0x00, 0x80]), randomBytes(60)]);
 
@@ -117,7 +117,7 @@ describe('dstack key provider', () => {
 
   it('rejects report data that is not a 64-byte Buffer without calling the agent', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     await expect(provider.quote(randomBytes(63))).rejects.toBeInstanceOf(TeeError);
     await expect(provider.quote(randomBytes(65))).rejects.toThrow(/exactly 64 bytes/);
     await expect(provider.quote('a'.repeat(64) as unknown as Buffer)).rejects.toBeInstanceOf(TeeError);
@@ -126,7 +126,7 @@ describe('dstack key provider', () => {
 
   it('returns the agent Info with tcb_info parsed, fetched once', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     const info = await provider.info();
     expect(info).toMatchObject({ app_id: fake.appId, app_name: 'pixeld' });
     expect(info!.compose_hash).toMatch(/^[0-9a-f]{64}$/);
@@ -143,7 +143,7 @@ describe('dstack key provider', () => {
 
   it('does not cache a failed Info', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     fake.failNext('Info', 'agent hiccup');
     await expect(provider.info()).rejects.toBeInstanceOf(TeeError);
     await expect(provider.info()).resolves.toMatchObject({ app_id: fake.appId });
@@ -153,14 +153,14 @@ describe('dstack key provider', () => {
     const fake = await agent();
     const socketPath = fake.socketPath;
     await fake.close();
-    const opening = openDstackKeyProvider({ endpoint: socketPath, keyPath: KEY_PATH });
+    const opening = openDstackKeyProvider({ endpoint: socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     await expect(opening).rejects.toBeInstanceOf(TeeError);
     await expect(opening).rejects.toThrow(socketPath);
   });
 
   it('fails with TeeError when the agent goes away after start-up', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     await fake.close();
     const quoting = provider.quote(randomBytes(64));
     await expect(quoting).rejects.toBeInstanceOf(TeeError);
@@ -170,7 +170,7 @@ describe('dstack key provider', () => {
 
   it('turns agent errors into TeeError and recovers on the next call', async () => {
     const fake = await agent();
-    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const provider = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     fake.failNext('GetQuote', 'quote service unavailable');
     await expect(provider.quote(randomBytes(64))).rejects.toThrow(/quote service unavailable/);
     await expect(provider.quote(randomBytes(64))).resolves.toBeDefined();
@@ -179,13 +179,13 @@ describe('dstack key provider', () => {
   it('fails start-up with TeeError when GetKey fails', async () => {
     const fake = await agent();
     fake.failNext('GetKey', 'kms unreachable');
-    await expect(openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH })).rejects.toBeInstanceOf(TeeError);
+    await expect(openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' })).rejects.toBeInstanceOf(TeeError);
   });
 
   it('works over the simulator-style http endpoint too', async () => {
     const fake = await agent({ tcp: true, appSecret: 'app-one' });
-    const viaUrl = await openDstackKeyProvider({ endpoint: fake.url!, keyPath: KEY_PATH });
-    const viaSocket = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH });
+    const viaUrl = await openDstackKeyProvider({ endpoint: fake.url!, keyPath: KEY_PATH, journalDir: '/tmp' });
+    const viaSocket = await openDstackKeyProvider({ endpoint: fake.socketPath, keyPath: KEY_PATH, journalDir: '/tmp' });
     expect(viaUrl.address).toBe(viaSocket.address);
     const reportData = randomBytes(64);
     const result = await viaUrl.quote(reportData);
@@ -195,7 +195,7 @@ describe('dstack key provider', () => {
   it('uses an injected client', async () => {
     const fake = await agent();
     const client = new DstackClient(fake.socketPath);
-    const provider = await openDstackKeyProvider({ endpoint: '/nonexistent/dstack.sock', keyPath: KEY_PATH }, { client });
+    const provider = await openDstackKeyProvider({ endpoint: '/nonexistent/dstack.sock', keyPath: KEY_PATH, journalDir: '/tmp' }, { client });
     expect(provider.address).toMatch(/^0x/);
     expect(fake.requests).toHaveLength(1);
   });

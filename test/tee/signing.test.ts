@@ -67,13 +67,14 @@ describe('every completed job is signed (dev mode)', () => {
 
     const receipt = sig.receipt;
     expect(receipt).toMatchObject({
-      version: 1,
+      version: 2,
       tee: 'INSECURE-DEV',
       provider: PROVIDER,
       signer: d.daemon.tee.address,
       job: id,
       model: 'reference-image-1',
       user: 'anonymous',
+      seq: '1',
       request_sha256: sha256(bodyText),
       images: 2,
       image_sha256: images.map((i) => sha256(i)),
@@ -81,7 +82,8 @@ describe('every completed job is signed (dev mode)', () => {
       fee_wei: '5000000000000000',
     });
     expect(receipt.text).toBe(receiptText(receiptFieldsOf(receipt)));
-    expect(receipt.text.split('\n')[0]).toBe('image-receipt/1');
+    expect(receipt.text.split('\n')[0]).toBe('image-receipt/2');
+    expect(receipt.text).toContain('\nseq:1\n');
     expect(recoverAddress(hashMessage(receipt.text), receipt.signature)).toBe(sig.signing_address);
     expect(res.headers.get('x-receipt-signature')).toBe(receipt.signature);
     expect(res.headers.get('x-receipt-signer')).toBe(sig.signing_address);

@@ -169,7 +169,7 @@ describe('verifyJob against a dev-mode daemon', () => {
     expect(report.ok).toBe(false);
     expect(failed(report)).toEqual(['image 1', '0G text', 'receipt text']);
     expect(detail(report, 'image 1')).toBe(`sha256 differs: received ${sha256(tampered)}, signed ${sha256(job.images[1]!)}`);
-    expect(detail(report, 'receipt text')).toContain(`line 10: served 'image_sha256:${sha256(job.images[0]!)},${sha256(job.images[1]!)}'`);
+    expect(detail(report, 'receipt text')).toContain(`line 11: served 'image_sha256:${sha256(job.images[0]!)},${sha256(job.images[1]!)}'`);
   });
 
   it('fails when one byte of the request differs from what was signed', async () => {
@@ -255,6 +255,7 @@ function fakeTdx(makeQuote: (reportData: Buffer) => Buffer): TeeKeyProvider {
     keySource: 'test-fake-tdx',
     address: wallet.address,
     signer: wallet,
+    journalDir: '/nonexistent',
     signatureChain: [],
     async info() {
       return undefined;

@@ -44,6 +44,7 @@ export async function applyMinedBatch(
 
   const results = settlementResultsOf(ctx.deps.chain, receipt);
   await billing.confirmBatch(batch.id, receipt.hash, receipt.blockNumber, results, ctx.deps.now());
+  ctx.deps.onSettled?.(results.map((r) => r.user), receipt.blockNumber);
   const byUser = new Map(results.map((r) => [r.user.toLowerCase(), r]));
   const outcomes: UserSettlement[] = [];
   for (const item of batch.items) {

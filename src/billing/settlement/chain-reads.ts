@@ -121,13 +121,16 @@ export function decodeSettlementCall(chain: ChainClient, data: string): Array<{ 
 export async function findItemTransaction(
   chain: ChainClient,
   providerAddress: string,
-  item: BatchItem,
+  item: Pick<BatchItem, 'user' | 'nonce' | 'requestsHash'>,
   lookbackBlocks: number,
+  /** The node must have reached this block, or the search is not trusted. */
+  minBlock?: number,
 ): Promise<TransactionReceipt | undefined> {
   const topic = chain.serving.interface.getEvent('TEESettlementResult')!.topicHash;
   let logs: Log[];
   try {
     const latest = await chain.provider.getBlockNumber();
+    if (minBlock !== undefined && latest < minBlock) throw new Error(`the node is at block ${latest}, behind block ${minBlock}`);
     logs = await chain.provider.getLogs({
       address: chain.servingAddress,
       topics: [topic, zeroPadValue(item.user, 32)],
@@ -162,4 +165,59 @@ export async function findItemTransaction(
     }
   }
   return undefined;
+}
+
+export interface UserSettlementOnChain {
+  txHash: string;
+  block: number;
+  nonce: bigint;
+  requestsHash: string;
+  totalFeeWei: bigint;
+  status: number;
+}
+
+/**
+ * Every settlement of this user's account sent by the provider in the last `lookbackBlocks` blocks, with
+ * the status the chain gave it, lowest nonce first: what a rolled-back database is reconciled against.
+ */
+export async function findUserSettlements(
+  chain: ChainClient,
+  providerAddress: string,
+  user: string,
+  lookbackBlocks: number,
+): Promise<UserSettlementOnChain[]> {
+  const topic = chain.serving.interface.getEvent('TEESettlementResult')!.topicHash;
+  let logs: Log[];
+  try {
+    const latest = await chain.provider.getBlockNumber();
+    logs = await chain.provider.getLogs({
+      address: chain.servingAddress,
+      topics: [topic, zeroPadValue(user, 32)],
+      fromBlock: Math.max(0, latest - lookbackBlocks),
+      toBlock: latest,
+    });
+  } catch (err) {
+    throw chainUnavailable('getLogs(TEESettlementResult)', err);
+  }
+  const found: UserSettlementOnChain[] = [];
+  const byTx = new Map<string, Log[]>();
+  for (const log of logs) byTx.set(log.transactionHash, [...(byTx.get(log.transactionHash) ?? []), log]);
+  for (const [hash, txLogs] of byTx) {
+    let tx;
+    try {
+      tx = await chain.provider.getTransaction(hash);
+    } catch (err) {
+      throw chainUnavailable('getTransaction', err);
+    }
+    if (!tx || tx.from.toLowerCase() !== providerAddress.toLowerCase()) continue;
+    const mine = (decodeSettlementCall(chain, tx.data) ?? []).filter((c) => c.user.toLowerCase() === user.toLowerCase());
+    // The contract emits one result per item, in item order: the user's n-th item has the user's n-th event.
+    mine.forEach((item, i) => {
+      const log = txLogs[i];
+      const result = log && parseSettlementLog(chain, log);
+      if (!result) return;
+      found.push({ txHash: hash, block: log.blockNumber, nonce: item.nonce, requestsHash: item.requestsHash, totalFeeWei: item.totalFeeWei, status: result.status });
+    });
+  }
+  return found.sort((a, b) => (a.nonce < b.nonce ? -1 : a.nonce > b.nonce ? 1 : 0));
 }

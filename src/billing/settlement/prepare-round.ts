@@ -1,13 +1,12 @@
 import { isAddress, type TypedDataDomain } from 'ethers';
 import { SETTLEMENT_EIP712 } from '../../chain/serving-contract.js';
-import { buildUserTree } from '../leaf.js';
 import type { BatchItem, ReceiptRecord } from '../store.js';
 import { readAccounts } from './chain-reads.js';
-import type { SettlerDeps } from './types.js';
+import type { ResolvedSettlerDeps, SettlerDeps } from './types.js';
 
 /**
- * Steps 2–4 of a round up to the signature (billing.md): who is settled, in which chunks, with which
- * nonce, over which receipts — and the TEE key's EIP-712 signature of each item.
+ * Steps 2–4 of a round up to the signature (billing.md): who is settled, in which chunks, over which
+ * receipts — and the TEE's signed item for each user.
  */
 
 export interface UserReceipts {
@@ -57,43 +56,73 @@ export function settlementDomain(deps: Pick<SettlerDeps, 'chain'>): TypedDataDom
   };
 }
 
+export interface PreparedChunk {
+  /** One item per user to send (new, or the journal's outstanding one again). */
+  items: BatchItem[];
+  /** Users with nothing to send this round, and why. */
+  held: Array<{ user: string; reason: string }>;
+  /** Receipts numbered at or below what the chain (or the journal) has settled: paid or void, never owed. */
+  belowNonce: Array<{ user: string; chainNonce: bigint; jobIds: string[] }>;
+}
+
 /**
- * One signed item per user: nonce = max(on-chain Account.nonce, the last nonce this daemon used) + 1 —
- * monotonic whatever the clock does, and above anything sent before a crash; requestsHash = the Merkle
- * root of the receipts' leaves; totalFee = the sum of their fees.
+ * Has the TEE's settlement signer decide and sign one item per user (tee/settlement-signer.ts: leaves,
+ * fees and nonces come from the receipts' signed texts, never from these rows), against the accounts as
+ * the chain shows them now. Receipts that fail verification are marked `invalid` (an alert), v1 receipts
+ * `void`, unless this is a dry run.
  */
 export async function buildItems(
-  deps: Pick<SettlerDeps, 'billing' | 'chain' | 'providerAddress' | 'tee'>,
+  deps: Pick<ResolvedSettlerDeps, 'billing' | 'chain' | 'providerAddress' | 'settlementSigner' | 'logger'>,
   chunk: readonly UserReceipts[],
-): Promise<BatchItem[]> {
+  options: { dryRun?: boolean } = {},
+): Promise<PreparedChunk> {
   const accounts = await readAccounts(
     deps.chain,
     deps.providerAddress,
     chunk.map((c) => c.user),
   );
-  const domain = settlementDomain(deps);
-  const items: BatchItem[] = [];
-  for (const { user, receipts } of chunk) {
-    const chainNonce = accounts.get(user.toLowerCase())?.nonce ?? 0n;
-    const used = (await deps.billing.lastNonce(user)) ?? 0n;
-    const nonce = (chainNonce > used ? chainNonce : used) + 1n;
-    const tree = buildUserTree(receipts.map((r) => r.leaf));
-    const totalFeeWei = receipts.reduce((sum, r) => sum + r.feeWei, 0n);
-    const signature = await deps.tee.signer.signTypedData(domain, SETTLEMENT_EIP712.types, {
-      requestsHash: tree.root,
-      nonce,
-      provider: deps.providerAddress,
-      user,
-      totalFee: totalFeeWei,
-    });
-    items.push({
-      user,
-      nonce,
-      totalFeeWei,
-      requestsHash: tree.root,
-      signature,
-      receipts: receipts.map((r, i) => ({ jobId: r.jobId, proof: tree.proofs[i]! })),
-    });
+  const plans = await deps.settlementSigner.plan(
+    chunk.map(({ user, receipts }) => {
+      const account = accounts.get(user.toLowerCase());
+      return {
+        user,
+        chainNonce: account?.nonce ?? 0n,
+        balanceWei: account?.balance ?? 0n,
+        receipts: receipts.map((r) => ({ jobId: r.jobId, receipt: r.receipt })),
+      };
+    }),
+  );
+  const prepared: PreparedChunk = { items: [], held: [], belowNonce: [] };
+  const unbillable: Array<{ jobId: string; state: 'invalid' | 'void'; note: string }> = [];
+  for (const plan of plans) {
+    const below = plan.rejected.filter((r) => r.kind === 'below-nonce').map((r) => r.jobId);
+    if (below.length > 0) prepared.belowNonce.push({ user: plan.user, chainNonce: accounts.get(plan.user.toLowerCase())?.nonce ?? 0n, jobIds: below });
+    for (const r of plan.rejected) {
+      if (r.kind === 'invalid') {
+        deps.logger.error('settlement: ALERT — a receipt fails verification against the TEE key; it is never settled', {
+          user: plan.user,
+          jobId: r.jobId,
+          reason: r.reason,
+        });
+        unbillable.push({ jobId: r.jobId, state: 'invalid', note: r.reason });
+      } else if (r.kind === 'unsequenced') {
+        unbillable.push({ jobId: r.jobId, state: 'void', note: 'v1 receipt without a sequence number: it cannot be settled without risking a double charge' });
+      }
+    }
+    if (plan.item) {
+      const { item } = plan;
+      prepared.items.push({
+        user: item.user,
+        nonce: item.nonce,
+        totalFeeWei: item.totalFeeWei,
+        requestsHash: item.requestsHash,
+        signature: item.signature,
+        receipts: item.receipts.map((r, i) => ({ jobId: r.jobId, proof: item.proofs[i]! })),
+      });
+    } else {
+      prepared.held.push({ user: plan.user, reason: plan.held ?? 'nothing to settle' });
+    }
   }
-  return items;
+  if (!options.dryRun && unbillable.length > 0) await deps.billing.markUnbillable(unbillable);
+  return prepared;
 }

@@ -7,6 +7,7 @@ import {
   resendBatch,
   settlementCalldata,
   waitForBatch,
+  walletNonceAtHead,
   walletNonces,
   type SentTransaction,
   type WaitOutcome,
@@ -41,12 +42,12 @@ async function reconcileSent(ctx: RoundContext, batch: SettlementBatch, options:
   const mined = await minedReceipt(ctx, batch.txHashes);
   if (mined) return applyMinedBatch(ctx, batch, mined);
   const walletNonce = batch.walletNonce!;
-  const { latest } = await walletNonces(ctx);
-  if (latest > walletNonce) {
+  const seen = await walletNonceAtHead(ctx);
+  if (seen.nonce > walletNonce) {
     const late = await minedReceipt(ctx, batch.txHashes);
     if (late) return applyMinedBatch(ctx, batch, late);
     // The wallet nonce went to a transaction whose hash is not recorded: none of ours can be mined now.
-    return resolveByItemNonces(ctx, batch, { nothingPending: true });
+    return resolveByItemNonces(ctx, batch, { nothingPending: true, atBlock: seen.block });
   }
   let sent: SentTransaction | undefined = await pendingTransactionOf(ctx, batch.txHashes);
   if (!sent) {
@@ -62,7 +63,7 @@ async function reconcileSent(ctx: RoundContext, batch: SettlementBatch, options:
   }
   const outcome: WaitOutcome = await waitForBatch(ctx, batch.id, sent, ctx.deps.now() + options.maxWaitMs);
   if (outcome.kind === 'mined') return applyMinedBatch(ctx, batch, outcome.receipt);
-  if (outcome.kind === 'nonce-consumed') return resolveByItemNonces(ctx, batch, { nothingPending: true });
+  if (outcome.kind === 'nonce-consumed') return resolveByItemNonces(ctx, batch, { nothingPending: true, atBlock: outcome.seenAtBlock });
   return batch.items.map((item) => userSettlement(item, batch.id, { outcome: 'pending', txHash: sent.hashes.at(-1) }));
 }
 
@@ -70,20 +71,25 @@ async function reconcileSent(ctx: RoundContext, batch: SettlementBatch, options:
  * For a batch whose transaction is unknown: an item whose nonce the account has reached was (probably)
  * applied — the TEESettlementResult events name the transaction that carried it, whose results apply to
  * the whole batch. If none was applied and nothing from the wallet is pending, nothing of it can still
- * reach the chain: abandon it.
+ * reach the chain: abandon it (its receipts are unsettled again, but the TEE's journal still holds the
+ * signed items, so they are only ever sent again as they are — never re-signed under another nonce).
+ *
+ * `atBlock`: the block at which the wallet nonce was seen used. Accounts and events are read at that
+ * block or later; a node behind it answers chain_unavailable and the batch waits for the next round,
+ * rather than being judged from a lagging node's older state.
  */
 export async function resolveByItemNonces(
   ctx: RoundContext,
   batch: SettlementBatch,
-  known: { nothingPending?: boolean } = {},
+  known: { nothingPending?: boolean; atBlock?: number } = {},
 ): Promise<UserSettlement[]> {
   const { chain, providerAddress, logLookbackBlocks, billing, logger } = ctx.deps;
-  const accounts = await readAccounts(chain, providerAddress, batch.items.map((i) => i.user));
+  const accounts = await readAccounts(chain, providerAddress, batch.items.map((i) => i.user), known.atBlock);
   for (const item of batch.items) {
     const chainNonce = accounts.get(item.user.toLowerCase())?.nonce ?? 0n;
     if (chainNonce < item.nonce) continue;
     // A later batch may have moved the nonce instead: only the transaction that carried this very item counts.
-    const receipt = await findItemTransaction(chain, providerAddress, item, logLookbackBlocks);
+    const receipt = await findItemTransaction(chain, providerAddress, item, logLookbackBlocks, known.atBlock);
     if (receipt) {
       logger.warn('settlement: found the unrecorded transaction of an open batch; applying its results', {
         batch: batch.id,

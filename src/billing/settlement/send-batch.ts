@@ -15,31 +15,27 @@ import { WalletUnfundedError, type RoundContext } from './types.js';
  */
 
 export interface Trimmed {
-  /** Items the preview accepts (including PARTIAL ones that pay something). */
+  /** Items the preview says settle in full. */
   kept: BatchItem[];
-  /** Items the preview says would fail, with the status; or PARTIAL ones that would pay nothing. */
+  /** Items the preview says would fail (with the status) or come back PARTIAL (status 1, with the shortfall). */
   dropped: Array<{ item: BatchItem; status: number; shortfallWei: bigint | undefined }>;
-  /** Shortfall of each kept PARTIAL item, by lower-case user. */
-  partial: Map<string, bigint>;
 }
 
+/**
+ * Keeps only the items that would settle in full. A PARTIAL item is never sent: the contract would consume
+ * its nonce and the unpaid rest would no longer be owed on chain. Items are signed to fit the balance, so
+ * this happens only when the balance moved since it was read; the item waits for a top-up.
+ */
 export async function trimByPreview(ctx: RoundContext, items: BatchItem[]): Promise<Trimmed> {
   const preview = await previewSettlement(ctx.deps.chain, ctx.deps.providerAddress, items);
-  const trimmed: Trimmed = { kept: [], dropped: [], partial: new Map() };
+  const trimmed: Trimmed = { kept: [], dropped: [] };
   for (const item of items) {
     const key = item.user.toLowerCase();
     const failed = preview.failed.get(key);
     const shortfall = preview.partial.get(key);
-    if (failed !== undefined) {
-      trimmed.dropped.push({ item, status: failed, shortfallWei: undefined });
-    } else if (shortfall !== undefined && shortfall >= item.totalFeeWei) {
-      // An empty account would consume the nonce and pay nothing, and the receipts would no longer be
-      // owed on chain: keep them unsettled until the user tops up instead.
-      trimmed.dropped.push({ item, status: 1, shortfallWei: shortfall });
-    } else {
-      if (shortfall !== undefined) trimmed.partial.set(key, shortfall);
-      trimmed.kept.push(item);
-    }
+    if (failed !== undefined) trimmed.dropped.push({ item, status: failed, shortfallWei: undefined });
+    else if (shortfall !== undefined) trimmed.dropped.push({ item, status: 1, shortfallWei: shortfall });
+    else trimmed.kept.push(item);
   }
   return trimmed;
 }
@@ -157,6 +153,16 @@ async function walletNonce(ctx: RoundContext, tag: 'latest' | 'pending'): Promis
   }
 }
 
+/** The wallet's mined nonce at a definite block (the node's head when asked), and that block. */
+export async function walletNonceAtHead(ctx: RoundContext): Promise<{ nonce: number; block: number }> {
+  try {
+    const block = await ctx.deps.chain.provider.getBlockNumber();
+    return { nonce: await ctx.deps.chain.provider.getTransactionCount(ctx.deps.providerAddress, block), block };
+  } catch (err) {
+    throw chainUnavailable('getTransactionCount', err);
+  }
+}
+
 export const walletNonces = async (ctx: RoundContext) => ({ latest: await walletNonce(ctx, 'latest'), pending: await walletNonce(ctx, 'pending') });
 
 /** First send of a prepared batch, at the wallet's next nonce. */
@@ -226,8 +232,11 @@ export async function minedReceipt(ctx: RoundContext, hashes: readonly string[])
 
 export type WaitOutcome =
   | { kind: 'mined'; receipt: TransactionReceipt }
-  /** The wallet nonce was used by a transaction that is none of ours (or whose hash was lost). */
-  | { kind: 'nonce-consumed' }
+  /**
+   * The wallet nonce was used by a transaction that is none of ours (or whose hash was lost), as seen at
+   * block `seenAtBlock`: what follows reads the chain at or after it, never from a node further behind.
+   */
+  | { kind: 'nonce-consumed'; seenAtBlock: number }
   /** Still pending at the deadline. */
   | { kind: 'timeout' };
 
@@ -243,7 +252,8 @@ export async function waitForBatch(ctx: RoundContext, batchId: string, sent: Sen
       ctx.progress(`tx ${receipt.hash} mined in block ${receipt.blockNumber}`);
       return { kind: 'mined', receipt };
     }
-    if ((await walletNonce(ctx, 'latest')) > sent.walletNonce) {
+    const seen = await walletNonceAtHead(ctx);
+    if (seen.nonce > sent.walletNonce) {
       // Mined between the two reads, or replaced by something that is not ours. A node can report the
       // nonce used a moment before it serves the receipt (anvil under load did): look a few more times
       // before settling for the users' on-chain nonces, which lose the transaction's hash and gas.
@@ -252,7 +262,7 @@ export async function waitForBatch(ctx: RoundContext, batchId: string, sent: Sen
         if (late) return { kind: 'mined', receipt: late };
         if (look < RECEIPT_LAG_LOOKS) await sleepInterruptibly(ctx, ctx.deps.pollIntervalMs);
       }
-      return { kind: 'nonce-consumed' };
+      return { kind: 'nonce-consumed', seenAtBlock: seen.block };
     }
     if (ctx.deps.now() >= deadlineMs) return { kind: 'timeout' };
     ctx.checkAlive();

@@ -3,8 +3,11 @@ import { formatEther } from 'ethers';
 import { PixeldError } from '../../errors.js';
 import type { BatchItem } from '../store.js';
 import { applyMinedBatch, recordFailure, userSettlement } from './apply-results.js';
-import { buildItems, groupReceipts } from './prepare-round.js';
+import { SettlementJournal } from '../../tee/settlement-journal.js';
+import { SettlementSigner } from '../../tee/settlement-signer.js';
+import { buildItems, groupReceipts, settlementDomain } from './prepare-round.js';
 import { reconcileBatch, resolveByItemNonces } from './reconcile.js';
+import { reconcilePaidReceipts } from './reconcile-paid.js';
 import { estimateBatchGas, sendBatch, settlementCalldata, trimByPreview, waitForBatch } from './send-batch.js';
 import {
   RoundInterrupted,
@@ -56,6 +59,12 @@ export class Settler {
       maxTxWaitMs: deps.maxTxWaitMs ?? 10 * deps.billingConfig.txReplaceAfterMs,
       logLookbackBlocks: deps.logLookbackBlocks ?? 10_000,
       holder: deps.holder ?? `settler-${process.pid}-${randomBytes(6).toString('hex')}`,
+      settlementSigner: new SettlementSigner({
+        key: deps.tee,
+        journal: new SettlementJournal(deps.tee.journalDir, deps.tee.address),
+        domain: settlementDomain(deps),
+        providerAddress: deps.providerAddress,
+      }),
     };
   }
 
@@ -119,13 +128,13 @@ export class Settler {
     ctx.progress(`${users} users, ${receipts} receipts, ${chunks.length} transaction(s)`);
     for (const chunk of chunks) {
       ctx.checkAlive();
-      const items = await buildItems(this.deps, chunk);
-      const trimmed = await trimByPreview(ctx, items);
+      const prepared = await buildItems(this.deps, chunk);
+      for (const below of prepared.belowNonce) await reconcilePaidReceipts(ctx, below);
+      for (const { user, reason } of prepared.held) ctx.deps.logger.info('settlement: nothing sent for a user this round', { user, reason });
+      if (prepared.items.length === 0) continue;
+      const trimmed = await trimByPreview(ctx, prepared.items);
       for (const dropped of trimmed.dropped) result.users.push(this.dropped(ctx, dropped.item, dropped.status, dropped.shortfallWei));
       if (trimmed.kept.length === 0) continue;
-      for (const [user, shortfall] of trimmed.partial) {
-        ctx.deps.logger.info('settlement: sending a PARTIAL item (it pays what the balance covers)', { user, shortfallWei: shortfall.toString() });
-      }
       const data = settlementCalldata(ctx, trimmed.kept);
       const gasLimit = await estimateBatchGas(ctx, data);
       if (gasLimit === undefined) {
@@ -136,10 +145,7 @@ export class Settler {
         continue;
       }
       const batchId = `stl_${randomBytes(12).toString('hex')}`;
-      if (!(await this.deps.billing.prepareBatch({ id: batchId, items: trimmed.kept, createdMs: this.deps.now() }))) {
-        ctx.deps.logger.warn('settlement: receipts were claimed by someone else meanwhile; batch skipped', { batch: batchId });
-        continue;
-      }
+      await this.deps.billing.prepareBatch({ id: batchId, items: trimmed.kept, createdMs: this.deps.now() });
       const sent = await sendBatch(ctx, batchId, data, gasLimit);
       const outcome = await waitForBatch(ctx, batchId, sent, this.deps.now() + this.deps.maxTxWaitMs);
       const batch = { id: batchId, items: trimmed.kept };
@@ -148,7 +154,7 @@ export class Settler {
         result.transactions.push(outcome.receipt.hash);
       } else if (outcome.kind === 'nonce-consumed') {
         const stored = await this.deps.billing.getBatch(batchId);
-        result.users.push(...(await resolveByItemNonces(ctx, stored!, { nothingPending: true })));
+        result.users.push(...(await resolveByItemNonces(ctx, stored!, { nothingPending: true, atBlock: outcome.seenAtBlock })));
       } else {
         result.users.push(...trimmed.kept.map((item) => userSettlement(item, batchId, { outcome: 'pending', txHash: sent.hashes.at(-1) })));
         // Later chunks would queue behind it under the next wallet nonce: leave them for the next round.
@@ -160,9 +166,11 @@ export class Settler {
   private dropped(ctx: RoundContext, item: BatchItem, status: number, shortfallWei: bigint | undefined): UserSettlement {
     const name = statusName(status);
     if (name === 'PARTIAL') {
-      ctx.deps.logger.info('settlement: not settling a user whose balance would pay nothing; receipts kept until they top up', {
+      // The balance moved since it was read: sending would forfeit the rest. The same item waits for a top-up.
+      ctx.deps.logger.info('settlement: not sending an item the balance no longer covers; receipts kept until the user tops up', {
         user: item.user,
         feeWei: item.totalFeeWei.toString(),
+        shortfallWei: shortfallWei?.toString(),
       });
     } else if (name !== 'SUCCESS') {
       recordFailure(ctx, name as FailureStatus, item, 'preview');
@@ -178,14 +186,15 @@ export class Settler {
       const chunks = await groupReceipts(this.deps, options.users);
       if (chunks.length === 0) ctx.progress('nothing to settle');
       for (const chunk of chunks) {
-        const items = await buildItems(this.deps, chunk);
+        const { items, held } = await buildItems(this.deps, chunk, { dryRun: true });
+        for (const { user, reason } of held) ctx.progress(`${user}: nothing to send (${reason})`);
+        if (items.length === 0) continue;
         const trimmed = await trimByPreview(ctx, items);
         const dropped = new Map(trimmed.dropped.map((d) => [d.item.user.toLowerCase(), d]));
         for (const item of items) {
           const d = dropped.get(item.user.toLowerCase());
-          const shortfall = d?.shortfallWei ?? trimmed.partial.get(item.user.toLowerCase());
-          const status = d ? statusName(d.status) : shortfall !== undefined ? 'PARTIAL' : 'SUCCESS';
-          result.users.push(userSettlement(item, undefined, { outcome: 'preview', status, shortfallWei: shortfall }));
+          const status = d ? statusName(d.status) : 'SUCCESS';
+          result.users.push(userSettlement(item, undefined, { outcome: 'preview', status, shortfallWei: d?.shortfallWei }));
         }
       }
     } catch (err) {

@@ -3,6 +3,7 @@ import type { ChainClient } from '../../chain/serving-contract.js';
 import type { Config } from '../../config/schema.js';
 import type { Logger } from '../../obs/logger.js';
 import type { TeeKeyProvider } from '../../tee/key-provider.js';
+import type { SettlementSigner } from '../../tee/settlement-signer.js';
 import type { BillingStore } from '../store.js';
 
 /** InferenceServing's per-item settlement statuses (0g-provider-protocol.md §5), by code. */
@@ -24,8 +25,14 @@ export interface SettlerDeps {
   wallet: Pick<Signer, 'signTransaction'>;
   /** The provider wallet's address (msg.sender of every settlement). */
   providerAddress: string;
-  /** Signs each item's EIP-712 TEESettlement. */
-  tee: Pick<TeeKeyProvider, 'signer' | 'address'>;
+  /** Signs each item's EIP-712 TEESettlement, through the SettlementSigner and its journal (journalDir). */
+  tee: Pick<TeeKeyProvider, 'signer' | 'address' | 'journalDir'>;
+  /**
+   * Told each time a settlement is mined, with the users it covered and its block: their cached balances
+   * are stale from then on. Admission does not depend on it (it counts receipts settled after the block
+   * its balance was read at), but it saves a user a refusal.
+   */
+  onSettled?: (users: readonly string[], block: number) => void;
   billingConfig: Readonly<Config['billing']>;
   logger: Logger;
   now?: () => number;
@@ -128,7 +135,9 @@ export interface SettlementCounters {
 
 /** SettlerDeps with every default filled in. */
 export type ResolvedSettlerDeps = SettlerDeps &
-  Required<Pick<SettlerDeps, 'now' | 'pollIntervalMs' | 'maxTxWaitMs' | 'logLookbackBlocks' | 'holder'>>;
+  Required<Pick<SettlerDeps, 'now' | 'pollIntervalMs' | 'maxTxWaitMs' | 'logLookbackBlocks' | 'holder'>> & {
+    settlementSigner: SettlementSigner;
+  };
 
 /** What the steps of a round share with the settler running it. */
 export interface RoundContext {

@@ -30,9 +30,11 @@ export function attestationRoutes(deps: AppDeps): Router {
 
   router.get(['/v1/proxy/signature/:id', '/v1/signature/:id'], async (req, res) => {
     const id = String(req.params.id);
-    const job = JOB_ID_PATTERN.test(id) ? await deps.service.get(id) : undefined;
-    const signature = job?.signature;
-    if (!job || !signature) throw new PixeldError('not_found', `no signature for id ${id}`);
+    if (!JOB_ID_PATTERN.test(id)) throw new PixeldError('not_found', `no signature for id ${id}`);
+    // A billed job's signature is kept with its receipt, which is never deleted; a free job's with its record.
+    const receipt = await deps.billing.getReceipt(id);
+    const signature = receipt?.signature ? { ...receipt.signature, receipt: receipt.receipt } : (await deps.service.get(id))?.signature;
+    if (!signature) throw new PixeldError('not_found', `no signature for id ${id}`);
     res.json(signatureBody(signature));
   });
 

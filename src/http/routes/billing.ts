@@ -30,9 +30,10 @@ export function billingRoutes(deps: AppDeps): Router {
       job_id: receipt.jobId,
       state: receipt.state,
       receipt: receipt.receipt,
-      // An API-key caller's receipt (`offchain`: its router bills it) names no address: it has no on-chain leaf.
+      // An API-key caller's receipt (`offchain`: its router bills it) names no address: it has no on-chain
+      // leaf; nor has a v1 receipt (no sequence number), which is never settled.
       leaf:
-        receipt.state === 'offchain'
+        receipt.state === 'offchain' || receipt.receipt.version === 1
           ? null
           : {
               fields: LEAF_FIELDS,

@@ -3,7 +3,16 @@ import { isAddress } from 'ethers';
 import { receiptLeaf } from '../../billing/leaf.js';
 import type { JobSignature } from '../../tee/receipt.js';
 import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
-import { InsufficientBalanceError, type ClaimedJob, type InterruptedJobPolicy, type JobStore, type NewJob, type Reservation } from '../store.js';
+import {
+  InsufficientBalanceError,
+  type ClaimedJob,
+  type InterruptedJobPolicy,
+  type JobStore,
+  type NewJob,
+  type ReceiptSigning,
+  type Reservation,
+} from '../store.js';
+import { seqKey } from './database.js';
 
 /**
  * Jobs in the embedded SQLite database. Rows hold metadata only; image bytes live as files
@@ -167,11 +176,17 @@ export function sqliteJobStore(db: Database.Database): JobStore {
        ORDER BY finished_ms DESC LIMIT ?`,
     ),
     insertReceipt: db.prepare(
-      `INSERT OR IGNORE INTO receipts (job_id, user, provider, fee_wei, images, created, leaf, receipt, state)
-       VALUES (@job_id, @user, @provider, @fee_wei, @images, @created, @leaf, @receipt, @state)`,
+      `INSERT OR IGNORE INTO receipts (job_id, user, provider, fee_wei, images, created, seq, leaf, receipt, signature, state)
+       VALUES (@job_id, @user, @provider, @fee_wei, @images, @created, @seq, @leaf, @receipt, @signature, @state)`,
     ),
-    owedFees: db.prepare<[string], { fee_wei: string }>(
-      "SELECT fee_wei FROM receipts WHERE user = ? AND state IN ('unsettled', 'in_flight')",
+    lastSeq: db.prepare<[string], { last_seq: string }>('SELECT last_seq FROM receipt_sequences WHERE user = ?'),
+    setSeq: db.prepare<[string, string]>(
+      `INSERT INTO receipt_sequences (user, last_seq) VALUES (?, ?)
+       ON CONFLICT (user) DO UPDATE SET last_seq = excluded.last_seq`,
+    ),
+    owedFees: db.prepare<[string, number], { fee_wei: string }>(
+      `SELECT fee_wei FROM receipts WHERE user = ?
+         AND (state IN ('unsettled', 'in_flight') OR (state IN ('settled', 'partial') AND settled_block > ?))`,
     ),
     reservedBy: db.prepare<[string], { n: number; price: string }>(
       `SELECT json_extract(params, '$.n') AS n, price_per_image_wei AS price FROM jobs
@@ -188,7 +203,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     }
     if (reservation !== undefined) {
       let committed = 0n;
-      for (const r of stmt.owedFees.all(job.owner)) committed += BigInt(r.fee_wei);
+      // Settled after the balance's block: paid from money the balance still shows (ZeroGAuthenticator always
+      // reads at a definite block; a balance without one is taken as current).
+      for (const r of stmt.owedFees.all(job.owner, reservation.balanceBlock ?? Number.MAX_SAFE_INTEGER)) committed += BigInt(r.fee_wei);
       for (const r of stmt.reservedBy.all(job.owner)) committed += BigInt(r.n) * BigInt(r.price);
       const needed = BigInt(job.params.n) * job.pricePerImageWei;
       const available = reservation.budgetWei - committed;
@@ -215,10 +232,18 @@ export function sqliteJobStore(db: Database.Database): JobStore {
   });
 
   const complete = db.transaction(
-    (id: string, leaseToken: string, result: JobResult, signature: JobSignature, nowMs: number, expiresMs: number) => {
+    (id: string, leaseToken: string, result: JobResult, signing: ReceiptSigning, nowMs: number, expiresMs: number) => {
+    const row = stmt.get.get(id);
+    // Not signed at all when the lease is gone (cancelled, or re-leased to another attempt).
+    if (row?.status !== 'processing' || row.lease_token !== leaseToken) return false;
+    const owner = row.owner;
+    const last = BigInt(stmt.lastSeq.get(owner)?.last_seq ?? '0');
+    const seq = (last > signing.seqFloor ? last : signing.seqFloor) + 1n;
+    const signature = signing.sign(seq);
     const changed =
       stmt.complete.run(JSON.stringify(result), JSON.stringify(signature), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
     if (changed) {
+      stmt.setSeq.run(owner, seq.toString());
       stmt.dropRefs.run(id, 'input');
       for (const image of result.images) stmt.insertRef.run(id, image.sha256, 'output');
       // The receipt is written with the completion, or not at all (billing.md): delivered images only.
@@ -231,8 +256,10 @@ export function sqliteJobStore(db: Database.Database): JobStore {
           fee_wei: r.fee_wei,
           images: r.images,
           created: r.created,
+          seq: seqKey(seq),
           leaf: JSON.stringify(receiptLeaf(r)),
           receipt: JSON.stringify(r),
+          signature: JSON.stringify({ signingAddress: signature.signingAddress, text: signature.text, signature: signature.signature }),
           state: isAddress(r.user) ? 'unsettled' : 'offchain',
         });
       }
@@ -332,8 +359,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     async extendLease(id, leaseToken, leaseExpiresMs) {
       return stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0;
     },
-    async complete(id, leaseToken, result, signature, nowMs, expiresMs) {
-      return complete(id, leaseToken, result, signature, nowMs, expiresMs);
+    async complete(id, leaseToken, result, signing, nowMs, expiresMs) {
+      return complete(id, leaseToken, result, signing, nowMs, expiresMs);
     },
     async fail(id, leaseToken, error, nowMs, expiresMs) {
       return fail(id, leaseToken, error, nowMs, expiresMs);
