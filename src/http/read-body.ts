@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { PassThrough } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import type { Request, Response } from 'express';
 import multer from 'multer';
 import { PixeldError } from '../errors.js';
@@ -7,7 +8,7 @@ import { removeQuietly, storageError } from '../images/blob-store.js';
 
 /**
  * Reads an image request body exactly once, hashing the raw bytes as they arrive (the TEE signs the
- * request as received, never a re-serialisation). JSON bodies are buffered up to the body limit;
+ * request as received, never a re-serialisation). JSON bodies are held as text, up to the body limit;
  * multipart file parts stream straight to temp files and are never held whole in memory.
  */
 
@@ -47,7 +48,10 @@ export async function readImageRequestBody(req: Request, res: Response, limits: 
 
 async function readJson(req: Request, limits: BodyLimits): Promise<RequestBody> {
   const hash = createHash('sha256');
-  const chunks: Buffer[] = [];
+  // Each chunk is decoded as it arrives and let go: the body is held once, as text, not also as the
+  // chunks and their concatenation. The decoder carries a character split across two chunks.
+  const decoder = new StringDecoder('utf8');
+  let text = '';
   let bytes = 0;
   try {
     for await (const chunk of req) {
@@ -55,14 +59,14 @@ async function readJson(req: Request, limits: BodyLimits): Promise<RequestBody> 
       bytes += buf.length;
       if (bytes > limits.maxBodyBytes) throw tooLarge(limits.maxBodyBytes);
       hash.update(buf);
-      chunks.push(buf);
+      text += decoder.write(buf);
     }
   } catch (err) {
     if (err instanceof PixeldError) throw err;
     throw new PixeldError('invalid_json', 'the request body ended before it was complete', { cause: err });
   }
   if (!req.complete) throw new PixeldError('invalid_json', 'the request body ended before it was complete');
-  const text = Buffer.concat(chunks, bytes).toString('utf8');
+  text += decoder.end();
   let value: unknown;
   try {
     value = JSON.parse(text);
