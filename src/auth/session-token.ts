@@ -1,4 +1,4 @@
-import { getAddress, getBytes, hashMessage, keccak256, recoverAddress, toUtf8Bytes } from 'ethers';
+import { getAddress, getBytes, hashMessage, isAddress, keccak256, recoverAddress, toUtf8Bytes } from 'ethers';
 
 /**
  * 0G session tokens (0g-provider-protocol.md §2): `Bearer app-sk-<base64(rawToken + "|" + sigHex)>`, where
@@ -57,6 +57,8 @@ function readFields(value: unknown): SessionToken {
   if (!/^0x[0-9a-fA-F]{40}$/.test(address) || !/^0x[0-9a-fA-F]{40}$/.test(provider)) {
     throw new SessionTokenError('session token lacks a valid address or provider');
   }
+  // Mixed case is an EIP-55 checksum, and a wrong one means a mistyped address (ethers' getAddress throws on it).
+  if (!isAddress(address)) throw new SessionTokenError('session token address has a wrong EIP-55 checksum');
   const num = (key: string): number => {
     const n = v[key];
     if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) throw new SessionTokenError(`session token field ${key} is invalid`);

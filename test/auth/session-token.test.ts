@@ -1,6 +1,7 @@
-import { Wallet } from 'ethers';
+import { isAddress, Wallet } from 'ethers';
 import { describe, expect, it } from 'vitest';
 import { checkSessionToken, parseSessionToken, SessionTokenError } from '../../src/auth/session-token.js';
+import { startTestDaemon } from '../helpers/daemon.js';
 import { makeSessionToken } from '../helpers/session-token.js';
 
 const user = new Wallet(Wallet.createRandom().privateKey);
@@ -44,9 +45,51 @@ describe('0G session tokens without the chain', () => {
     expect(() => check(forged)).toThrow(/does not match its address/);
   });
 
+  it('refuses a token whose mixed-case address has a wrong EIP-55 checksum as a bad token, not an internal error', async () => {
+    const token = await makeSessionToken(user, { provider: PROVIDER, address: withWrongChecksum(user.address) });
+    expect(() => check(token)).toThrow(SessionTokenError);
+    expect(() => check(token)).toThrow(/checksum/);
+    // All lower case carries no checksum, and is the same address.
+    expect(check(await makeSessionToken(user, { provider: PROVIDER, address: user.address.toLowerCase() }))).toBe(user.address);
+  });
+
   it('refuses malformed tokens', () => {
     for (const bad of ['app-sk-', 'app-sk-!!!', `app-sk-${Buffer.from('{"a":1}').toString('base64')}`, `app-sk-${Buffer.from('not json|0x' + 'ab'.repeat(65)).toString('base64')}`]) {
       expect(() => check(bad)).toThrow(SessionTokenError);
     }
   });
 });
+
+describe('0G session tokens over HTTP', () => {
+  it('answers a token whose address has a wrong EIP-55 checksum with 401 invalid_api_key, not 500', async () => {
+    // The token is refused before the chain is asked, so an RPC nobody answers is enough.
+    const d = await startTestDaemon({
+      config: {
+        auth: { mode: ['0g'] },
+        chain: { rpcUrl: 'http://127.0.0.1:9', chainId: 31337, servingAddress: PROVIDER, rpcTimeoutMs: 1_000 },
+        provider: { address: PROVIDER },
+      },
+    });
+    try {
+      const token = await makeSessionToken(user, { provider: PROVIDER, address: withWrongChecksum(user.address) });
+      const res = await fetch(`${d.url}/v1/async/images/generations`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ prompt: 'p' }),
+      });
+      expect(res.status).toBe(401);
+      expect(((await res.json()) as { error: unknown }).error).toMatchObject({ code: 'invalid_api_key', type: 'authentication_error' });
+    } finally {
+      await d.close();
+    }
+  });
+});
+
+/** The address with one letter's case flipped: still mixed case, so read as a (now wrong) EIP-55 checksum. */
+function withWrongChecksum(address: string): string {
+  const at = 2 + address.slice(2).search(/[a-fA-F]/);
+  const letter = address[at]!;
+  const flipped = `${address.slice(0, at)}${letter === letter.toUpperCase() ? letter.toLowerCase() : letter.toUpperCase()}${address.slice(at + 1)}`;
+  expect(isAddress(flipped)).toBe(false);
+  return flipped;
+}
