@@ -76,6 +76,11 @@ describe('loadConfig: defaults', () => {
     expect(config.server.maxBodyBytes).toBe(100 * 1024 * 1024);
   });
 
+  it('refuses job records kept for less time than their results: a signature must outlive its images', () => {
+    const file = write('short.yaml', `${MODEL_YAML}\njobs:\n  resultTtlMs: 3600000\n  recordRetentionMs: 60000\n`);
+    expect(configError({ configPath: file }).message).toMatch(/jobs\.recordRetentionMs: must be at least jobs\.resultTtlMs \(3600000\)/);
+  });
+
   it('returns a frozen config', () => {
     const { config } = load();
     expect(Object.isFrozen(config)).toBe(true);

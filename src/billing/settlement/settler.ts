@@ -1,10 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import { formatEther } from 'ethers';
+import { formatEther, isAddress } from 'ethers';
 import { PixeldError } from '../../errors.js';
 import type { BatchItem } from '../store.js';
 import { applyMinedBatch, recordFailure, userSettlement } from './apply-results.js';
 import { SettlementJournal } from '../../tee/settlement-journal.js';
 import { SettlementSigner } from '../../tee/settlement-signer.js';
+import { readAccounts } from './chain-reads.js';
 import { buildItems, groupReceipts, settlementDomain } from './prepare-round.js';
 import { reconcileBatch, resolveByItemNonces } from './reconcile.js';
 import { reconcilePaidReceipts } from './reconcile-paid.js';
@@ -102,12 +103,25 @@ export class Settler {
       const open = await this.deps.billing.openBatches();
       out.batches = open.length;
       for (const batch of open) out.users.push(...(await reconcileBatch(ctx, batch, { maxWaitMs: options.maxWaitMs ?? 0 })));
+      await this.observeChainNonces();
       return out;
     });
     if (result.outcome === 'interrupted') {
       this.deps.logger.warn('settlement: reconciliation ended early; the next round continues it', { error: result.error });
     }
     return result;
+  }
+
+  /**
+   * Raises the TEE journal's floor to each owing user's on-chain nonce, so that receipts completed from
+   * now on are numbered above it even when the database (or, outside tdx mode, the journal with it) was
+   * restored from an older copy: otherwise they would be numbered below a nonce already used, and void.
+   */
+  private async observeChainNonces(): Promise<void> {
+    const users = (await this.deps.billing.usersWithUnsettled()).map((u) => u.user).filter((u) => isAddress(u));
+    if (users.length === 0) return;
+    const accounts = await readAccounts(this.deps.chain, this.deps.providerAddress, users);
+    for (const [user, account] of accounts) this.deps.settlementSigner.journal.observeChainNonce(user, account.nonce);
   }
 
   /** Ends a running round at its next step (what it sent stays recorded for the next one) and waits for it. */
