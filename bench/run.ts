@@ -1,6 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { completionCommitScenario } from './scenarios/completion-commit.js';
 import { memoryScenario } from './scenarios/memory.js';
 import { pollThroughputScenario } from './scenarios/poll-throughput.js';
 import { saturationScenario } from './scenarios/saturation.js';
@@ -21,6 +22,7 @@ const SCENARIOS: BenchScenario[] = [
   pollThroughputScenario,
   memoryScenario,
   signingScenario,
+  completionCommitScenario,
   settlementScenario,
 ];
 

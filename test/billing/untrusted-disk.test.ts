@@ -17,6 +17,7 @@ import {
   standaloneSettler,
   startBillingDaemon,
   type BillingChain,
+  type BillingDaemonOptions,
 } from './fixture.js';
 
 /**
@@ -48,7 +49,7 @@ afterEach(async () => {
   await c.anvil.revert(snapshot);
 });
 
-async function daemon(dataDir?: string, config?: Parameters<typeof startBillingDaemon>[1]['config']): Promise<TestDaemon> {
+async function daemon(dataDir?: string, config?: BillingDaemonOptions['config']): Promise<TestDaemon> {
   const d = await startBillingDaemon(c, { dataDir, config });
   cleanups.push(() => d.close());
   if (dataDir === undefined) cleanups.push(() => rmSync(d.dataDir, { recursive: true, force: true }));
@@ -59,7 +60,9 @@ async function daemon(dataDir?: string, config?: Parameters<typeof startBillingD
 function operatorDb(d: TestDaemon): Database.Database {
   const db = new Database(path.join(d.dataDir, 'pixeld.sqlite'));
   db.pragma('busy_timeout = 5000');
-  cleanups.push(() => db.close());
+  cleanups.push(() => {
+    db.close();
+  });
   return db;
 }
 
