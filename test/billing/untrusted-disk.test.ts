@@ -149,6 +149,45 @@ describe('settlement against an operator who edits the disk', () => {
     expect((await settlementEventsFor(c, user.address)).map((e) => e.status)).toEqual([0, 0]);
   });
 
+  it('does not sign settled receipts again when, besides the database, the RPC node understates the nonce', async () => {
+    const d = await daemon();
+    const [user] = (await fundedUsers(c, 1)) as [Wallet];
+    const jobs = [await completedJob(d, c, user, 1), await completedJob(d, c, user, 1)];
+    const blockBefore = await c.anvil.provider.getBlockNumber();
+    const first = await d.daemon.settler!.runRound();
+    expect(first.users).toMatchObject([{ outcome: 'settled', nonce: 2n }]);
+    operatorDb(d)
+      .prepare(`UPDATE receipts SET state = 'unsettled', batch_id = NULL, root = NULL, proof = NULL, settled_tx = NULL WHERE user = ?`)
+      .run(user.address);
+    // The operator's node answers the account read with the state from before the settlement (nonce 0).
+    const p = await startRpcProxy(c.anvil.rpcUrl);
+    cleanups.push(() => p.close());
+    p.once('eth_call', async (call) => {
+      const [tx] = call.params as [unknown];
+      const res = await fetch(c.anvil.rpcUrl, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'eth_call', params: [tx, `0x${blockBefore.toString(16)}`] }),
+      });
+      return { lagging: ((await res.json()) as { result: unknown }).result };
+    });
+    const s = standaloneSettler(d, c, p.url);
+    cleanups.push(() => s.close());
+
+    const second = await s.settler.runRound();
+
+    // The TEE journal knows nonce 2 was signed: the only item it offers is that same one, which the chain
+    // (asked by the preview) refuses as used; nothing is signed or sent over receipts 1 and 2 again.
+    expect(second.transactions).toEqual([]);
+    expect(second.users).toMatchObject([{ user: user.address, outcome: 'dropped', status: 'INVALID_NONCE', nonce: 2n }]);
+    expect(await settlementEventsFor(c, user.address)).toHaveLength(1);
+    // Read honestly, the chain shows them paid: settled again with their transaction, still charged once.
+    const third = await d.daemon.settler!.runRound();
+    expect(third.transactions).toEqual([]);
+    for (const jobId of jobs) expect(await d.daemon.billing.getReceipt(jobId)).toMatchObject({ state: 'settled', settledTx: first.transactions[0] });
+    expect(await chargedOnChain(user)).toBe(2n * PRICE);
+  });
+
   it('charges once when the data dir is restored from a copy taken before a settlement', async () => {
     const d = await daemon();
     const [user] = (await fundedUsers(c, 1)) as [Wallet];
