@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { TokenBuckets } from '../auth/token-buckets.js';
 import { PixeldError } from '../errors.js';
 import type { Logger } from '../obs/logger.js';
 import { canonicalJson } from './canonical-json.js';
@@ -64,6 +65,20 @@ export function legacyReportData(address: string): Buffer {
 
 const NONCE = /^[0-9a-fA-F]{64}$/;
 
+/** How long a fresh report is served again to whoever asks with the same nonce. */
+export const SAME_NONCE_REUSE_MS = 60_000;
+
+/**
+ * The fresh reports one client may have of `freshReportsPerMinute`: a quarter, at least one. No one client
+ * can then use up the quoting device's allowance for everyone.
+ */
+function freshReportsPerClientPerMinute(freshReportsPerMinute: number): number {
+  return Math.max(1, Math.floor(freshReportsPerMinute / 4));
+}
+
+/** The key of the allowance all clients share. */
+const EVERYONE = '';
+
 export interface AttestationServiceDeps {
   key: TeeKeyProvider;
   providerAddress: string;
@@ -78,18 +93,27 @@ export class AttestationService {
   readonly binding: AttestationBinding;
   private cached: { atMs: number; report: Promise<AttestationReport> } | undefined;
   private legacy: Promise<{ body: string; signature: string }> | undefined;
-  /** Token bucket for fresh (nonce) reports: quoting takes seconds and the kernel serialises it. */
-  private tokens: number;
-  private refilledAtMs: number;
+  /**
+   * Fresh (nonce) reports: quoting takes seconds and the kernel serialises it, so all clients together get
+   * `freshReportsPerMinute` and each one a share of it.
+   */
+  private readonly freshForEveryone: TokenBuckets;
+  private readonly freshPerClient: TokenBuckets;
+  /** Fresh reports by nonce (lower-case hex), oldest first, for SAME_NONCE_REUSE_MS. */
+  private readonly byNonce = new Map<string, { atMs: number; report: Promise<AttestationReport> }>();
 
   constructor(private readonly deps: AttestationServiceDeps) {
     this.binding = bindingOf(deps.key, deps.providerAddress, deps.modelIds);
-    this.tokens = deps.freshReportsPerMinute;
-    this.refilledAtMs = deps.now();
+    this.freshForEveryone = new TokenBuckets(deps.freshReportsPerMinute, deps.now);
+    this.freshPerClient = new TokenBuckets(freshReportsPerClientPerMinute(deps.freshReportsPerMinute), deps.now);
   }
 
-  /** With a nonce: a fresh quote, rate-limited. Without: the cached report (report_data ends in zeros). */
-  async report(nonceHex: string | undefined): Promise<AttestationReport> {
+  /**
+   * With a nonce: a fresh quote, within the client's and everyone's allowance; the same nonce again within
+   * SAME_NONCE_REUSE_MS gets the same report, at no cost. Without: the cached report (report_data ends in
+   * zeros). `client` names whose allowance a fresh quote spends (see clientKeyOf).
+   */
+  async report(nonceHex: string | undefined, client: string): Promise<AttestationReport> {
     if (nonceHex === undefined) {
       const { now, cachedReportTtlMs } = this.deps;
       if (!this.cached || now() - this.cached.atMs >= cachedReportTtlMs) {
@@ -104,8 +128,18 @@ export class AttestationService {
     if (!NONCE.test(nonceHex)) {
       throw new PixeldError('invalid_request', 'nonce must be 64 hex characters (32 bytes)', { param: 'nonce' });
     }
-    this.takeToken();
-    return this.build(Buffer.from(nonceHex, 'hex'));
+    const nonce = nonceHex.toLowerCase();
+    const nowMs = this.deps.now();
+    this.forgetOldNonces(nowMs);
+    const reused = this.byNonce.get(nonce);
+    if (reused) return reused.report;
+    this.takeFreshToken(client);
+    const report = this.build(Buffer.from(nonce, 'hex'));
+    this.byNonce.set(nonce, { atMs: nowMs, report });
+    report.catch(() => {
+      if (this.byNonce.get(nonce)?.report === report) this.byNonce.delete(nonce);
+    });
+    return report;
   }
 
   /** `GET /v1/quote`: the hex quote over the padded signer address, and its ZG-Quote-Signature. */
@@ -162,18 +196,28 @@ export class AttestationService {
     }
   }
 
-  private takeToken(): void {
-    const { now, freshReportsPerMinute } = this.deps;
-    const perMs = freshReportsPerMinute / 60_000;
-    const t = now();
-    this.tokens = Math.min(freshReportsPerMinute, this.tokens + (t - this.refilledAtMs) * perMs);
-    this.refilledAtMs = t;
-    if (this.tokens < 1) {
-      throw new PixeldError('rate_limit_exceeded', `at most ${freshReportsPerMinute} fresh attestation reports a minute; try again shortly`, {
-        retryAfterSeconds: Math.max(1, Math.ceil((1 - this.tokens) / perMs / 1000)),
+  /** Takes one fresh report from the client's and from everyone's allowance, or throws 429 taking neither. */
+  private takeFreshToken(client: string): void {
+    if (this.freshPerClient.tokens(client) < 1) {
+      throw new PixeldError('rate_limit_exceeded', `at most ${this.freshPerClient.perMinute} fresh attestation reports a minute per client; try again shortly`, {
+        retryAfterSeconds: this.freshPerClient.secondsUntil(client, 1),
       });
     }
-    this.tokens -= 1;
+    if (this.freshForEveryone.tokens(EVERYONE) < 1) {
+      throw new PixeldError('rate_limit_exceeded', `at most ${this.freshForEveryone.perMinute} fresh attestation reports a minute; try again shortly`, {
+        retryAfterSeconds: this.freshForEveryone.secondsUntil(EVERYONE, 1),
+      });
+    }
+    this.freshPerClient.take(client, 1);
+    this.freshForEveryone.take(EVERYONE, 1);
+  }
+
+  /** Every entry was made with a token, so there are never more than a window's worth of them. */
+  private forgetOldNonces(nowMs: number): void {
+    for (const [nonce, entry] of this.byNonce) {
+      if (nowMs - entry.atMs < SAME_NONCE_REUSE_MS) break;
+      this.byNonce.delete(nonce);
+    }
   }
 }
 

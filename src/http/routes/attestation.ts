@@ -3,6 +3,7 @@ import { PixeldError } from '../../errors.js';
 import { JOB_ID_PATTERN, type Job } from '../../jobs/model.js';
 import type { JobSignature } from '../../tee/receipt.js';
 import type { AppDeps } from '../app.js';
+import { clientKeyOf } from '../client-address.js';
 
 /**
  * What lets a router or user trust the bytes: the attestation report binding the signing key, 0G's legacy
@@ -17,7 +18,7 @@ export function attestationRoutes(deps: AppDeps): Router {
     if (nonce !== undefined && typeof nonce !== 'string') {
       throw new PixeldError('invalid_request', 'nonce must be given once, as 64 hex characters', { param: 'nonce' });
     }
-    const report = await deps.attestation.report(nonce);
+    const report = await deps.attestation.report(nonce, clientKeyOf(req.ip));
     res.setHeader('Cache-Control', nonce === undefined ? 'public, max-age=60' : 'no-store');
     res.json(report);
   });
