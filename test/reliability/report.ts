@@ -176,6 +176,17 @@ ${table(['measure', 'this run', 'target', 'result'], rows)}
 
 ${table(['check', 'this run', 'target', 'result'], secRows)}
 
+## Money records against an operator with the disk
+
+In \`tdx\` mode the operator who is paid can edit the data dir and choose the RPC node. What it can and cannot do
+is in the README's trust table; \`npm test\` checks it on anvil (test/billing/untrusted-disk.test.ts, settlement.test.ts):
+fees inflated in the receipt columns, a receipt's signed text edited, settled receipts flipped back to unsettled, the
+data dir restored from a copy taken before a settlement, a node that understates the nonce, a node lagging behind
+the block where the wallet nonce was seen used — in each case the amount charged on chain is the sum of the fees the
+TEE signed, each receipt once; a balance that only partly covers the receipts settles whole receipts and keeps the
+rest owed (never a PARTIAL); right after a settlement the money just paid cannot be reserved again. SQLite runs with
+\`synchronous = FULL\`; its cost is the bench's \`completion commit\` rows.
+
 ## What runs where
 
 - **CI** (\`npm test\`: vitest's default include takes test/reliability/*.test.ts too) runs every scenario at the CI
