@@ -100,19 +100,39 @@ export async function earnings(options: LedgerOptions, io: CommandIo): Promise<n
     const books = openBooks(config);
     try {
       const days = await books.billing.earningsByDay();
-      const rows = [['day (UTC)', 'receipts', 'images', 'settled', 'settled short', 'unsettled', 'off chain']];
-      const total = { receipts: 0, images: 0, settled: 0n, partial: 0n, unsettled: 0n, offchain: 0n };
+      const rows = [['day (UTC)', 'receipts', 'images', 'settled', 'settled short', 'unsettled', 'off chain', 'never charged']];
+      const total = { receipts: 0, images: 0, settled: 0n, partial: 0n, unsettled: 0n, offchain: 0n, unbillable: 0n };
       for (const d of days) {
-        rows.push([d.day, String(d.receipts), String(d.images), zeroG(d.settledWei), zeroG(d.partialWei), zeroG(d.unsettledWei), zeroG(d.offchainWei)]);
+        rows.push([
+          d.day,
+          String(d.receipts),
+          String(d.images),
+          zeroG(d.settledWei),
+          zeroG(d.partialWei),
+          zeroG(d.unsettledWei),
+          zeroG(d.offchainWei),
+          zeroG(d.unbillableWei),
+        ]);
         total.receipts += d.receipts;
         total.images += d.images;
         total.settled += d.settledWei;
         total.partial += d.partialWei;
         total.unsettled += d.unsettledWei;
         total.offchain += d.offchainWei;
+        total.unbillable += d.unbillableWei;
       }
-      rows.push(['total', String(total.receipts), String(total.images), zeroG(total.settled), zeroG(total.partial), zeroG(total.unsettled), zeroG(total.offchain)]);
+      rows.push([
+        'total',
+        String(total.receipts),
+        String(total.images),
+        zeroG(total.settled),
+        zeroG(total.partial),
+        zeroG(total.unsettled),
+        zeroG(total.offchain),
+        zeroG(total.unbillable),
+      ]);
       io.stdout('fees in 0G; "settled short" are receipts of a PARTIAL settlement: only what the balance covered was paid');
+      io.stdout('"never charged": receipts that fail verification (invalid) or fall at or below a settled nonce (void): see pixeld settle\'s log');
       for (const line of table(rows)) io.stdout(line);
       return EXIT_OK;
     } finally {

@@ -65,7 +65,7 @@ describe('pixeld earnings', () => {
     expect(await earnings({ configPath: configFile }, io)).toBe(0);
     const today = new Date().toISOString().slice(0, 10);
     const day = out.find((l) => l.startsWith(today))!.split(/\s+/);
-    expect(day).toEqual([today, '2', '5', formatEther(2n * PRICE), '0.0', formatEther(3n * PRICE), '0.0']);
+    expect(day).toEqual([today, '2', '5', formatEther(2n * PRICE), '0.0', formatEther(3n * PRICE), '0.0', '0.0']);
     expect(out.at(-1)!.split(/\s+/).slice(0, 3)).toEqual(['total', '2', '5']);
   });
 });
