@@ -201,6 +201,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     modelIds: config.models.map((m) => m.id),
     cachedReportTtlMs: config.tee.cachedReportTtlMs,
     freshReportsPerMinute: config.tee.freshReportsPerMinute,
+    freshReportsPerClientPerMinute: config.tee.freshReportsPerClientPerMinute,
     logger,
     now,
   });

@@ -252,6 +252,8 @@ export const configSchema = z
           .prefault({}),
         /** Reports with a caller's nonce need a fresh quote (seconds each, serialised by the kernel). */
         freshReportsPerMinute: z.number().int().min(1).default(30),
+        /** Fresh reports per client (IP address, IPv6 /64) a minute; unset: a quarter of freshReportsPerMinute. */
+        freshReportsPerClientPerMinute: z.number().int().min(1).optional(),
         /** How long the nonce-less report is reused. */
         cachedReportTtlMs: z.number().int().min(1000).default(10 * 60_000),
       })

@@ -68,14 +68,6 @@ const NONCE = /^[0-9a-fA-F]{64}$/;
 /** How long a fresh report is served again to whoever asks with the same nonce. */
 export const SAME_NONCE_REUSE_MS = 60_000;
 
-/**
- * The fresh reports one client may have of `freshReportsPerMinute`: a quarter, at least one. No one client
- * can then use up the quoting device's allowance for everyone.
- */
-function freshReportsPerClientPerMinute(freshReportsPerMinute: number): number {
-  return Math.max(1, Math.floor(freshReportsPerMinute / 4));
-}
-
 /** The key of the allowance all clients share. */
 const EVERYONE = '';
 
@@ -85,6 +77,11 @@ export interface AttestationServiceDeps {
   modelIds: readonly string[];
   cachedReportTtlMs: number;
   freshReportsPerMinute: number;
+  /**
+   * The fresh reports one client may have a minute, so that no one client can use up the quoting device's
+   * allowance for everyone. @default a quarter of freshReportsPerMinute, at least 1
+   */
+  freshReportsPerClientPerMinute?: number;
   logger: Logger;
   now: () => number;
 }
@@ -105,7 +102,8 @@ export class AttestationService {
   constructor(private readonly deps: AttestationServiceDeps) {
     this.binding = bindingOf(deps.key, deps.providerAddress, deps.modelIds);
     this.freshForEveryone = new TokenBuckets(deps.freshReportsPerMinute, deps.now);
-    this.freshPerClient = new TokenBuckets(freshReportsPerClientPerMinute(deps.freshReportsPerMinute), deps.now);
+    const perClient = deps.freshReportsPerClientPerMinute ?? Math.max(1, Math.floor(deps.freshReportsPerMinute / 4));
+    this.freshPerClient = new TokenBuckets(Math.min(perClient, deps.freshReportsPerMinute), deps.now);
   }
 
   /**

@@ -37,8 +37,9 @@ function countingTee() {
   return tee;
 }
 
-function service(freshReportsPerMinute: number, tee = countingTee(), now = () => 0) {
+function service(freshReportsPerMinute: number, tee = countingTee(), now = () => 0, freshReportsPerClientPerMinute?: number) {
   return new AttestationService({
+    freshReportsPerClientPerMinute,
     key: tee as unknown as TeeKeyProvider,
     providerAddress: '0x1111111111111111111111111111111111111111',
     modelIds: ['m'],
@@ -69,6 +70,12 @@ describe('fresh attestation reports', () => {
     expect(refused.code).toBe('rate_limit_exceeded');
     expect(refused.retryAfterSeconds).toBeGreaterThanOrEqual(1);
     expect((await attestation.report(nonce(4), 'bob')).request_nonce).toBe(nonce(4));
+  });
+
+  it('gives each client tee.freshReportsPerClientPerMinute when it is set', async () => {
+    const attestation = service(30, countingTee(), () => 0, 3);
+    for (let i = 0; i < 3; i += 1) await attestation.report(nonce(i), 'alice');
+    expect((await refusal(attestation.report(nonce(3), 'alice'))).message).toMatch(/at most 3 fresh attestation reports a minute per client/);
   });
 
   it('all clients together still get no more than freshReportsPerMinute', async () => {
