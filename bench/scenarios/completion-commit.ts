@@ -3,10 +3,9 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import { Wallet } from 'ethers';
-import { newJobId } from '../../src/jobs/model.js';
 import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
 import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
-import { signJob } from '../../src/tee/receipt.js';
+import { completedJob } from '../completed-job.js';
 import { percentile, type BenchRow, type BenchScenario } from '../table.js';
 
 const JOBS = 300;
@@ -34,34 +33,20 @@ export const completionCommitScenario: BenchScenario = {
         const store = sqliteJobStore(db);
         const samples: number[] = [];
         for (let i = 0; i < JOBS; i += 1) {
-          const id = newJobId();
-          await store.create(
-            {
-              id,
-              owner: USER,
-              kind: 'generation',
-              delivery: 'async',
-              model: 'm',
-              backendId: 'b',
-              params: { prompt: 'p', n: 1, size: '64x64', quality: 'high', responseFormat: 'b64_json', outputFormat: 'png', outputCompression: undefined, background: 'auto', seed: i, negativePrompt: undefined, numInferenceSteps: undefined, guidanceScale: undefined, user: undefined },
-              inputs: [],
-              requestSha256: i.toString(16).padStart(64, '0'),
-              pricePerImageWei: 10n ** 15n,
-              fingerprint: '0'.repeat(64),
-              idempotencyKey: undefined,
-              baseUrl: 'http://bench',
-              createdMs: Date.now(),
+          await completedJob({
+            store,
+            tee,
+            provider: key.address,
+            user: USER,
+            pricePerImageWei: 10n ** 15n,
+            index: i,
+            onComplete: async (complete) => {
+              const started = performance.now();
+              const done = await complete();
+              samples.push(performance.now() - started);
+              return done;
             },
-            0,
-          );
-          const claimed = (await store.claimNext('b', Date.now(), 60_000))!;
-          const imageSha = (i + 1).toString(16).padStart(64, '0');
-          const result = { created: 1_800_000_000, images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };
-          const sign = (seq: bigint) =>
-            signJob(tee, { seq, provider: key.address, job: id, model: 'm', user: USER, requestSha256: claimed.requestSha256, imageSha256: [imageSha], pricePerImageWei: 10n ** 15n, feeWei: 10n ** 15n, created: 1_800_000_000 });
-          const started = performance.now();
-          await store.complete(id, claimed.leaseToken, result, { seqFloor: 0n, sign }, Date.now(), Date.now() + 3_600_000);
-          samples.push(performance.now() - started);
+          });
         }
         await store.close();
         samples.sort((a, b) => a - b);

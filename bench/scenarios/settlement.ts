@@ -7,13 +7,12 @@ import { Settler } from '../../src/billing/settlement/settler.js';
 import { sqliteBillingStore } from '../../src/billing/sqlite-billing-store.js';
 import { createChainClient } from '../../src/chain/serving-contract.js';
 import { configSchema } from '../../src/config/schema.js';
-import { newJobId } from '../../src/jobs/model.js';
 import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
 import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
 import { silentLogger } from '../../src/obs/logger.js';
 import type { TeeKeyProvider } from '../../src/tee/key-provider.js';
-import { signJob } from '../../src/tee/receipt.js';
 import { createFundedAccount, deployInferenceServing, registerAcknowledgedService, startAnvil } from '../../test/chain/anvil.js';
+import { completedJob } from '../completed-job.js';
 import type { BenchRow, BenchScenario } from '../table.js';
 
 const USERS = 200;
@@ -55,43 +54,7 @@ export const settlementScenario: BenchScenario = {
         quote: async () => undefined,
       };
       for (let i = 0; i < RECEIPTS; i += 1) {
-        const user = users[i % USERS]!.address;
-        const id = newJobId();
-        await jobs.create(
-          {
-            id,
-            owner: user,
-            kind: 'generation',
-            delivery: 'async',
-            model: 'm',
-            backendId: 'b',
-            params: { prompt: 'p', n: 1, size: '64x64', quality: 'high', responseFormat: 'b64_json', outputFormat: 'png', outputCompression: undefined, background: 'auto', seed: i, negativePrompt: undefined, numInferenceSteps: undefined, guidanceScale: undefined, user: undefined },
-            inputs: [],
-            requestSha256: i.toString(16).padStart(64, '0'),
-            pricePerImageWei: PRICE,
-            fingerprint: '0'.repeat(64),
-            idempotencyKey: undefined,
-            baseUrl: 'http://bench',
-            createdMs: Date.now(),
-          },
-          0,
-        );
-        const claimed = (await jobs.claimNext('b', Date.now(), 60_000))!;
-        const imageSha = (i + 1).toString(16).padStart(64, '0');
-        const sign = (seq: bigint) => signJob(tee, {
-          seq,
-          provider: provider.address,
-          job: id,
-          model: 'm',
-          user,
-          requestSha256: claimed.requestSha256,
-          imageSha256: [imageSha],
-          pricePerImageWei: PRICE,
-          feeWei: PRICE,
-          created: Math.floor(Date.now() / 1000),
-        });
-        const result = { created: Math.floor(Date.now() / 1000), images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };
-        await jobs.complete(claimed.id, claimed.leaseToken, result, { seqFloor: 0n, sign }, Date.now(), Date.now() + 3_600_000);
+        await completedJob({ store: jobs, tee, provider: provider.address, user: users[i % USERS]!.address, pricePerImageWei: PRICE, index: i });
       }
 
       const chain = createChainClient({ rpcUrl: anvil.rpcUrl, chainId: anvil.chainId, servingAddress: serving.target as string, rpcTimeoutMs: 10_000, freshReads: true });
