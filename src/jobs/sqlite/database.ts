@@ -5,7 +5,8 @@ import Database from 'better-sqlite3';
  * completion and its receipt are written in one transaction.
  */
 
-const MIGRATIONS: string[] = [
+/** Schema version n is the first n of these applied, in order (PRAGMA user_version = n). */
+export const MIGRATIONS: readonly string[] = [
   `CREATE TABLE jobs (
      seq INTEGER PRIMARY KEY AUTOINCREMENT,
      id TEXT NOT NULL UNIQUE,
@@ -120,6 +121,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX receipts_user_state ON receipts (user, state, seq);
    CREATE INDEX receipts_batch ON receipts (batch_id) WHERE batch_id IS NOT NULL;
    CREATE TABLE receipt_sequences (user TEXT PRIMARY KEY, last_seq TEXT NOT NULL);`,
+  // A settlement's nonce is now the highest receipt sequence number it covers, and what the TEE signed is
+  // in its own journal (tee/settlement-journal.ts): the database's record of used nonces has no reader.
+  `DROP TABLE settlement_nonces;`,
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */
