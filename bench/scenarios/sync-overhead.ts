@@ -7,6 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { pipeline } from 'node:stream/promises';
 import { Agent, request, type Dispatcher } from 'undici';
 import { createOpenAIBackend, toGenerationBody } from '../../src/backends/openai.js';
+import { serverHabits } from '../../src/backends/openai-flavors.js';
 import { openaiBackendSchema } from '../../src/config/schema.js';
 import { encodeBase64 } from '../../src/images/base64.js';
 import { BlobStore } from '../../src/images/blob-store.js';
@@ -139,7 +140,7 @@ async function stages(baseUrl: string, origin: string): Promise<Stages> {
   const config = openaiBackendSchema.parse({ id: 'fake', type: 'openai', baseUrl });
   const adapter = createOpenAIBackend(config, { logger: silentLogger() });
   const options = backendCallOptions({ model: MODEL, size: '1024x1024', seed: 7, deadlineMs: Date.now() + 600_000 });
-  const body = JSON.stringify(toGenerationBody(options, config));
+  const body = JSON.stringify(toGenerationBody(options, serverHabits(config)));
   const bare = async () => {
     const res = await request(`${origin}/v1/images/generations`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
     await res.body.arrayBuffer();

@@ -1,17 +1,20 @@
 /**
  * Adapter for OpenAI-compatible image servers: SGLang diffusion, vLLM-Omni, LocalAI and OpenAI itself.
- * One `generate` is one upstream call (`/images/generations` or `/images/edits`); results given as URLs
- * are downloaded at once because backends expire them. The request mapping is kept in pure exported
- * functions so it can be tested without sockets.
+ * One `generate` is one upstream call (`/images/generations`, or the edit route: `/images/edits`, LocalAI's
+ * `/images/inpainting`); results given as URLs are downloaded at once because backends expire them. How
+ * each server differs is its flavor's habits (openai-flavors.ts); whatever a server cannot honour is
+ * reported as a warning. The request mapping is kept in pure exported functions so it can be tested
+ * without sockets.
  */
 import { readFile } from 'node:fs/promises';
 import { Agent, FormData, request } from 'undici';
 import type { Dispatcher } from 'undici';
 import type { OpenAIBackendConfig } from '../config/schema.js';
-import { toWhiteInpaintMask } from '../images/masks.js';
+import { toWhiteInpaintMask, wholeImageWhiteMask } from '../images/masks.js';
 import type { Logger } from '../obs/logger.js';
 import { BackendError, sanitizeUpstreamMessage } from './errors.js';
 import { decodeBase64Image, parseJsonBody, RawJsonString } from './base64-json.js';
+import { serverHabits, type OpenAIServerHabits } from './openai-flavors.js';
 import type { BackendCallOptions, BackendCallResult, BackendWarning, ImageBackend } from './types.js';
 import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, firstHeader, isRecord } from './upstream.js';
 
@@ -40,17 +43,20 @@ export type GenerationBody = Record<string, string | number>;
  */
 export function toGenerationBody(
   options: BackendCallOptions,
-  config: Pick<OpenAIBackendConfig, 'requestB64' | 'sendExtensions'>,
+  habits: Pick<OpenAIServerHabits, 'requestB64' | 'sendExtensions' | 'negativePrompt'>,
 ): GenerationBody {
-  const extensions = config.sendExtensions;
+  const extensions = habits.sendExtensions;
+  const negative = extensions ? options.negativePrompt : undefined;
+  const piped = habits.negativePrompt === 'prompt-pipe' && negative !== undefined;
   const candidate: Record<string, string | number | undefined> = {
     model: options.model,
-    prompt: options.prompt,
+    // LocalAI reads the negative prompt after a `|` in the prompt.
+    prompt: piped ? `${options.prompt}|${negative}` : options.prompt,
     n: options.n,
     size: options.size,
-    response_format: config.requestB64 ? 'b64_json' : undefined,
+    response_format: habits.requestB64 ? 'b64_json' : undefined,
     seed: extensions ? options.seed : undefined,
-    negative_prompt: extensions ? options.negativePrompt : undefined,
+    negative_prompt: piped ? undefined : negative,
     num_inference_steps: extensions ? options.numInferenceSteps : undefined,
     guidance_scale: extensions ? options.guidanceScale : undefined,
     output_format: options.outputFormat,
@@ -72,8 +78,11 @@ export type EditPart =
       path: string;
       filename: string;
       mediaType: string;
-      /** `white-inpaint-mask`: the file is an OpenAI alpha mask to convert before sending. */
-      transform: 'none' | 'white-inpaint-mask';
+      /**
+       * `white-inpaint-mask`: the file is an OpenAI alpha mask to convert before sending;
+       * `whole-image-mask`: a white mask of the file's size is sent instead (edit everything).
+       */
+      transform: 'none' | 'white-inpaint-mask' | 'whole-image-mask';
     };
 
 const EXTENSION_BY_MEDIA_TYPE: Record<string, string> = {
@@ -83,39 +92,54 @@ const EXTENSION_BY_MEDIA_TYPE: Record<string, string> = {
 };
 
 /**
- * Describes the multipart body of `POST /images/edits`. Scalars travel as strings, as the OpenAI SDK sends
- * them; every input image goes under the configured field, repeated, even when there is one.
+ * Describes the multipart body of the edit route. Scalars travel as strings, as the OpenAI SDK sends them;
+ * every input image goes under the configured field, repeated, even when there is one. LocalAI's
+ * inpainting route takes one image and always a mask: without one, the whole image may change (what an
+ * OpenAI edit without a mask means). A server that ignores masks is not sent one.
  */
-export function toEditParts(
-  options: BackendCallOptions,
-  config: Pick<OpenAIBackendConfig, 'requestB64' | 'sendExtensions' | 'editImageField' | 'editMaskField' | 'maskConvention'>,
-): EditPart[] {
-  const parts: EditPart[] = Object.entries(toGenerationBody(options, config)).map(([name, value]) => ({
+export function toEditParts(options: BackendCallOptions, habits: OpenAIServerHabits): EditPart[] {
+  const parts: EditPart[] = Object.entries(toGenerationBody(options, habits)).map(([name, value]) => ({
     kind: 'field',
     name,
     value: String(value),
   }));
-  (options.images ?? []).forEach((image, i) => {
+  const inpainting = habits.editPath === '/images/inpainting';
+  const images = inpainting ? (options.images ?? []).slice(0, 1) : (options.images ?? []);
+  images.forEach((image, i) => {
     parts.push({
       kind: 'file',
-      name: config.editImageField,
+      name: habits.editImageField,
       path: image.path,
       filename: `image-${i}.${EXTENSION_BY_MEDIA_TYPE[image.mediaType] ?? 'png'}`,
       mediaType: image.mediaType,
       transform: 'none',
     });
   });
-  if (options.mask !== undefined) {
-    parts.push({
-      kind: 'file',
-      name: config.editMaskField,
-      path: options.mask.path,
-      filename: 'mask.png',
-      mediaType: 'image/png',
-      transform: config.maskConvention === 'white-inpaint' ? 'white-inpaint-mask' : 'none',
-    });
+  const mask = { kind: 'file' as const, name: habits.editMaskField, filename: 'mask.png', mediaType: 'image/png' };
+  if (options.mask !== undefined && habits.maskConvention !== 'ignored') {
+    parts.push({ ...mask, path: options.mask.path, transform: habits.maskConvention === 'white-inpaint' ? 'white-inpaint-mask' : 'none' });
+  } else if (options.mask === undefined && inpainting && images[0] !== undefined) {
+    parts.push({ ...mask, path: images[0].path, transform: 'whole-image-mask' });
   }
   return parts;
+}
+
+/** What this server cannot do of what the call asks, as warnings for the job (never a silent drop). */
+export function unhonoured(options: BackendCallOptions, habits: OpenAIServerHabits, flavor: string): BackendWarning[] {
+  const warnings: BackendWarning[] = [];
+  if (!habits.sendExtensions) {
+    const asked = { negative_prompt: options.negativePrompt, num_inference_steps: options.numInferenceSteps, guidance_scale: options.guidanceScale };
+    for (const [feature, value] of Object.entries(asked)) {
+      if (value !== undefined) warnings.push({ type: 'unsupported', feature, message: `the ${flavor} server takes no ${feature}; not sent` });
+    }
+  }
+  if (options.mask !== undefined && habits.maskConvention === 'ignored') {
+    warnings.push({ type: 'unsupported', feature: 'mask', message: `the ${flavor} server ignores masks; the whole image may have changed` });
+  }
+  if (habits.editPath === '/images/inpainting' && (options.images?.length ?? 0) > 1) {
+    warnings.push({ type: 'unsupported', feature: 'image', message: `the ${flavor} server edits one image; the first was used, ${options.images!.length - 1} ignored` });
+  }
+  return warnings;
 }
 
 /** Reads the files an edit needs and assembles the form; the only I/O of the edit mapping. */
@@ -127,7 +151,12 @@ export async function buildEditForm(parts: EditPart[]): Promise<FormData> {
       continue;
     }
     const raw = await readFile(part.path);
-    const bytes = part.transform === 'white-inpaint-mask' ? await toWhiteInpaintMask(raw) : raw;
+    const bytes =
+      part.transform === 'white-inpaint-mask'
+        ? await toWhiteInpaintMask(raw)
+        : part.transform === 'whole-image-mask'
+          ? await wholeImageWhiteMask(raw)
+          : raw;
     form.append(part.name, new Blob([new Uint8Array(bytes)], { type: part.mediaType }), part.filename);
   }
   return form;
@@ -246,6 +275,7 @@ export function isModerationBlock(info: UpstreamErrorInfo): boolean {
 
 export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBackendDeps): ImageBackend {
   const now = deps.now ?? Date.now;
+  const habits = serverHabits(config);
   const logger = deps.logger;
   const agent = new Agent(agentOptions(config));
   const baseOrigin = new URL(config.baseUrl).origin;
@@ -399,17 +429,17 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
     const { signal } = options;
     signal.throwIfAborted();
     const isEdit = options.images !== undefined && options.images.length > 0;
-    const url = new URL(joinUrl(config.baseUrl, isEdit ? '/images/edits' : '/images/generations'));
+    const url = new URL(joinUrl(config.baseUrl, isEdit ? habits.editPath : '/images/generations'));
     const startedMs = now();
 
     let init: { method: 'POST'; body: string | FormData; headers?: Record<string, string> };
     if (isEdit) {
-      init = { method: 'POST', body: await buildEditForm(toEditParts(options, config)) };
+      init = { method: 'POST', body: await buildEditForm(toEditParts(options, habits)) };
       signal.throwIfAborted();
     } else {
       init = {
         method: 'POST',
-        body: JSON.stringify(toGenerationBody(options, config)),
+        body: JSON.stringify(toGenerationBody(options, habits)),
         headers: { 'content-type': 'application/json' },
       };
     }
@@ -444,7 +474,7 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
       fail('bad_response', 'backend answered 200 without images (empty or missing data)', ctx);
     }
 
-    const warnings: BackendWarning[] = [];
+    const warnings = unhonoured(options, habits, config.flavor);
     let entries: unknown[] = data;
     if (entries.length > options.n) {
       // Extra images (ControlNet maps, batch leftovers) are not what was asked for; skip downloading them.
@@ -509,7 +539,8 @@ export function createOpenAIBackend(config: OpenAIBackendConfig, deps: OpenAIBac
   return {
     id: config.id,
     type: 'openai',
-    maxImagesPerCall: config.maxImagesPerCall,
+    // One seed per call: n images in one call would be one picture n times, so each call makes one.
+    maxImagesPerCall: habits.seedPerImage ? config.maxImagesPerCall : 1,
     rerunInterruptedJobs: config.rerunInterruptedJobs,
     generate,
     checkHealth,

@@ -21,6 +21,9 @@ const weiString = z
   .union([z.string().regex(/^\d+$/, 'must be a whole number of wei'), z.number().int().nonnegative()])
   .transform((v) => BigInt(v));
 
+/** The OpenAI-compatible servers whose habits pixeld knows; `generic` assumes OpenAI's API with the open-model extensions. */
+export const OPENAI_FLAVORS = ['generic', 'openai', 'sglang', 'vllm-omni', 'localai'] as const;
+
 const backendCommon = {
   id: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'lowercase letters, digits, - and _'),
   /** Backend calls running at once. */
@@ -49,23 +52,38 @@ export const openaiBackendSchema = z
   .object({
     ...backendCommon,
     type: z.literal('openai'),
+    /**
+     * Which server this is; sets the defaults of the keys below to what that server does
+     * (backends/openai-flavors.ts, README "OpenAI-compatible servers"). Keys set here override them.
+     */
+    flavor: z.enum(OPENAI_FLAVORS).default('generic'),
     /** Base URL up to and including /v1, e.g. http://127.0.0.1:30000/v1 */
     baseUrl: z.url(),
     /** Sent as a bearer token when set; taken from the env var named by apiKeyEnv when that is set. */
     apiKey: z.string().optional(),
     apiKeyEnv: z.string().optional(),
-    /** Field the edit endpoint expects for several input images: `image[]` (OpenAI, vLLM-Omni) or `image`. */
-    editImageField: z.enum(['image[]', 'image']).default('image[]'),
-    /** Field for the mask, and its convention: OpenAI's alpha mask, or white = inpaint (vLLM-Omni `mask_image`). */
-    editMaskField: z.enum(['mask', 'mask_image']).default('mask'),
-    maskConvention: z.enum(['openai-alpha', 'white-inpaint']).default('openai-alpha'),
+    /** Route of edits under baseUrl: `/images/edits`, or LocalAI's `/images/inpainting`. */
+    editPath: z.enum(['/images/edits', '/images/inpainting']).optional(),
+    /** Field the edit endpoint expects for the input images: `image[]` (OpenAI) or `image`. */
+    editImageField: z.enum(['image[]', 'image']).optional(),
+    /** Field for the mask: `mask`, or vLLM-Omni's `mask_image`. */
+    editMaskField: z.enum(['mask', 'mask_image']).optional(),
+    /** How the server reads a mask: OpenAI's alpha, white = inpaint, or not at all (SGLang: warned, not sent). */
+    maskConvention: z.enum(['openai-alpha', 'white-inpaint', 'ignored']).optional(),
+    /**
+     * Whether the images of one call get seeds of their own. When not (vLLM-Omni, LocalAI: one seed per
+     * call, so n images of a call are the same picture), each call asks for one image with its own seed.
+     */
+    seedPerImage: z.boolean().optional(),
+    /** How a negative prompt travels: the `negative_prompt` field, or LocalAI's `prompt: "positive|negative"`. */
+    negativePrompt: z.enum(['field', 'prompt-pipe']).optional(),
     /**
      * Send the extension fields (seed, negative_prompt, num_inference_steps, guidance_scale). Open-model
-     * servers take them; OpenAI's own API refuses unknown fields, so set false there.
+     * servers take them; OpenAI's own API refuses unknown fields.
      */
-    sendExtensions: z.boolean().default(true),
-    /** Ask the backend for b64_json; set false for servers that only return url. */
-    requestB64: z.boolean().default(true),
+    sendExtensions: z.boolean().optional(),
+    /** Ask the backend for b64_json; false for servers that refuse the field or only return url. */
+    requestB64: z.boolean().optional(),
     /** Largest image the adapter downloads from a backend-returned URL. */
     maxDownloadBytes: z.number().int().min(1).default(64 * MiB),
     connectTimeoutMs: z.number().int().min(1).default(10_000),

@@ -35,6 +35,13 @@ export async function toA1111Mask(pngBytes: Uint8Array): Promise<Buffer> {
   return inverseAlphaAsGray(pngBytes);
 }
 
+/** White = inpaint everywhere, the size of the given image: an edit without a mask, for servers that need one. */
+export async function wholeImageWhiteMask(imageBytes: Uint8Array): Promise<Buffer> {
+  const { width, height } = await sharp(imageBytes).metadata();
+  if (width === undefined || height === undefined) throw new Error('cannot read the size of the image to mask');
+  return sharp({ create: { width, height, channels: 3, background: { r: 255, g: 255, b: 255 } } }).grayscale().png().toBuffer();
+}
+
 export type MaskChannel = 'red' | 'green' | 'blue' | 'alpha';
 
 /**

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { BackendError } from '../backends/errors.js';
 import type { BackendCallOptions, BackendCallResult, ImageBackend, InputImage } from '../backends/types.js';
@@ -365,6 +366,10 @@ export class JobRunner {
       onProgress: () => undefined,
     };
     const delivered: NormalizedImage[] = [];
+    // sha256 of every image kept: a copy of one (a server that reuses one seed for a whole call) is neither
+    // delivered nor billed twice; the next call tops the job up, or fewer are delivered.
+    const seen = new Set<string>();
+    let duplicates = 0;
     const warnings = new Set<string>();
     let lastRejection: string | undefined;
     let nextSeed = params.seed;
@@ -395,14 +400,19 @@ export class JobRunner {
       for (const w of answer.warnings) warnings.add(w.feature ? `${w.feature}: ${w.message}` : w.message);
       for (const bytes of answer.images.slice(0, want)) {
         try {
-          delivered.push(
-            await normalizeOutputImage(bytes, {
-              outputFormat: params.outputFormat,
-              outputCompression: params.outputCompression,
-              background: params.background,
-              maxPixels: this.deps.maxOutputPixels,
-            }),
-          );
+          const image = await normalizeOutputImage(bytes, {
+            outputFormat: params.outputFormat,
+            outputCompression: params.outputCompression,
+            background: params.background,
+            maxPixels: this.deps.maxOutputPixels,
+          });
+          const sha256 = createHash('sha256').update(image.bytes).digest('hex');
+          if (seen.has(sha256)) {
+            duplicates += 1;
+            continue;
+          }
+          seen.add(sha256);
+          delivered.push(image);
         } catch (err) {
           if (!(err instanceof NotAnImageError)) throw err;
           lastRejection = err.message;
@@ -412,6 +422,7 @@ export class JobRunner {
     if (delivered.length === 0) {
       throw new BackendError(backend.id, 'bad_response', lastRejection ?? 'the backend answered without any image');
     }
+    if (duplicates > 0) warnings.add(`the backend returned ${duplicates} byte-identical cop${duplicates === 1 ? 'y' : 'ies'} of an image; each image is delivered and billed once`);
     if (delivered.length < params.n) warnings.add(`delivered ${delivered.length} of ${params.n} requested images`);
     const images: StoredImage[] = [];
     for (const image of delivered) {

@@ -17,6 +17,7 @@ import {
   toGenerationBody,
 } from '../../src/backends/openai.js';
 import type { BackendCallOptions, ImageBackend, InputImage } from '../../src/backends/types.js';
+import { serverHabits } from '../../src/backends/openai-flavors.js';
 import { openaiBackendSchema } from '../../src/config/schema.js';
 import type { ConfigInput, OpenAIBackendConfig } from '../../src/config/schema.js';
 import { createLogger, silentLogger } from '../../src/obs/logger.js';
@@ -127,7 +128,7 @@ describe('toGenerationBody', () => {
   it('sends every value that is set and leaves out the unset ones', () => {
     const body = toGenerationBody(
       callOptions({ n: 2, negativePrompt: 'blurry', guidanceScale: 4.5, numInferenceSteps: undefined }),
-      { requestB64: true, sendExtensions: true },
+      { requestB64: true, sendExtensions: true, negativePrompt: 'field' },
     );
     expect(body).toEqual({
       model: 'fake-image-model',
@@ -146,13 +147,14 @@ describe('toGenerationBody', () => {
   });
 
   it('omits response_format when b64 is not requested, so the server answers in its own default', () => {
-    expect(toGenerationBody(callOptions(), { requestB64: false, sendExtensions: true })).not.toHaveProperty('response_format');
+    expect(toGenerationBody(callOptions(), { requestB64: false, sendExtensions: true, negativePrompt: 'field' })).not.toHaveProperty('response_format');
   });
 
   it('leaves the extension fields out for servers that refuse unknown fields (OpenAI itself)', () => {
     const body = toGenerationBody(callOptions({ negativePrompt: 'blurry', guidanceScale: 4.5, numInferenceSteps: 20 }), {
       requestB64: true,
       sendExtensions: false,
+      negativePrompt: 'field',
     });
     for (const key of ['seed', 'negative_prompt', 'guidance_scale', 'num_inference_steps']) expect(body).not.toHaveProperty(key);
     expect(body).toMatchObject({ prompt: 'a red fox in snow', n: 1 });
@@ -162,7 +164,7 @@ describe('toGenerationBody', () => {
 describe('toEditParts', () => {
   it('repeats image[] for every input, even one, and sends scalars as strings', () => {
     const config = makeConfig('http://127.0.0.1:1/v1');
-    const parts = toEditParts(callOptions({ images: [photo], mask, n: 3 }), config);
+    const parts = toEditParts(callOptions({ images: [photo], mask, n: 3 }), serverHabits(config));
     expect(parts.filter((p) => p.kind === 'file')).toEqual([
       { kind: 'file', name: 'image[]', path: photo.path, filename: 'image-0.png', mediaType: 'image/png', transform: 'none' },
       { kind: 'file', name: 'mask', path: mask.path, filename: 'mask.png', mediaType: 'image/png', transform: 'none' },
@@ -178,7 +180,7 @@ describe('toEditParts', () => {
       editMaskField: 'mask_image',
       maskConvention: 'white-inpaint',
     });
-    const files = toEditParts(callOptions({ images: [photo, second], mask }), config).filter((p) => p.kind === 'file');
+    const files = toEditParts(callOptions({ images: [photo, second], mask }), serverHabits(config)).filter((p) => p.kind === 'file');
     expect(files.map((f) => [f.name, f.kind === 'file' && f.filename, f.kind === 'file' && f.transform])).toEqual([
       ['image', 'image-0.png', 'none'],
       ['image', 'image-1.jpg', 'none'],
@@ -229,9 +231,14 @@ describe('timeouts', () => {
 });
 
 describe('generation', () => {
-  it.each<[FakeFlavor]>([['sglang'], ['vllm-omni'], ['localai'], ['openai']])(
-    '%s: returns b64_json images of the requested size, one seed per image',
-    async (flavor) => {
+  it.each<[FakeFlavor, 'seed per image' | 'one seed per call']>([
+    ['sglang', 'seed per image'],
+    ['vllm-omni', 'one seed per call'],
+    ['localai', 'one seed per call'],
+    ['openai', 'seed per image'],
+  ])(
+    '%s: returns b64_json images of the requested size (%s)',
+    async (flavor, seeds) => {
       const { server, backend } = await setup(flavor);
       const result = await backend.generate(callOptions({ n: 2, seed: 100 }));
       expect(result.images).toHaveLength(2);
@@ -239,7 +246,8 @@ describe('generation', () => {
         expect(image).toBeInstanceOf(Uint8Array);
         const meta = await sharp(image).metadata();
         expect([meta.format, meta.width, meta.height]).toEqual(['png', 64, 48]);
-        expect(await pixelAt(image)).toEqual(colourForSeed(100 + i));
+        // vLLM-Omni and LocalAI give every image of a call the call's one seed: copies of one picture.
+        expect(await pixelAt(image)).toEqual(colourForSeed(seeds === 'seed per image' ? 100 + i : 100));
       }
       expect(result.warnings).toEqual([]);
       expect(result.response.modelId).toBe('fake-image-model');
@@ -257,7 +265,8 @@ describe('generation', () => {
       expect(server.requests[0]!.json).not.toHaveProperty('response_format');
       const downloads = server.requests.filter((r) => r.method === 'GET' && r.path.startsWith('/files/'));
       expect(downloads).toHaveLength(2);
-      expect(await Promise.all(result.images.map((img) => pixelAt(img)))).toEqual([colourForSeed(5), colourForSeed(6)]);
+      const perImage = flavor === 'sglang';
+      expect(await Promise.all(result.images.map((img) => pixelAt(img)))).toEqual([colourForSeed(5), colourForSeed(perImage ? 6 : 5)]);
     },
   );
 
@@ -693,5 +702,33 @@ describe('the fake server itself', () => {
     expect(body).toHaveProperty('peak_memory_mb');
     const image = new Uint8Array(await (await fetch(body.data[0]!.url)).arrayBuffer());
     expect(await pixelAt(image)).toEqual(colourForSeed(1024));
+  });
+});
+
+describe('flavors', () => {
+  it('set each server’s habits, and a key set in the config wins over its flavor', () => {
+    expect(serverHabits(makeConfig('http://127.0.0.1:1/v1'))).toMatchObject({ editPath: '/images/edits', maskConvention: 'openai-alpha', seedPerImage: true });
+    expect(serverHabits(makeConfig('http://127.0.0.1:1/v1', { flavor: 'localai' }))).toMatchObject({
+      editPath: '/images/inpainting',
+      maskConvention: 'white-inpaint',
+      seedPerImage: false,
+      negativePrompt: 'prompt-pipe',
+    });
+    expect(serverHabits(makeConfig('http://127.0.0.1:1/v1', { flavor: 'sglang' })).maskConvention).toBe('ignored');
+    expect(serverHabits(makeConfig('http://127.0.0.1:1/v1', { flavor: 'openai' }))).toMatchObject({ sendExtensions: false, requestB64: false });
+    const overridden = serverHabits(makeConfig('http://127.0.0.1:1/v1', { flavor: 'vllm-omni', seedPerImage: true, editMaskField: 'mask' }));
+    expect(overridden).toMatchObject({ seedPerImage: true, editMaskField: 'mask', maskConvention: 'white-inpaint' });
+  });
+
+  it('a server with one seed per call makes one image per call', () => {
+    const backend = (extra: OpenAIConfigInput) => {
+      const b = createOpenAIBackend(makeConfig('http://127.0.0.1:1/v1', { maxImagesPerCall: 4, ...extra }), { logger: silentLogger() });
+      backends.push(b);
+      return b;
+    };
+    expect(backend({ flavor: 'vllm-omni' }).maxImagesPerCall).toBe(1);
+    expect(backend({ flavor: 'localai' }).maxImagesPerCall).toBe(1);
+    expect(backend({ flavor: 'sglang' }).maxImagesPerCall).toBe(4);
+    expect(backend({ flavor: 'localai', seedPerImage: true }).maxImagesPerCall).toBe(4);
   });
 });

@@ -245,6 +245,7 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
       return answerImages(res, () => edit(record));
     }
     if (flavor === 'localai') {
+      if (req.method === 'POST' && path === '/v1/images/inpainting') return answerImages(res, () => inpainting(record));
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
       res.end(`Cannot ${req.method ?? 'GET'} ${path}`);
       return;
@@ -346,6 +347,29 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
     return planFrom((k) => fields[k]?.[0], { width: firstMeta.width ?? 1024, height: firstMeta.height ?? 1024 });
   }
 
+  /**
+   * LocalAI's inpainting route: one `image` and a `mask` of its size, white = inpaint, both required; the
+   * answer has the generations shape.
+   */
+  async function inpainting(record: RecordedRequest): Promise<RenderPlan> {
+    if (record.fields === undefined) throw new HttpError(400, 'inpainting takes multipart/form-data');
+    const fields = record.fields;
+    const files = record.files ?? [];
+    const image = files.find((f) => f.field === 'image');
+    const mask = files.find((f) => f.field === 'mask');
+    if (!image || !mask) throw new HttpError(400, 'image and mask are required');
+    const imageMeta = await sharp(image.bytes).metadata().catch(() => {
+      throw new HttpError(400, 'image is not a supported image');
+    });
+    const maskMeta = await sharp(mask.bytes).metadata().catch(() => {
+      throw new HttpError(400, 'mask is not a supported image');
+    });
+    if (maskMeta.width !== imageMeta.width || maskMeta.height !== imageMeta.height) {
+      throw new HttpError(400, 'mask must have the same dimensions as the image');
+    }
+    return planFrom((k) => fields[k]?.[0], { width: imageMeta.width ?? 512, height: imageMeta.height ?? 512 });
+  }
+
   async function answerImages(res: ServerResponse, plan: () => Promise<RenderPlan>): Promise<void> {
     if (behaviour.hang) return;
     if (behaviour.delayMs > 0) {
@@ -356,9 +380,9 @@ export async function startFakeOpenAIServer(options: FakeOpenAIServerOptions): P
     const count = Math.min(p.n, behaviour.maxImagesReturned ?? p.n);
     const data: Array<Record<string, unknown>> = [];
     for (let i = 0; i < count; i++) {
-      const bytes = behaviour.garbageB64
-        ? randomBytes(64)
-        : await renderImage(p.width, p.height, p.seed + i, p.format, noisy);
+      // vLLM-Omni and LocalAI use the one seed of the call for every image: n copies of one picture.
+      const seed = flavor === 'vllm-omni' || flavor === 'localai' ? p.seed : p.seed + i;
+      const bytes = behaviour.garbageB64 ? randomBytes(64) : await renderImage(p.width, p.height, seed, p.format, noisy);
       if (p.responseFormat === 'b64_json') {
         data.push({ b64_json: bytes.toString('base64'), ...(flavor === 'localai' ? { index: i } : {}) });
       } else {
