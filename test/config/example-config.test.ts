@@ -3,7 +3,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { z } from 'zod';
 import { describe, expect, it } from 'vitest';
+import { createBackend } from '../../src/backends/create-backend.js';
 import { loadConfig } from '../../src/config/load.js';
+import { silentLogger } from '../../src/obs/logger.js';
 import { backendSchema, configSchema, modelSchema } from '../../src/config/schema.js';
 
 /**
@@ -63,6 +65,17 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.models.map((m) => m.id)).toContain('reference-image-1');
   });
 
+  it('has a working example of every backend type, each with a model on it', async () => {
+    const { config } = loadExample();
+    const types = backendSchema.options.map((o) => o.shape.type.value);
+    expect(new Set(config.backends.map((b) => b.type))).toEqual(new Set(types));
+    for (const b of config.backends) expect(config.models.some((m) => m.backend === b.id)).toBe(true);
+    // Each one is a backend the daemon can build (ComfyUI's workflows are read and checked here).
+    const backends = config.backends.map((b) => createBackend(b, { logger: silentLogger() }));
+    expect(backends.map((b) => b.type).sort()).toEqual([...types].sort());
+    await Promise.all(backends.map((b) => b.close?.()));
+  });
+
   it('mentions every key of the schema', () => {
     const text = readFileSync(EXAMPLE, 'utf8');
     const keys = schemaKeys(configSchema);
@@ -106,8 +119,22 @@ describe('config/pixeld.example.yaml', () => {
     });
     expect(backend('sglang')).toEqual({
       ...backendSchema.parse({ id: 'sglang', type: 'openai', baseUrl: 'http://127.0.0.1:30000/v1' }),
+      flavor: 'sglang',
       maxImagesPerCall: 1,
       apiKeyEnv: 'SGLANG_API_KEY',
+    });
+    expect(backend('comfy')).toEqual(
+      backendSchema.parse({
+        id: 'comfy',
+        type: 'comfyui',
+        baseUrl: 'http://127.0.0.1:8188',
+        workflows: { sd15: 'config/comfyui/txt2img.json', 'sd15-inpaint': 'config/comfyui/inpaint.json' },
+      }),
+    );
+    expect(backend('forge')).toEqual(backendSchema.parse({ id: 'forge', type: 'a1111', baseUrl: 'http://127.0.0.1:7860' }));
+    expect(backend('hosted')).toEqual({
+      ...backendSchema.parse({ id: 'hosted', type: 'siliconflow', baseUrl: 'https://api.siliconflow.cn/v1' }),
+      apiKeyEnv: 'SILICONFLOW_API_KEY',
     });
     expect(model('reference-image-1')).toEqual({
       ...modelSchema.parse({
