@@ -145,18 +145,19 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
 
     it('numbers each owner’s completions strictly upwards, above the floor, signing only under a live lease', async () => {
       const seqs = new Map<string, bigint[]>();
-      const signing = (floor: bigint): ReceiptSigning => ({
+      // Each receipt names its owner and number, as the runner's do (a store may refuse a number twice).
+      const signing = (owner: string, floor: bigint): ReceiptSigning => ({
         seqFloor: floor,
         sign: (seq) => {
           seqs.set('last', [...(seqs.get('last') ?? []), seq]);
-          return SIGNATURE;
+          return { ...SIGNATURE, receipt: { ...SIGNATURE.receipt, user: owner, seq: seq.toString() } };
         },
       });
       const run = async (owner: string, floor: bigint, lease?: string) => {
         const job = newJob({ owner });
         await store.create(job, 0);
         const claimed = (await store.claimNext('b1', T0, 1000))!;
-        return store.complete(job.id, lease ?? claimed.leaseToken, result(['s']), signing(floor), T0 + 1, T0 + 100);
+        return store.complete(job.id, lease ?? claimed.leaseToken, result(['s']), signing(owner, floor), T0 + 1, T0 + 100);
       };
       await run('alice', 0n);
       await run('alice', 0n);

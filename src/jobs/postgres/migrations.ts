@@ -1,0 +1,197 @@
+import type { Pool } from 'pg';
+import { ADVISORY_LOCK } from './pool.js';
+
+/**
+ * The PostgreSQL schema, as versioned migrations. Version n is the n-th entry; `schema_migrations` records
+ * each one applied (version, name, when). Append only: an applied migration is never edited, a change is a
+ * new entry.
+ *
+ * The tables are SQLite's (jobs/sqlite/database.ts, schema 6) with PostgreSQL's types: amounts and
+ * sequence numbers are NUMERIC(78,0) (a uint256 has at most 78 digits; numeric order is native, no
+ * zero-padding), times are BIGINT milliseconds, JSON documents are TEXT exactly as written (the signed
+ * texts must come back byte for byte, and JSONB refuses the \u0000 a prompt may hold). SQLite's `user`
+ * column is `owner` here (USER is a reserved word). What a statement needs from a document has a column of
+ * its own: `images_requested` (params.n) for reservations, `images_delivered` for run times.
+ */
+export interface PostgresMigration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
+  {
+    version: 1,
+    name: 'jobs, blob references, receipts, sequence numbers, settlement batches and blocks, locks',
+    sql: `
+      CREATE TABLE jobs (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('generation', 'edit')),
+        delivery TEXT NOT NULL CHECK (delivery IN ('sync', 'async')),
+        model TEXT NOT NULL,
+        backend_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'completed', 'failed', 'cancelled')),
+        params TEXT NOT NULL,
+        images_requested INTEGER NOT NULL CHECK (images_requested >= 1),
+        inputs TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
+        price_per_image_wei NUMERIC(78, 0) NOT NULL CHECK (price_per_image_wei >= 0),
+        fingerprint TEXT NOT NULL,
+        idempotency_key TEXT,
+        base_url TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        run_after_ms BIGINT NOT NULL,
+        started_ms BIGINT,
+        finished_ms BIGINT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        lease_token TEXT,
+        lease_expires_ms BIGINT,
+        error TEXT,
+        result TEXT,
+        images_delivered INTEGER,
+        signature TEXT,
+        expires_ms BIGINT,
+        results_deleted_ms BIGINT
+      );
+      -- claimNext: the oldest pending job of a backend (FOR UPDATE SKIP LOCKED walks this index).
+      CREATE INDEX jobs_pending ON jobs (backend_id, seq) WHERE status = 'pending';
+      CREATE INDEX jobs_processing ON jobs (lease_expires_ms) WHERE status = 'processing';
+      CREATE INDEX jobs_model_status ON jobs (model, status);
+      -- Admission: the reservations of an owner's unfinished jobs.
+      CREATE INDEX jobs_owner_unfinished ON jobs (owner) WHERE status IN ('pending', 'processing');
+      CREATE UNIQUE INDEX jobs_idempotency ON jobs (owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+      CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL;
+      CREATE INDEX jobs_finished ON jobs (finished_ms) WHERE finished_ms IS NOT NULL;
+      CREATE INDEX jobs_recent_completed ON jobs (backend_id, finished_ms) WHERE status = 'completed';
+
+      CREATE TABLE blob_refs (
+        job_id TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('input', 'output')),
+        PRIMARY KEY (job_id, sha256, role)
+      );
+      CREATE INDEX blob_refs_sha ON blob_refs (sha256);
+
+      CREATE TABLE receipts (
+        job_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        fee_wei NUMERIC(78, 0) NOT NULL CHECK (fee_wei >= 0),
+        images INTEGER NOT NULL,
+        created BIGINT NOT NULL,
+        seq NUMERIC(78, 0),
+        leaf TEXT NOT NULL,
+        receipt TEXT NOT NULL,
+        signature TEXT,
+        state TEXT NOT NULL CHECK (state IN ('unsettled', 'offchain', 'in_flight', 'settled', 'partial', 'invalid', 'void')),
+        note TEXT,
+        batch_id TEXT,
+        root TEXT,
+        proof TEXT,
+        settled_tx TEXT,
+        settled_block BIGINT,
+        settled_ms BIGINT
+      );
+      CREATE INDEX receipts_owner_state ON receipts (owner, state, seq);
+      CREATE INDEX receipts_batch ON receipts (batch_id) WHERE batch_id IS NOT NULL;
+      -- No two receipts of one owner share a sequence number, whichever replica wrote them.
+      CREATE UNIQUE INDEX receipts_owner_seq ON receipts (owner, seq) WHERE seq IS NOT NULL;
+
+      -- The owner's last receipt sequence number; completions lock the row, so numbers follow commit order.
+      CREATE TABLE receipt_sequences (
+        owner TEXT PRIMARY KEY,
+        last_seq NUMERIC(78, 0) NOT NULL CHECK (last_seq >= 0)
+      );
+
+      CREATE TABLE settlement_batches (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL CHECK (state IN ('prepared', 'sent', 'confirmed', 'abandoned')),
+        items TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        tx_hashes TEXT NOT NULL DEFAULT '[]',
+        wallet_nonce BIGINT,
+        sent_ms BIGINT,
+        block BIGINT,
+        results TEXT,
+        note TEXT
+      );
+      CREATE INDEX settlement_batches_open ON settlement_batches (created_ms) WHERE state IN ('prepared', 'sent');
+
+      CREATE TABLE settlement_blocks (
+        owner TEXT PRIMARY KEY,
+        shortfall_wei NUMERIC(78, 0) NOT NULL,
+        balance_wei NUMERIC(78, 0) NOT NULL,
+        since_ms BIGINT NOT NULL
+      );
+
+      CREATE TABLE locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms BIGINT NOT NULL);
+    `,
+  },
+];
+
+export interface AppliedMigration {
+  version: number;
+  name: string;
+}
+
+export interface PostgresMigrationResult {
+  /** The schema version found before (0: an empty database). */
+  from: number;
+  to: number;
+  /** What this call applied, in order; empty when another process had applied everything. */
+  applied: AppliedMigration[];
+}
+
+/**
+ * Brings the database to the newest schema. Runs under a session advisory lock, so replicas starting
+ * together apply each migration once: the others wait, then find nothing left to do. Each migration is
+ * one transaction with its `schema_migrations` row; a failed one leaves the schema at the version before.
+ * A database written by a newer pixeld is refused, never touched.
+ */
+export async function migratePostgres(
+  pool: Pool,
+  migrations: readonly PostgresMigration[] = POSTGRES_MIGRATIONS,
+): Promise<PostgresMigrationResult> {
+  const client = await pool.connect();
+  let broken = false;
+  try {
+    await client.query('SELECT pg_advisory_lock($1, 0)', [ADVISORY_LOCK.migrations]);
+    try {
+      await client.query(`CREATE TABLE IF NOT EXISTS schema_migrations (
+        version INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+      )`);
+      const { rows } = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
+      const from = rows[0]?.v ?? 0;
+      const known = migrations.length === 0 ? 0 : migrations[migrations.length - 1]!.version;
+      if (from > known) {
+        throw new Error(`the database was written by a newer pixeld (schema ${from}, this one knows ${known})`);
+      }
+      const applied: AppliedMigration[] = [];
+      for (const m of migrations) {
+        if (m.version <= from) continue;
+        try {
+          await client.query('BEGIN');
+          await client.query(m.sql);
+          await client.query('INSERT INTO schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+          await client.query('COMMIT');
+        } catch (err) {
+          await client.query('ROLLBACK').catch(() => undefined);
+          throw new Error(`migration ${m.version} (${m.name}) failed: ${(err as Error).message}`, { cause: err });
+        }
+        applied.push({ version: m.version, name: m.name });
+      }
+      return { from, to: Math.max(from, known), applied };
+    } finally {
+      await client.query('SELECT pg_advisory_unlock($1, 0)', [ADVISORY_LOCK.migrations]).catch(() => {
+        broken = true; // the session is gone, and its lock with it
+      });
+    }
+  } finally {
+    client.release(broken);
+  }
+}

@@ -1,0 +1,413 @@
+import { isAddress } from 'ethers';
+import type { Pool, PoolClient } from 'pg';
+import { receiptLeaf } from '../../billing/leaf.js';
+import type { JobSignature } from '../../tee/receipt.js';
+import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
+import {
+  InsufficientBalanceError,
+  type ClaimedJob,
+  type InterruptedJobPolicy,
+  type JobStore,
+  type NewJob,
+  type ReceiptSigning,
+  type Reservation,
+} from '../store.js';
+import { ADVISORY_LOCK, inTransaction, msOrUndefined } from './pool.js';
+
+/**
+ * Jobs in PostgreSQL (schema: ./migrations.ts), for replicas that share one database. The same verbs as
+ * the SQLite store, each one statement or one transaction; what SQLite gets from having a single writer
+ * is a lock here:
+ * - claimNext takes the oldest runnable job with `FOR UPDATE SKIP LOCKED`: two replicas polling the same
+ *   backend never get the same job and never wait on each other;
+ * - complete locks the job's row and then the owner's `receipt_sequences` row (an upsert holds it to the
+ *   commit), so two replicas never hand out one sequence number and numbers follow commit order;
+ * - create takes the owner's advisory transaction lock before the budget check, so two replicas cannot
+ *   both admit jobs against the same wei, nor both insert one Idempotency-Key.
+ * Every write by a lease holder matches its lease token.
+ */
+
+interface JobRow {
+  seq: string;
+  id: string;
+  owner: string;
+  kind: string;
+  delivery: string;
+  model: string;
+  backend_id: string;
+  status: string;
+  params: string;
+  inputs: string;
+  request_sha256: string;
+  price_per_image_wei: string;
+  fingerprint: string;
+  idempotency_key: string | null;
+  base_url: string;
+  created_ms: string;
+  updated_ms: string;
+  run_after_ms: string;
+  started_ms: string | null;
+  finished_ms: string | null;
+  attempts: number;
+  lease_token: string | null;
+  lease_expires_ms: string | null;
+  error: string | null;
+  result: string | null;
+  signature: string | null;
+  expires_ms: string | null;
+  results_deleted_ms: string | null;
+}
+
+function fromRow(row: JobRow): Job {
+  return {
+    id: row.id,
+    owner: row.owner,
+    kind: row.kind as Job['kind'],
+    delivery: row.delivery as Job['delivery'],
+    model: row.model,
+    backendId: row.backend_id,
+    status: row.status as Job['status'],
+    params: reviveParams(JSON.parse(row.params) as Job['params']),
+    inputs: JSON.parse(row.inputs) as Job['inputs'],
+    requestSha256: row.request_sha256,
+    pricePerImageWei: BigInt(row.price_per_image_wei),
+    fingerprint: row.fingerprint,
+    idempotencyKey: row.idempotency_key ?? undefined,
+    baseUrl: row.base_url,
+    createdMs: Number(row.created_ms),
+    updatedMs: Number(row.updated_ms),
+    runAfterMs: Number(row.run_after_ms),
+    startedMs: msOrUndefined(row.started_ms),
+    finishedMs: msOrUndefined(row.finished_ms),
+    attempts: row.attempts,
+    leaseToken: row.lease_token ?? undefined,
+    leaseExpiresMs: msOrUndefined(row.lease_expires_ms),
+    error: row.error === null ? undefined : (JSON.parse(row.error) as JobError),
+    result: row.result === null ? undefined : (JSON.parse(row.result) as JobResult),
+    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as JobSignature),
+    expiresMs: msOrUndefined(row.expires_ms),
+    resultsDeletedMs: msOrUndefined(row.results_deleted_ms),
+  };
+}
+
+/** The columns written by every `… → finished` transition: the lease is gone with it. */
+const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
+
+/** Drops the job's input references in the same statement as the transition that finished it. */
+const finishing = (update: string) => `
+  WITH done AS (${update} RETURNING id),
+       refs AS (DELETE FROM blob_refs USING done WHERE blob_refs.job_id = done.id AND blob_refs.role = 'input')
+  SELECT id FROM done`;
+
+const addRefs = (c: PoolClient, jobId: string, role: 'input' | 'output', shas: string[]) =>
+  c.query('INSERT INTO blob_refs (job_id, sha256, role) SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING', [jobId, shas, role]);
+
+const CANCELLED: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
+
+/**
+ * The job store on a pool (see pool.ts), which it shares with the billing store: a completion and its
+ * receipt are one transaction. The schema must be migrated (migratePostgres) before the first call.
+ * `close()` ends the pool.
+ */
+export function postgresJobStore(pool: Pool): JobStore {
+  let closed = false;
+  const one = async (sql: string, params: unknown[]): Promise<JobRow | undefined> =>
+    (await pool.query<JobRow>(sql, params)).rows[0];
+  const changed = async (sql: string, params: unknown[]): Promise<boolean> => ((await pool.query(sql, params)).rowCount ?? 0) > 0;
+  const count = async (sql: string, params: unknown[]): Promise<number> =>
+    Number((await pool.query<{ n: string }>(sql, params)).rows[0]!.n);
+
+  async function admit(c: PoolClient, job: NewJob, reservation: Reservation): Promise<void> {
+    // One statement, so one snapshot: a completion that commits meanwhile moves a job's reservation into a
+    // receipt, and is seen either before (reservation) or after (receipt), never in neither.
+    const { rows } = await c.query<{ committed: string }>(
+      `SELECT (
+         (SELECT COALESCE(SUM(fee_wei), 0) FROM receipts WHERE owner = $1
+            AND (state IN ('unsettled', 'in_flight') OR (state IN ('settled', 'partial') AND settled_block > $2)))
+         + (SELECT COALESCE(SUM(images_requested * price_per_image_wei), 0) FROM jobs
+            WHERE owner = $1 AND status IN ('pending', 'processing'))
+       )::text AS committed`,
+      // Settled after the balance's block: paid from money the balance still shows (a balance read at no
+      // definite block is taken as current).
+      [job.owner, reservation.balanceBlock ?? Number.MAX_SAFE_INTEGER],
+    );
+    const committed = BigInt(rows[0]!.committed);
+    const needed = BigInt(job.params.n) * job.pricePerImageWei;
+    const available = reservation.budgetWei - committed;
+    if (needed > available) throw new InsufficientBalanceError(needed, available < 0n ? 0n : available);
+  }
+
+  return {
+    async create(job, idempotencyTtlMs, reservation) {
+      return inTransaction(pool, async (c) => {
+        if (job.idempotencyKey !== undefined || reservation !== undefined) {
+          // Held to the commit: the owner's next create waits, then sees this one's job and receipts.
+          await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADVISORY_LOCK.admission, job.owner]);
+        }
+        if (job.idempotencyKey !== undefined) {
+          await c.query('UPDATE jobs SET idempotency_key = NULL WHERE owner = $1 AND idempotency_key = $2 AND created_ms < $3', [
+            job.owner,
+            job.idempotencyKey,
+            job.createdMs - idempotencyTtlMs,
+          ]);
+          const existing = (await c.query<JobRow>('SELECT * FROM jobs WHERE owner = $1 AND idempotency_key = $2', [job.owner, job.idempotencyKey]))
+            .rows[0];
+          if (existing) return { job: fromRow(existing), created: false };
+        }
+        if (reservation !== undefined) await admit(c, job, reservation);
+        const { rows } = await c.query<JobRow>(
+          `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, images_requested, inputs,
+             request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
+           VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15)
+           RETURNING *`,
+          [
+            job.id,
+            job.owner,
+            job.kind,
+            job.delivery,
+            job.model,
+            job.backendId,
+            JSON.stringify(job.params),
+            job.params.n,
+            JSON.stringify(job.inputs),
+            job.requestSha256,
+            job.pricePerImageWei.toString(),
+            job.fingerprint,
+            job.idempotencyKey ?? null,
+            job.baseUrl,
+            job.createdMs,
+          ],
+        );
+        if (job.inputs.length > 0) await addRefs(c, job.id, 'input', job.inputs.map((i) => i.sha256));
+        return { job: fromRow(rows[0]!), created: true };
+      });
+    },
+
+    async get(id) {
+      const row = await one('SELECT * FROM jobs WHERE id = $1', [id]);
+      return row ? fromRow(row) : undefined;
+    },
+
+    async countUnfinishedForModel(model) {
+      return count("SELECT COUNT(*) AS n FROM jobs WHERE model = $1 AND status IN ('pending', 'processing')", [model]);
+    },
+
+    async countPending(backendId) {
+      return count("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'", [backendId]);
+    },
+
+    async countAhead(job) {
+      return count(
+        `SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'
+           AND seq < (SELECT seq FROM jobs WHERE id = $2)`,
+        [job.backendId, job.id],
+      );
+    },
+
+    async claimNext(backendId, nowMs, leaseMs) {
+      const token = newToken();
+      const row = await one(
+        `UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, attempts = attempts + 1,
+           started_ms = $3, updated_ms = $3
+         WHERE seq = (SELECT seq FROM jobs WHERE backend_id = $4 AND status = 'pending' AND run_after_ms <= $3
+                      ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING *`,
+        [token, nowMs + leaseMs, nowMs, backendId],
+      );
+      return row ? ({ ...fromRow(row), leaseToken: token } as ClaimedJob) : undefined;
+    },
+
+    async extendLease(id, leaseToken, leaseExpiresMs) {
+      return changed("UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_token = $3 AND status = 'processing'", [
+        leaseExpiresMs,
+        id,
+        leaseToken,
+      ]);
+    },
+
+    async complete(id, leaseToken, result, signing: ReceiptSigning, nowMs, expiresMs) {
+      return inTransaction(pool, async (c) => {
+        // The job's row first: a cancel or a re-lease waits for this transaction, or this one for it.
+        const job = (await c.query<{ owner: string; status: string; lease_token: string | null }>(
+          'SELECT owner, status, lease_token FROM jobs WHERE id = $1 FOR UPDATE',
+          [id],
+        )).rows[0];
+        // Not signed at all when the lease is gone (cancelled, or re-leased to another attempt).
+        if (job?.status !== 'processing' || job.lease_token !== leaseToken) return false;
+        // The owner's row stays locked to the commit: the next completion of this owner, on any replica,
+        // waits here and gets the number after this one.
+        const { rows } = await c.query<{ seq: string }>(
+          `INSERT INTO receipt_sequences (owner, last_seq) VALUES ($1, $2::numeric + 1)
+           ON CONFLICT (owner) DO UPDATE SET last_seq = GREATEST(receipt_sequences.last_seq, $2::numeric) + 1
+           RETURNING last_seq::text AS seq`,
+          [job.owner, signing.seqFloor.toString()],
+        );
+        const seq = BigInt(rows[0]!.seq);
+        const signature = signing.sign(seq);
+        await c.query(
+          `UPDATE jobs SET status = 'completed', result = $1, images_delivered = $2, signature = $3, finished_ms = $4,
+             updated_ms = $4, expires_ms = $5, ${FINISHED}, error = NULL
+           WHERE id = $6`,
+          [JSON.stringify(result), result.images.length, JSON.stringify(signature), nowMs, expiresMs, id],
+        );
+        await c.query("DELETE FROM blob_refs WHERE job_id = $1 AND role = 'input'", [id]);
+        if (result.images.length > 0) await addRefs(c, id, 'output', result.images.map((i) => i.sha256));
+        // The receipt is written with the completion, or not at all (billing.md): delivered images only.
+        const r = signature.receipt;
+        if (BigInt(r.fee_wei) > 0n) {
+          await c.query(
+            `INSERT INTO receipts (job_id, owner, provider, fee_wei, images, created, seq, leaf, receipt, signature, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (job_id) DO NOTHING`,
+            [
+              id,
+              r.user,
+              r.provider,
+              r.fee_wei,
+              r.images,
+              r.created,
+              seq.toString(),
+              JSON.stringify(receiptLeaf(r)),
+              JSON.stringify(r),
+              JSON.stringify({ signingAddress: signature.signingAddress, text: signature.text, signature: signature.signature }),
+              isAddress(r.user) ? 'unsettled' : 'offchain',
+            ],
+          );
+        }
+        return true;
+      });
+    },
+
+    async fail(id, leaseToken, error, nowMs, expiresMs) {
+      const { rowCount } = await pool.query(
+        finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+                   WHERE id = $4 AND lease_token = $5 AND status = 'processing'`),
+        [JSON.stringify(error), nowMs, expiresMs, id, leaseToken],
+      );
+      return (rowCount ?? 0) > 0;
+    },
+
+    async retryLater(id, leaseToken, error, runAfterMs, nowMs) {
+      return changed(
+        `UPDATE jobs SET status = 'pending', error = $1, run_after_ms = $2, updated_ms = $3, ${FINISHED}
+         WHERE id = $4 AND lease_token = $5 AND status = 'processing'`,
+        [JSON.stringify(error), runAfterMs, nowMs, id, leaseToken],
+      );
+    },
+
+    async cancel(id, nowMs, expiresMs) {
+      await pool.query(
+        finishing(`UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+                   WHERE id = $4 AND status IN ('pending', 'processing')`),
+        [JSON.stringify(CANCELLED), nowMs, expiresMs, id],
+      );
+      const row = await one('SELECT * FROM jobs WHERE id = $1', [id]);
+      return row ? fromRow(row) : undefined;
+    },
+
+    async releaseClaim(id, leaseToken, nowMs) {
+      return changed(
+        `UPDATE jobs SET status = 'pending', attempts = attempts - 1, ${FINISHED}, updated_ms = $1
+         WHERE id = $2 AND lease_token = $3 AND status = 'processing'`,
+        [nowMs, id, leaseToken],
+      );
+    },
+
+    // Every processing job in the database, as in SQLite: with several replicas on one database this is
+    // to be narrowed to the jobs of the replica that restarted (issue 14, later milestone).
+    async recoverInterrupted(policy: InterruptedJobPolicy, maxAttempts, nowMs, expiresMs) {
+      return inTransaction(pool, async (c) => {
+        const gone: JobError = {
+          code: 'job_cancelled',
+          message: 'the daemon restarted while the caller waited for this job; nobody was left to receive it',
+        };
+        const cancelled = await c.query(
+          finishing(`UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+                     WHERE delivery = 'sync' AND status IN ('pending', 'processing')`),
+          [JSON.stringify(gone), nowMs, expiresMs],
+        );
+        let requeued = 0;
+        let failed = 0;
+        const processing = await c.query<JobRow>("SELECT * FROM jobs WHERE status = 'processing' ORDER BY seq FOR UPDATE");
+        for (const row of processing.rows) {
+          const job = fromRow(row);
+          const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
+          if (decision === 'rerun') {
+            await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
+            requeued += 1;
+          } else {
+            const message =
+              job.attempts >= maxAttempts
+                ? `the daemon stopped while running this job, and it had used all ${maxAttempts} attempts`
+                : 'the daemon stopped while running this job, and this backend cannot safely run it again';
+            await c.query(
+              finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+                         WHERE id = $4`),
+              [JSON.stringify({ code: 'upstream_error', message }), nowMs, expiresMs, job.id],
+            );
+            failed += 1;
+          }
+        }
+        return { requeued, failed, cancelled: cancelled.rowCount ?? 0 };
+      });
+    },
+
+    async requeueExpiredLeases(nowMs) {
+      const { rowCount } = await pool.query(
+        `UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1
+         WHERE status = 'processing' AND lease_expires_ms < $1`,
+        [nowMs],
+      );
+      return rowCount ?? 0;
+    },
+
+    async expireResults(nowMs, limit) {
+      // SKIP LOCKED: two replicas' sweepers share the work instead of waiting on each other's rows.
+      const { rows } = await pool.query<{ id: string }>(
+        `WITH due AS (
+           SELECT id, expires_ms FROM jobs WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= $1
+           ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED),
+         marked AS (UPDATE jobs SET results_deleted_ms = $1 FROM due WHERE jobs.id = due.id RETURNING jobs.id),
+         refs AS (DELETE FROM blob_refs USING marked WHERE blob_refs.job_id = marked.id)
+         SELECT due.id FROM due JOIN marked ON marked.id = due.id ORDER BY due.expires_ms, due.id`,
+        [nowMs, limit],
+      );
+      return rows.map((r) => r.id);
+    },
+
+    async isBlobReferenced(sha256) {
+      return ((await pool.query('SELECT 1 FROM blob_refs WHERE sha256 = $1 LIMIT 1', [sha256])).rowCount ?? 0) > 0;
+    },
+
+    async deleteFinishedBefore(cutoffMs, limit) {
+      return count(
+        `WITH old AS (
+           SELECT id FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms < $1
+           ORDER BY finished_ms LIMIT $2 FOR UPDATE SKIP LOCKED),
+         refs AS (DELETE FROM blob_refs USING old WHERE blob_refs.job_id = old.id),
+         gone AS (DELETE FROM jobs USING old WHERE jobs.id = old.id RETURNING 1)
+         SELECT COUNT(*) AS n FROM gone`,
+        [cutoffMs, limit],
+      );
+    },
+
+    async recentPerImageMs(backendId, limit) {
+      const { rows } = await pool.query<{ d: number }>(
+        `SELECT (finished_ms - started_ms)::float8 / GREATEST(1, images_delivered) AS d FROM jobs
+         WHERE backend_id = $1 AND status = 'completed' AND started_ms IS NOT NULL
+         ORDER BY finished_ms DESC LIMIT $2`,
+        [backendId, limit],
+      );
+      return rows.map((r) => r.d);
+    },
+
+    async ping() {
+      await pool.query('SELECT 1');
+    },
+
+    async close() {
+      if (closed) return;
+      closed = true;
+      await pool.end();
+    },
+  };
+}
