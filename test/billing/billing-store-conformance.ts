@@ -1,0 +1,362 @@
+import { beforeEach, describe, expect, it } from 'vitest';
+import type { BillingStore } from '../../src/billing/store.js';
+import { newJobId, type JobResult } from '../../src/jobs/model.js';
+import type { JobStore, NewJob } from '../../src/jobs/store.js';
+import type { JobSignature } from '../../src/tee/receipt.js';
+
+/**
+ * The behaviour every BillingStore must have, verb by verb, on a store whose receipts come from its job
+ * store's completions (as in the daemon: the receipt is written in the completion's transaction). Each
+ * implementation's test file calls this with a factory returning a fresh, empty pair on one database.
+ */
+export interface BillingStores {
+  jobs: JobStore;
+  billing: BillingStore;
+}
+
+const ALICE = '0x00000000000000000000000000000000000a11ce';
+const BOB = '0x0000000000000000000000000000000000000b0b';
+const PRICE = 1_000_000_000_000_000n;
+const DAY = 86_400;
+/** 2026-01-01T00:00:00Z, in seconds. */
+const JAN_1 = 1_767_225_600;
+
+export function describeBillingStoreConformance(name: string, open: () => Promise<BillingStores>): void {
+  describe(`BillingStore conformance: ${name}`, () => {
+    let jobs: JobStore;
+    let billing: BillingStore;
+    beforeEach(async () => {
+      ({ jobs, billing } = await open());
+      return () => jobs.close();
+    });
+
+    const newJob = (owner: string, n: number): NewJob => ({
+      id: newJobId(),
+      owner,
+      kind: 'generation',
+      delivery: 'async',
+      model: 'm',
+      backendId: 'gpu',
+      params: {
+        prompt: 'p',
+        n,
+        size: '64x64',
+        quality: 'high',
+        responseFormat: 'b64_json',
+        outputFormat: 'png',
+        outputCompression: undefined,
+        background: 'auto',
+        seed: 1,
+        negativePrompt: undefined,
+        numInferenceSteps: undefined,
+        guidanceScale: undefined,
+        user: undefined,
+      },
+      inputs: [],
+      requestSha256: 'a'.repeat(64),
+      pricePerImageWei: PRICE,
+      fingerprint: 'f'.repeat(64),
+      idempotencyKey: undefined,
+      baseUrl: 'http://x',
+      createdMs: 1_000,
+    });
+
+    /** A job of `owner` completed with `images` delivered: its receipt is written with the completion. */
+    async function paid(owner: string, options: { images?: number; created?: number; floor?: bigint; feeWei?: bigint } = {}) {
+      const images = options.images ?? 1;
+      const job = newJob(owner, images);
+      await jobs.create(job, 0);
+      const claimed = (await jobs.claimNext('gpu', 2_000, 60_000))!;
+      let seq = 0n;
+      const result: JobResult = {
+        created: 1,
+        images: Array.from({ length: images }, (_, i) => ({ sha256: `${job.id}-${i}`, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 })),
+        size: '64x64',
+        quality: 'high',
+        outputFormat: 'png',
+        background: 'opaque',
+        fileToken: 't'.repeat(32),
+        warnings: [],
+      };
+      const fee = options.feeWei ?? BigInt(images) * PRICE;
+      const ok = await jobs.complete(
+        job.id,
+        claimed.leaseToken,
+        result,
+        {
+          seqFloor: options.floor ?? 0n,
+          sign: (s): JobSignature => {
+            seq = s;
+            return {
+              signingAddress: '0x0000000000000000000000000000000000000001',
+              text: `signed ${job.id}`,
+              signature: '0xsig',
+              receipt: {
+                version: 2,
+                tee: 'INSECURE-DEV',
+                provider: '0x0000000000000000000000000000000000000002',
+                signer: '0x0000000000000000000000000000000000000001',
+                job: job.id,
+                model: 'm',
+                user: owner,
+                seq: s.toString(),
+                request_sha256: 'a'.repeat(64),
+                images,
+                image_sha256: result.images.map((i) => i.sha256),
+                price_per_image_wei: PRICE.toString(),
+                fee_wei: fee.toString(),
+                created: options.created ?? JAN_1,
+                text: 'image-receipt/2',
+                signature: '0xsig',
+              },
+            };
+          },
+        },
+        3_000,
+        9_000,
+      );
+      expect(ok).toBe(true);
+      return { jobId: job.id, seq };
+    }
+
+    const item = (user: string, nonce: bigint, receipts: Array<{ jobId: string }>) => ({
+      user,
+      nonce,
+      totalFeeWei: 2n ** 70n + nonce,
+      requestsHash: `0xroot-${user.slice(-4)}`,
+      signature: '0xteesig',
+      receipts: receipts.map((r) => ({ jobId: r.jobId, proof: [`0xproof-${r.jobId.slice(-4)}`] })),
+    });
+
+    it('writes a receipt with each paid completion: unsettled for 0G users, offchain for others, none when free', async () => {
+      const { jobId, seq } = await paid(ALICE, { images: 2 });
+      const r = (await billing.getReceipt(jobId))!;
+      expect(r).toMatchObject({
+        jobId,
+        user: ALICE,
+        provider: '0x0000000000000000000000000000000000000002',
+        feeWei: 2n * PRICE,
+        images: 2,
+        created: JAN_1,
+        seq,
+        state: 'unsettled',
+        note: undefined,
+        batchId: undefined,
+        root: undefined,
+        proof: undefined,
+        settledTx: undefined,
+        settledBlock: undefined,
+        settledMs: undefined,
+      });
+      expect(seq).toBe(1n);
+      expect(r.receipt).toMatchObject({ job: jobId, user: ALICE, fee_wei: (2n * PRICE).toString() });
+      expect(r.signature).toEqual({ signingAddress: '0x0000000000000000000000000000000000000001', text: `signed ${jobId}`, signature: '0xsig' });
+      expect(Array.isArray(r.leaf)).toBe(true);
+
+      const router = await paid('router-x');
+      expect((await billing.getReceipt(router.jobId))!.state).toBe('offchain');
+      const free = await paid(ALICE, { feeWei: 0n });
+      expect(await billing.getReceipt(free.jobId)).toBeUndefined();
+      expect(await billing.getReceipt(newJobId())).toBeUndefined();
+    });
+
+    it('sums what a user owes (unsettled and in flight) and reserves (unfinished jobs), exactly beyond 2^64', async () => {
+      const a = await paid(ALICE, { feeWei: 2n ** 80n });
+      await paid(ALICE, { feeWei: 5n });
+      await paid(BOB, { feeWei: 7n });
+      expect(await billing.unsettledWei(ALICE)).toBe(2n ** 80n + 5n);
+      await billing.prepareBatch({ id: 'b1', items: [item(ALICE, 1n, [a])], createdMs: 10 });
+      expect(await billing.unsettledWei(ALICE)).toBe(2n ** 80n + 5n);
+      expect(await billing.reservedWei(ALICE)).toBe(0n);
+      await jobs.create(newJob(ALICE, 3), 0);
+      await jobs.create(newJob(ALICE, 1), 0);
+      expect(await billing.reservedWei(ALICE)).toBe(4n * PRICE);
+      expect(await billing.reservedWei(BOB)).toBe(0n);
+    });
+
+    it('lists users with unsettled receipts, and each one’s receipts lowest number first', async () => {
+      const a1 = await paid(ALICE, { feeWei: 3n });
+      const a2 = await paid(ALICE, { feeWei: 4n });
+      const a3 = await paid(ALICE, { feeWei: 5n });
+      await paid(BOB, { feeWei: 7n });
+      await paid('router-x', { feeWei: 9n });
+      const users = (await billing.usersWithUnsettled()).sort((x, y) => x.user.localeCompare(y.user));
+      expect(users).toEqual([
+        { user: BOB, feeWei: 7n, receipts: 1 },
+        { user: ALICE, feeWei: 12n, receipts: 3 },
+      ]);
+      expect((await billing.unsettledReceipts(ALICE, 10)).map((r) => r.jobId)).toEqual([a1.jobId, a2.jobId, a3.jobId]);
+      expect((await billing.unsettledReceipts(ALICE, 2)).map((r) => r.seq)).toEqual([1n, 2n]);
+    });
+
+    it('finds receipts in a sequence range numerically (9 < 10), in every state but invalid', async () => {
+      const r9 = await paid(ALICE, { floor: 8n });
+      const r10 = await paid(ALICE);
+      const r11 = await paid(ALICE);
+      const r12 = await paid(ALICE);
+      expect([r9.seq, r10.seq, r11.seq, r12.seq]).toEqual([9n, 10n, 11n, 12n]);
+      await billing.markUnbillable([{ jobId: r11.jobId, state: 'invalid', note: 'edited' }]);
+      await billing.markUnbillable([{ jobId: r12.jobId, state: 'void', note: 'below the nonce' }]);
+      expect((await billing.receiptsInSeqRange(ALICE, 8n, 12n)).map((r) => r.seq)).toEqual([9n, 10n, 12n]);
+      expect((await billing.receiptsInSeqRange(ALICE, 9n, 10n)).map((r) => r.seq)).toEqual([10n]);
+      expect(await billing.receiptsInSeqRange(BOB, 0n, 100n)).toEqual([]);
+    });
+
+    it('marks only unsettled receipts invalid or void, with the reason', async () => {
+      const a = await paid(ALICE);
+      const b = await paid(ALICE);
+      await billing.prepareBatch({ id: 'b1', items: [item(ALICE, 1n, [b])], createdMs: 10 });
+      await billing.markUnbillable([
+        { jobId: a.jobId, state: 'void', note: 'v1 receipt' },
+        { jobId: b.jobId, state: 'invalid', note: 'not while in flight' },
+      ]);
+      expect(await billing.getReceipt(a.jobId)).toMatchObject({ state: 'void', note: 'v1 receipt' });
+      expect(await billing.getReceipt(b.jobId)).toMatchObject({ state: 'in_flight', note: undefined });
+      expect(await billing.unsettledWei(ALICE)).toBe(PRICE);
+    });
+
+    it('prepares a batch: persisted as signed, its unsettled receipts in flight with root and proof', async () => {
+      const a = await paid(ALICE);
+      const gone = await paid(ALICE);
+      const b = await paid(BOB);
+      await billing.markUnbillable([{ jobId: gone.jobId, state: 'void', note: 'x' }]);
+      const items = [item(ALICE, 2n, [a, gone]), item(BOB, 1n, [b])];
+      await billing.prepareBatch({ id: 'batch-1', items, createdMs: 1_234 });
+      expect(await billing.getReceipt(a.jobId)).toMatchObject({
+        state: 'in_flight',
+        batchId: 'batch-1',
+        root: items[0]!.requestsHash,
+        proof: items[0]!.receipts[0]!.proof,
+      });
+      expect(await billing.getReceipt(gone.jobId)).toMatchObject({ state: 'void', batchId: undefined });
+      const batch = (await billing.getBatch('batch-1'))!;
+      expect(batch).toEqual({
+        id: 'batch-1',
+        state: 'prepared',
+        items,
+        createdMs: 1_234,
+        txHashes: [],
+        walletNonce: undefined,
+        sentMs: undefined,
+        block: undefined,
+        results: undefined,
+        note: undefined,
+      });
+      expect(await billing.openBatches()).toEqual([batch]);
+      expect(await billing.getBatch('nope')).toBeUndefined();
+      expect(await billing.usersWithUnsettled()).toEqual([]);
+    });
+
+    it('records every transaction sent for a batch, in order', async () => {
+      const a = await paid(ALICE);
+      await billing.prepareBatch({ id: 'b', items: [item(ALICE, 1n, [a])], createdMs: 1 });
+      await billing.recordBatchTx('b', '0xtx1', 41, 100);
+      await billing.recordBatchTx('b', '0xtx2', 41, 200);
+      expect(await billing.getBatch('b')).toMatchObject({ state: 'sent', txHashes: ['0xtx1', '0xtx2'], walletNonce: 41, sentMs: 200 });
+      expect((await billing.openBatches()).map((x) => x.id)).toEqual(['b']);
+    });
+
+    it('confirms a batch: SUCCESS settled, PARTIAL partial, anything else and unreported users back to unsettled', async () => {
+      const carol = '0x00000000000000000000000000000000000ca201';
+      const dave = '0x00000000000000000000000000000000000da7e0';
+      const a = await paid(ALICE);
+      const b = await paid(BOB);
+      const c = await paid(carol);
+      const d = await paid(dave);
+      const items = [item(ALICE, 1n, [a]), item(BOB, 1n, [b]), item(carol, 1n, [c]), item(dave, 1n, [d])];
+      await billing.prepareBatch({ id: 'b', items, createdMs: 1 });
+      await billing.recordBatchTx('b', '0xtx', 7, 100);
+      const results = [
+        { user: ALICE, status: 0, unsettledWei: 0n },
+        { user: BOB, status: 1, unsettledWei: 2n ** 65n },
+        { user: carol, status: 5, unsettledWei: 0n },
+      ];
+      await billing.confirmBatch('b', '0xtx', 321, results, 5_000);
+      expect(await billing.getReceipt(a.jobId)).toMatchObject({ state: 'settled', settledTx: '0xtx', settledBlock: 321, settledMs: 5_000 });
+      expect(await billing.getReceipt(b.jobId)).toMatchObject({ state: 'partial', settledTx: '0xtx', settledBlock: 321 });
+      for (const r of [c, d]) {
+        expect(await billing.getReceipt(r.jobId)).toMatchObject({ state: 'unsettled', batchId: undefined, root: undefined, proof: undefined });
+      }
+      expect(await billing.getBatch('b')).toMatchObject({ state: 'confirmed', block: 321, results });
+      expect(await billing.openBatches()).toEqual([]);
+      // Confirming again changes nothing.
+      await billing.confirmBatch('b', '0xother', 999, [{ user: carol, status: 0, unsettledWei: 0n }], 6_000);
+      expect((await billing.getReceipt(c.jobId))!.state).toBe('unsettled');
+      expect((await billing.getBatch('b'))!.block).toBe(321);
+    });
+
+    it('abandons a batch that never reached the chain: its receipts are unsettled again', async () => {
+      const a = await paid(ALICE);
+      await billing.prepareBatch({ id: 'b', items: [item(ALICE, 1n, [a])], createdMs: 1 });
+      await billing.abandonBatch('b', 'nothing was sent');
+      expect(await billing.getBatch('b')).toMatchObject({ state: 'abandoned', note: 'nothing was sent' });
+      expect(await billing.getReceipt(a.jobId)).toMatchObject({ state: 'unsettled', batchId: undefined });
+      // A confirmed batch is not abandoned afterwards.
+      await billing.prepareBatch({ id: 'c', items: [item(ALICE, 2n, [a])], createdMs: 2 });
+      await billing.confirmBatch('c', '0xtx', 5, [{ user: ALICE, status: 0, unsettledWei: 0n }], 10);
+      await billing.abandonBatch('c', 'too late');
+      expect(await billing.getBatch('c')).toMatchObject({ state: 'confirmed', note: undefined });
+      expect((await billing.getReceipt(a.jobId))!.state).toBe('settled');
+    });
+
+    it('marks unsettled receipts the chain shows paid, with the transaction that paid them', async () => {
+      const a = await paid(ALICE);
+      const b = await paid(ALICE);
+      const at = { txHash: '0xpaid', block: 77, nowMs: 8_000, note: 'found on chain' };
+      await billing.markPaidOnChain([{ jobId: a.jobId, root: '0xr', proof: ['0xp1', '0xp2'] }], 'settled', at);
+      await billing.markPaidOnChain([{ jobId: b.jobId, root: '0xr2', proof: [] }], 'partial', at);
+      expect(await billing.getReceipt(a.jobId)).toMatchObject({
+        state: 'settled',
+        root: '0xr',
+        proof: ['0xp1', '0xp2'],
+        settledTx: '0xpaid',
+        settledBlock: 77,
+        settledMs: 8_000,
+        note: 'found on chain',
+      });
+      expect((await billing.getReceipt(b.jobId))!.state).toBe('partial');
+      // Only unsettled receipts move.
+      await billing.markPaidOnChain([{ jobId: a.jobId, root: '0xz', proof: [] }], 'partial', { ...at, txHash: '0xother' });
+      expect((await billing.getReceipt(a.jobId))!.settledTx).toBe('0xpaid');
+    });
+
+    it('holds a named lock for one holder until it expires or is released', async () => {
+      expect(await billing.tryLock('settle', 'a', 1_000, 500)).toBe(true);
+      expect(await billing.tryLock('settle', 'b', 1_200, 500)).toBe(false);
+      expect(await billing.tryLock('settle', 'a', 1_400, 500)).toBe(true); // renewed to 1_900
+      expect(await billing.tryLock('settle', 'b', 1_800, 500)).toBe(false);
+      expect(await billing.tryLock('other', 'b', 1_800, 500)).toBe(true);
+      await billing.unlock('settle', 'b'); // not b's: nothing happens
+      expect(await billing.tryLock('settle', 'b', 1_850, 500)).toBe(false);
+      expect(await billing.tryLock('settle', 'b', 1_900, 500)).toBe(true); // expired
+      await billing.unlock('settle', 'b');
+      expect(await billing.tryLock('settle', 'c', 1_901, 500)).toBe(true);
+    });
+
+    it('blocks a user after a PARTIAL, updates the block, and lifts it', async () => {
+      expect(await billing.getUserBlock(ALICE)).toBeUndefined();
+      await billing.blockUser({ user: ALICE, shortfallWei: 2n ** 90n, balanceWei: 3n, sinceMs: 10 });
+      expect(await billing.getUserBlock(ALICE)).toEqual({ user: ALICE, shortfallWei: 2n ** 90n, balanceWei: 3n, sinceMs: 10 });
+      await billing.blockUser({ user: ALICE, shortfallWei: 1n, balanceWei: 4n, sinceMs: 20 });
+      expect(await billing.getUserBlock(ALICE)).toEqual({ user: ALICE, shortfallWei: 1n, balanceWei: 4n, sinceMs: 20 });
+      expect(await billing.getUserBlock(BOB)).toBeUndefined();
+      await billing.unblockUser(ALICE);
+      expect(await billing.getUserBlock(ALICE)).toBeUndefined();
+    });
+
+    it('adds up earnings per UTC day and settlement state', async () => {
+      const s = await paid(ALICE, { images: 2, created: JAN_1 + 10 });
+      const p = await paid(BOB, { images: 1, created: JAN_1 + DAY - 1 });
+      await paid(ALICE, { images: 1, created: JAN_1 + 100 });
+      await paid('router-x', { images: 3, created: JAN_1 + DAY });
+      const v = await paid(ALICE, { images: 1, created: JAN_1 + DAY + 5 });
+      await billing.markPaidOnChain([{ jobId: s.jobId, root: '0x', proof: [] }], 'settled', { txHash: '0x1', block: 1, nowMs: 1, note: '' });
+      await billing.markPaidOnChain([{ jobId: p.jobId, root: '0x', proof: [] }], 'partial', { txHash: '0x1', block: 1, nowMs: 1, note: '' });
+      await billing.markUnbillable([{ jobId: v.jobId, state: 'void', note: 'x' }]);
+      expect(await billing.earningsByDay()).toEqual([
+        { day: '2026-01-01', receipts: 3, images: 4, settledWei: 2n * PRICE, partialWei: PRICE, unsettledWei: PRICE, offchainWei: 0n, unbillableWei: 0n },
+        { day: '2026-01-02', receipts: 2, images: 4, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 3n * PRICE, unbillableWei: PRICE },
+      ]);
+    });
+  });
+}
