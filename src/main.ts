@@ -1,7 +1,6 @@
 import { SettlementJournal } from './tee/settlement-journal.js';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
-import path from 'node:path';
 import type { Express } from 'express';
 import sharp from 'sharp';
 import { AdminToken } from './auth/admin-token.js';
@@ -22,10 +21,8 @@ import { Base64Images } from './http/render.js';
 import { BlobStore } from './images/blob-store.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
-import { openSqliteDatabase } from './jobs/sqlite/database.js';
-import { sqliteJobStore } from './jobs/sqlite/sqlite-store.js';
+import { openStores } from './jobs/open-stores.js';
 import { BillingAdmission } from './billing/admission.js';
-import { sqliteBillingStore } from './billing/sqlite-billing-store.js';
 import type { BillingStore } from './billing/store.js';
 import { Settler } from './billing/settlement/settler.js';
 import { createSettlementTriggers, validateSettlementCron, type SettlementTriggers } from './billing/settlement/triggers.js';
@@ -88,9 +85,12 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   mkdirSync(config.dataDir, { recursive: true });
   const blobs = new BlobStore(config.dataDir, config.limits.minFreeDiskBytes);
   await blobs.init();
-  const db = openSqliteDatabase(path.join(config.dataDir, 'pixeld.sqlite'));
-  const store = sqliteJobStore(db);
-  const billing = sqliteBillingStore(db);
+  // SQLite under dataDir, or PostgreSQL (database.url); missing migrations are applied here.
+  const stores = await openStores(config, { onIdleError: (err) => logger.warn('database: an idle connection failed', { error: String(err) }) });
+  for (const m of stores.migrations.applied) logger.info(`database: applied migration ${m.version} (${m.name})`, { store: stores.kind });
+  logger.info(`database: ${stores.kind} at ${stores.location}, schema ${stores.migrations.to}`);
+  const store = stores.jobs;
+  const billing = stores.billing;
   const catalog = new ModelCatalog(config.models);
   const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
   const chainConfig: ChainConfig | undefined =

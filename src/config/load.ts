@@ -81,6 +81,7 @@ function applyEnvOverrides(input: ConfigInput, env: NodeJS.ProcessEnv): void {
   if (env.PIXELD_PUBLIC_BASE_URL) server.publicBaseUrl = env.PIXELD_PUBLIC_BASE_URL;
   input.server = server as ConfigInput['server'];
   if (env.PIXELD_DATA_DIR) input.dataDir = env.PIXELD_DATA_DIR;
+  if (env.PIXELD_DATABASE_URL) input.database = { ...(input.database ?? {}), url: env.PIXELD_DATABASE_URL };
   if (env.PIXELD_LOG_LEVEL) input.log = { ...(input.log ?? {}), level: env.PIXELD_LOG_LEVEL as 'info' };
 }
 

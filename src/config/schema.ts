@@ -341,9 +341,30 @@ export const configSchema = z
       })
       .strict()
       .prefault({}),
-    /** Where the SQLite file and image files live. */
+    /** Where the SQLite file (without database.url) and the image files live. */
     dataDir: z.string().default('./data'),
-    store: z.object({ type: z.literal('sqlite') }).strict().prefault({ type: 'sqlite' }),
+    /**
+     * The job and billing store: `sqlite` (one file in dataDir) or `postgres` (database.url, shared by
+     * replicas). Unset: postgres when database.url is set, else sqlite.
+     */
+    store: z
+      .object({ type: z.enum(['sqlite', 'postgres']).optional() })
+      .strict()
+      .prefault({}),
+    database: z
+      .object({
+        /** PostgreSQL for the job and billing store (env PIXELD_DATABASE_URL). Unset: embedded SQLite under dataDir. */
+        url: z
+          .string()
+          .regex(/^postgres(?:ql)?:\/\/\S+$/, 'must be a postgres:// URL, e.g. postgres://pixeld@db.internal:5432/pixeld')
+          .optional(),
+        /** Connections one daemon keeps open to it at most. */
+        maxConnections: z.number().int().min(1).max(1_000).default(10),
+        /** Opening a connection gives up after this long. */
+        connectTimeoutMs: z.number().int().min(100).default(5_000),
+      })
+      .strict()
+      .prefault({}),
     auth: z
       .object({
         /**
@@ -448,6 +469,16 @@ export const configSchema = z
   })
   .strict()
   .superRefine((cfg, ctx) => {
+    if (cfg.store.type === 'postgres' && cfg.database.url === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'required when store.type is "postgres" (or env PIXELD_DATABASE_URL)', path: ['database', 'url'] });
+    }
+    if (cfg.store.type === 'sqlite' && cfg.database.url !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        message: 'is "sqlite" but database.url (or env PIXELD_DATABASE_URL) names a PostgreSQL database: remove one of them',
+        path: ['store', 'type'],
+      });
+    }
     if (cfg.jobs.recordRetentionMs < cfg.jobs.resultTtlMs) {
       ctx.addIssue({
         code: 'custom',

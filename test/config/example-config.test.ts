@@ -94,6 +94,7 @@ describe('config/pixeld.example.yaml', () => {
     const defaults = configSchema.parse({ backends: [{ id: 'b', type: 'reference' }], models: [{ id: 'm', backend: 'b', capabilities: ['generation'], sizes: ['256x256'] }] });
     expect(config.server).toEqual(defaults.server);
     expect(config.store).toEqual(defaults.store);
+    expect(config.database).toEqual(defaults.database);
     expect(config.auth).toEqual(defaults.auth);
     expect(config.admin).toEqual(defaults.admin);
     expect(config.log).toEqual(defaults.log);

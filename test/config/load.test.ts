@@ -326,3 +326,25 @@ describe('the CLI', () => {
     expect(stdout).toContain('--config');
   });
 });
+
+describe('loadConfig: database', () => {
+  it('unset: the embedded SQLite store; PIXELD_DATABASE_URL sets database.url over the file, keeping its other keys', () => {
+    expect(load().config.database).toEqual({ url: undefined, maxConnections: 10, connectTimeoutMs: 5_000 });
+    const file = write('pixeld.yaml', 'database:\n  url: postgres://a@db1/pixeld\n  maxConnections: 4\n');
+    expect(load({ configPath: file }).config.database).toMatchObject({ url: 'postgres://a@db1/pixeld', maxConnections: 4 });
+    const { config } = load({ configPath: file, env: { PIXELD_DATABASE_URL: 'postgresql://b:secret@db2:5433/p' } });
+    expect(config.database).toMatchObject({ url: 'postgresql://b:secret@db2:5433/p', maxConnections: 4 });
+  });
+
+  it('refuses a URL that is not postgres://, and a store.type that contradicts database.url', () => {
+    expect(configError({ env: { PIXELD_DATABASE_URL: 'mysql://db/pixeld' } }).message).toBe(
+      'config: database.url: must be a postgres:// URL, e.g. postgres://pixeld@db.internal:5432/pixeld',
+    );
+    const sqlite = write('a.yaml', 'store:\n  type: sqlite\n');
+    expect(configError({ configPath: sqlite, env: { PIXELD_DATABASE_URL: 'postgres://db/p' } }).message).toMatch(
+      /^config: store\.type: is "sqlite" but database\.url/,
+    );
+    const postgres = write('b.yaml', 'store:\n  type: postgres\n');
+    expect(configError({ configPath: postgres }).message).toMatch(/^config: database\.url: required when store\.type is "postgres"/);
+  });
+});

@@ -126,10 +126,25 @@ export const MIGRATIONS: readonly string[] = [
   `DROP TABLE settlement_nonces;`,
 ];
 
+/** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
+export const MIGRATION_NAMES: readonly string[] = [
+  'jobs and blob references',
+  'job prices and signatures',
+  'index of jobs by model and status',
+  'receipts, settlement nonces, batches, blocks and locks',
+  'receipts v2: sequence numbers, signatures, invalid and void states',
+  'drop settlement_nonces',
+];
+
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */
 export const seqKey = (seq: bigint): string => seq.toString().padStart(78, '0');
 
-export function openSqliteDatabase(file: string): Database.Database {
+export interface OpenSqliteOptions {
+  /** Told the schema version found and the one left after migrating (equal when there was nothing to do). */
+  onMigrated?: (from: number, to: number) => void;
+}
+
+export function openSqliteDatabase(file: string, options: OpenSqliteOptions = {}): Database.Database {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   // FULL: a commit is on disk before it returns, so a receipt, a reservation or a prepared batch survives
@@ -138,11 +153,13 @@ export function openSqliteDatabase(file: string): Database.Database {
   db.pragma('synchronous = FULL');
   db.pragma('busy_timeout = 5000');
   db.pragma('foreign_keys = ON');
-  migrate(db);
+  const from = migrate(db);
+  options.onMigrated?.(from, MIGRATIONS.length);
   return db;
 }
 
-function migrate(db: Database.Database): void {
+/** Applies the missing migrations; returns the version found. */
+function migrate(db: Database.Database): number {
   const version = db.pragma('user_version', { simple: true }) as number;
   if (version > MIGRATIONS.length) {
     throw new Error(`the database was written by a newer pixeld (schema ${version}, this one knows ${MIGRATIONS.length})`);
@@ -153,4 +170,5 @@ function migrate(db: Database.Database): void {
       db.pragma(`user_version = ${v + 1}`);
     })();
   }
+  return version;
 }

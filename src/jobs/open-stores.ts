@@ -1,0 +1,96 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { postgresBillingStore } from '../billing/postgres-billing-store.js';
+import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
+import type { BillingStore } from '../billing/store.js';
+import type { Config } from '../config/schema.js';
+import { migratePostgres } from './postgres/migrations.js';
+import { createPostgresPool, redactDatabaseUrl } from './postgres/pool.js';
+import { postgresJobStore } from './postgres/postgres-store.js';
+import { MIGRATION_NAMES, openSqliteDatabase } from './sqlite/database.js';
+import { sqliteJobStore } from './sqlite/sqlite-store.js';
+import type { JobStore } from './store.js';
+
+/**
+ * The one place that picks the store: embedded SQLite under `dataDir`, or PostgreSQL when `database.url`
+ * is set. The daemon and every command that reads the books (settle, accounts, earnings, migrate) open
+ * their stores here, so they always look at the same database. Opening applies the missing migrations.
+ */
+
+export type StoreKind = 'sqlite' | 'postgres';
+
+export interface StoreMigrations {
+  /** Schema version found (0: a new database) and the version now. */
+  from: number;
+  to: number;
+  /** What this open applied, in order. */
+  applied: Array<{ version: number; name: string }>;
+}
+
+export interface Stores {
+  kind: StoreKind;
+  /** The SQLite file, or the PostgreSQL URL without its password. */
+  location: string;
+  jobs: JobStore;
+  billing: BillingStore;
+  migrations: StoreMigrations;
+  /** Closes the database (the SQLite file, or the pool), once; the job store's close() does the same. */
+  close(): Promise<void>;
+}
+
+export type StoreConfig = Pick<Config, 'dataDir' | 'store' | 'database'>;
+
+export interface OpenStoresOptions {
+  /** Refuse to create a SQLite file that is not there (commands that read what a daemon wrote). */
+  mustExist?: boolean;
+  /** An idle PostgreSQL connection failed (the pool replaces it). */
+  onIdleError?: (err: Error) => void;
+}
+
+/** The SQLite file is missing and `mustExist` was asked for. */
+export class StoreNotFoundError extends Error {
+  override readonly name = 'StoreNotFoundError';
+  constructor(readonly file: string) {
+    super(`no pixeld database at ${file}`);
+  }
+}
+
+export function storeKind(config: StoreConfig): StoreKind {
+  return config.store.type ?? (config.database.url !== undefined ? 'postgres' : 'sqlite');
+}
+
+export const sqliteFile = (config: Pick<Config, 'dataDir'>): string => path.join(config.dataDir, 'pixeld.sqlite');
+
+export async function openStores(config: StoreConfig, options: OpenStoresOptions = {}): Promise<Stores> {
+  if (storeKind(config) === 'postgres') {
+    const url = config.database.url!;
+    const pool = createPostgresPool({
+      url,
+      maxConnections: config.database.maxConnections,
+      connectTimeoutMs: config.database.connectTimeoutMs,
+      onIdleError: options.onIdleError,
+    });
+    let migrations: StoreMigrations;
+    try {
+      const result = await migratePostgres(pool);
+      migrations = result;
+    } catch (err) {
+      await pool.end();
+      throw err;
+    }
+    const jobs = postgresJobStore(pool);
+    return { kind: 'postgres', location: redactDatabaseUrl(url), jobs, billing: postgresBillingStore(pool), migrations, close: () => jobs.close() };
+  }
+  const file = sqliteFile(config);
+  if (options.mustExist && !existsSync(file)) throw new StoreNotFoundError(file);
+  let migrations: StoreMigrations = { from: 0, to: 0, applied: [] };
+  const db = openSqliteDatabase(file, {
+    onMigrated: (from, to) => {
+      const applied = [];
+      for (let v = from + 1; v <= to; v += 1) applied.push({ version: v, name: MIGRATION_NAMES[v - 1] ?? `schema ${v}` });
+      migrations = { from, to, applied };
+    },
+  });
+  const jobs = sqliteJobStore(db);
+  return { kind: 'sqlite', location: file, jobs, billing: sqliteBillingStore(db), migrations, close: () => jobs.close() };
+}
