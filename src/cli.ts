@@ -13,6 +13,7 @@ Commands:
   settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
   accounts         Users' on-chain balances next to their unsettled and reserved fees
   earnings         Receipts per day: settled, settled short, unsettled, off chain
+  migrate          Apply the missing schema migrations to the configured database (pixeld migrate --help)
   help             Show this help
 
 Options:
@@ -43,8 +44,11 @@ settle options:
   --dry-run           Prepare, sign and preview only: nothing persisted or sent
   Exit status 1 when another settler holds the lock, the chain fails, or an item is not settled.
 
+migrate options:
+  --json              Print what was applied as one JSON object
+
 Environment:
-  PORT, HOST, PIXELD_DATA_DIR, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
+  PORT, HOST, PIXELD_DATA_DIR, PIXELD_DATABASE_URL, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
   override the matching config keys (see config/pixeld.example.yaml).
 `;
 
@@ -66,6 +70,7 @@ const COMMANDS: Record<string, CommandRunner> = {
   settle: async (argv) => (await import('./commands/settle.js')).runSettleCli(argv),
   accounts: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('accounts', argv),
   earnings: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('earnings', argv),
+  migrate: async (argv) => (await import('./commands/migrate.js')).runMigrateCli(argv),
 };
 
 async function main(argv: string[]): Promise<number> {

@@ -1,14 +1,11 @@
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatEther } from 'ethers';
-import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
 import type { BillingStore } from '../billing/store.js';
 import { getAccountsByProvider } from '../chain/get-accounts-by-provider.js';
 import { loadProviderWallet, resolveProviderAddress } from '../chain/provider-wallet.js';
 import { createChainClient } from '../chain/serving-contract.js';
 import type { Config } from '../config/schema.js';
-import { openSqliteDatabase } from '../jobs/sqlite/database.js';
+import { openStores, StoreNotFoundError } from '../jobs/open-stores.js';
 import {
   CommandError,
   EXIT_OK,
@@ -23,7 +20,8 @@ import {
 /**
  * The provider's books: `pixeld accounts` (every user with an account on chain, next to what this daemon
  * holds for them) and `pixeld earnings` (receipts per day by settlement state). Both only read: the
- * daemon's SQLite file (safe while it runs, WAL readers never block it) and the chain.
+ * daemon's database (its SQLite file — safe while it runs, WAL readers never block it — or PostgreSQL) and
+ * the chain.
  */
 
 export const ACCOUNTS_USAGE = `Usage: pixeld accounts [--config <file>]
@@ -45,18 +43,23 @@ export interface LedgerOptions {
 
 const zeroG = (wei: bigint) => formatEther(wei);
 
-function openBooks(config: Readonly<Config>): { billing: BillingStore; close: () => void } {
-  const file = path.join(config.dataDir, 'pixeld.sqlite');
-  if (!existsSync(file)) throw new CommandError(`no daemon database at ${file}: has pixeld served with this config?`, EXIT_USAGE);
-  const db = openSqliteDatabase(file);
-  return { billing: sqliteBillingStore(db), close: () => db.close() };
+async function openBooks(config: Readonly<Config>): Promise<{ billing: BillingStore; close: () => Promise<void> }> {
+  try {
+    const stores = await openStores(config, { mustExist: true });
+    return { billing: stores.billing, close: () => stores.close() };
+  } catch (err) {
+    if (err instanceof StoreNotFoundError) {
+      throw new CommandError(`no daemon database at ${err.file}: has pixeld served with this config?`, EXIT_USAGE);
+    }
+    throw err;
+  }
 }
 
 export async function accounts(options: LedgerOptions, io: CommandIo): Promise<number> {
   try {
     const config = loadCommandConfig(options.configPath, io.env);
     const client = createChainClient(requireChainConfig(config, 'accounts'));
-    const books = openBooks(config);
+    const books = await openBooks(config);
     try {
       const wallet = await loadProviderWallet(config.provider.wallet, io.env);
       const provider = resolveProviderAddress(config.provider.address, wallet);
@@ -86,7 +89,7 @@ export async function accounts(options: LedgerOptions, io: CommandIo): Promise<n
       for (const line of table(rows)) io.stdout(line);
       return EXIT_OK;
     } finally {
-      books.close();
+      await books.close();
       client.close();
     }
   } catch (err) {
@@ -97,7 +100,7 @@ export async function accounts(options: LedgerOptions, io: CommandIo): Promise<n
 export async function earnings(options: LedgerOptions, io: CommandIo): Promise<number> {
   try {
     const config = loadCommandConfig(options.configPath, io.env);
-    const books = openBooks(config);
+    const books = await openBooks(config);
     try {
       const days = await books.billing.earningsByDay();
       const rows = [['day (UTC)', 'receipts', 'images', 'settled', 'settled short', 'unsettled', 'off chain', 'never charged']];
@@ -136,7 +139,7 @@ export async function earnings(options: LedgerOptions, io: CommandIo): Promise<n
       for (const line of table(rows)) io.stdout(line);
       return EXIT_OK;
     } finally {
-      books.close();
+      await books.close();
     }
   } catch (err) {
     return reportCommandError('earnings', err, io);

@@ -1,14 +1,11 @@
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { Settler } from '../billing/settlement/settler.js';
 import type { RoundResult, UserSettlement } from '../billing/settlement/types.js';
-import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
 import { loadProviderWallet, resolveProviderAddress } from '../chain/provider-wallet.js';
 import { createChainClient } from '../chain/serving-contract.js';
 import { ConfigError, loadConfig } from '../config/load.js';
-import { openSqliteDatabase } from '../jobs/sqlite/database.js';
+import { openStores, StoreNotFoundError, type Stores } from '../jobs/open-stores.js';
 import { createLogger } from '../obs/logger.js';
 import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
 import { openTeeKeyProvider } from '../tee/open-key-provider.js';
@@ -70,14 +67,19 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
     io.stderr('pixeld settle: config: chain.rpcUrl, chain.chainId and chain.servingAddress are required to settle');
     return EXIT_USAGE;
   }
-  const dbFile = path.join(config.dataDir, 'pixeld.sqlite');
-  if (!existsSync(dbFile)) {
-    io.stderr(`pixeld settle: ${config.dataDir} holds no pixeld database (pixeld.sqlite): point dataDir at the daemon's data dir`);
-    return EXIT_USAGE;
+  // The daemon's database: its SQLite file, or the PostgreSQL database its replicas share.
+  let stores: Stores;
+  try {
+    stores = await openStores(config, { mustExist: true });
+  } catch (err) {
+    if (err instanceof StoreNotFoundError) {
+      io.stderr(`pixeld settle: ${config.dataDir} holds no pixeld database (pixeld.sqlite): point dataDir at the daemon's data dir`);
+      return EXIT_USAGE;
+    }
+    throw err;
   }
 
   const chain = createChainClient({ rpcUrl, chainId, servingAddress, rpcTimeoutMs, freshReads: true });
-  const db = openSqliteDatabase(dbFile);
   try {
     const wallet = await loadProviderWallet(config.provider.wallet, io.env, chain.provider);
     if (!wallet) {
@@ -92,7 +94,7 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
     // The settler's own log lines go to stderr, problems only: stdout is the report.
     const logger = createLogger({ level: 'warn', format: 'pretty', stream: lineWriter(io.stderr) });
     const settler = new Settler({
-      billing: sqliteBillingStore(db),
+      billing: stores.billing,
       chain,
       wallet,
       providerAddress,
@@ -122,7 +124,7 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
     throw err;
   } finally {
     chain.close();
-    db.close();
+    await stores.close();
   }
 }
 
