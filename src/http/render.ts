@@ -230,19 +230,30 @@ export function theRouterStatus(job: Job, nowMs: number): TheRouterStatus {
   }
 }
 
+/**
+ * theRouter's job object, as its docs and published scripts read it: `polling_url` to poll, and once the
+ * job has succeeded `unsigned_urls`, one link per image (the links `response_format: "url"` gives,
+ * whatever format the job asked for) beside the OpenAI response in `result`.
+ */
 export function theRouterJobBody(job: Job, nowMs: number, response: ImagesResponse | undefined, progress?: number): Record<string, unknown> {
+  const status = theRouterStatus(job, nowMs);
   const body: Record<string, unknown> = {
     id: job.id,
-    object: 'image.job',
-    status: theRouterStatus(job, nowMs),
+    object: 'image_job',
+    status,
     model: job.model,
     created_at: Math.floor(job.createdMs / 1000),
     updated_at: Math.floor(job.updatedMs / 1000),
-    poll_url: `${job.baseUrl}/v1/jobs/${job.id}`,
+    polling_url: `${job.baseUrl}/v1/jobs/${job.id}`,
   };
+  if (job.expiresMs !== undefined) body.expires_at = Math.floor(job.expiresMs / 1000);
   if (job.status === 'processing' && progress !== undefined) body.progress = progress;
   if (job.status === 'failed' || job.status === 'cancelled') {
     body.error = { code: job.error?.code ?? 'internal_error', message: job.error?.message ?? 'failed' };
+  }
+  if (status === 'succeeded' && job.result) {
+    const result = job.result;
+    body.unsigned_urls = result.images.map((_, index) => fileUrl(job, result, index));
   }
   if (response) body.result = response;
   if (job.result && job.result.warnings.length > 0) body.warnings = job.result.warnings;

@@ -413,11 +413,11 @@ describe('theRouter shape', () => {
     });
     expect(res.status).toBe(202);
     const body = (await res.json()) as Record<string, any>;
-    expect(body).toMatchObject({ id: expect.stringMatching(/^job_/), status: 'queued', poll_url: `${url}/v1/jobs/${body.id}` });
+    expect(body).toMatchObject({ id: expect.stringMatching(/^job_/), status: 'queued', polling_url: `${url}/v1/jobs/${body.id}` });
     const call = await backend.nextCall();
-    expect(((await (await fetch(body.poll_url)).json()) as Record<string, any>).status).toBe('running');
+    expect(((await (await fetch(body.polling_url)).json()) as Record<string, any>).status).toBe('running');
     await call.succeed();
-    const done = (await (await fetch(`${body.poll_url}?wait=10`)).json()) as Record<string, any>;
+    const done = (await (await fetch(`${body.polling_url}?wait=10`)).json()) as Record<string, any>;
     expect(done.status).toBe('succeeded');
     expect(done.result.data).toHaveLength(1);
   });

@@ -1,0 +1,108 @@
+import sharp from 'sharp';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BackendError } from '../../src/backends/errors.js';
+import type { ConfigInput } from '../../src/config/schema.js';
+import { ControlledBackend } from '../helpers/controlled-backend.js';
+import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
+
+/**
+ * What the routers in front of a provider read, as their own docs and published scripts read it (issue 13,
+ * "Routers"): theRouter's job object, 0G's Retry-After on submit, theRouter's x-request-id, and what a
+ * router needs from /v1/models to choose and price a provider.
+ */
+
+const MODEL = 'ctl-model';
+
+let daemon: TestDaemon | undefined;
+afterEach(async () => {
+  await daemon?.close();
+  daemon = undefined;
+});
+
+async function startControlled(extra: Partial<ConfigInput> = {}) {
+  const backend = new ControlledBackend('ctl');
+  daemon = await startTestDaemon({
+    config: {
+      backends: [{ id: 'ctl', type: 'reference', concurrency: 1 }],
+      models: [{ id: MODEL, backend: 'ctl', capabilities: ['generation', 'edit'], sizes: ['64x64'], maxN: 4 }],
+      ...extra,
+    },
+    backends: new Map([['ctl', backend]]),
+  });
+  return { backend, url: daemon.url };
+}
+
+async function postJson(url: string, body: Record<string, unknown>) {
+  const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  return { res, body: (await res.json()) as Record<string, any> };
+}
+
+describe("theRouter's job object", () => {
+  it('a succeeded job lists unsigned_urls, links the daemon serves for each image, even when the job asked for b64_json', async () => {
+    const { backend, url } = await startControlled();
+    const submitted = await postJson(`${url}/v1/images/generations?async=true`, { model: MODEL, prompt: 'two foxes', size: '64x64', n: 2 });
+    expect(submitted.res.status).toBe(202);
+    expect(submitted.body).toMatchObject({
+      id: expect.stringMatching(/^job_/),
+      object: 'image_job',
+      status: 'queued',
+      model: MODEL,
+      created_at: expect.any(Number),
+      polling_url: `${url}/v1/jobs/${submitted.body.id}`,
+    });
+    expect(submitted.body.unsigned_urls).toBeUndefined();
+
+    await (await backend.nextCall()).succeed();
+    const done = (await (await fetch(`${submitted.body.polling_url}?wait=10`)).json()) as Record<string, any>;
+    expect(done.status).toBe('succeeded');
+    expect(done.expires_at).toBeGreaterThan(done.created_at);
+    expect(done.unsigned_urls).toEqual([
+      expect.stringMatching(new RegExp(`^${url}/v1/files/${done.id}/[0-9a-f]{32}/0\\.png$`)),
+      expect.stringMatching(new RegExp(`^${url}/v1/files/${done.id}/[0-9a-f]{32}/1\\.png$`)),
+    ]);
+    // `result` stays, with the images as the job asked for them; each link serves the very same bytes.
+    expect(done.result.data).toHaveLength(2);
+    for (const [i, link] of (done.unsigned_urls as string[]).entries()) {
+      const file = await fetch(link);
+      expect(file.status).toBe(200);
+      expect(file.headers.get('content-type')).toBe('image/png');
+      const bytes = Buffer.from(await file.arrayBuffer());
+      expect(bytes.equals(Buffer.from(done.result.data[i].b64_json, 'base64'))).toBe(true);
+      expect((await sharp(bytes).metadata()).width).toBe(64);
+    }
+  });
+
+  it('gives the same links as response_format "url", and none once the result has expired', async () => {
+    const { backend, url } = await startControlled({ jobs: { resultTtlMs: 1000 } });
+    const submitted = await postJson(`${url}/v1/images/generations?async=true`, {
+      model: MODEL,
+      prompt: 'a fox',
+      size: '64x64',
+      response_format: 'url',
+    });
+    await (await backend.nextCall()).succeed();
+    const done = (await (await fetch(`${submitted.body.polling_url}?wait=10`)).json()) as Record<string, any>;
+    expect(done.unsigned_urls).toEqual([done.result.data[0].url]);
+
+    await new Promise((r) => setTimeout(r, 1100));
+    const expired = (await (await fetch(submitted.body.polling_url)).json()) as Record<string, any>;
+    expect(expired.status).toBe('expired');
+    expect(expired.unsigned_urls).toBeUndefined();
+  });
+
+  it('a job submitted in 0G\'s shape reads the same at /v1/jobs/{id}; a failed one has an error and no links', async () => {
+    const { backend, url } = await startControlled();
+    const ok = await postJson(`${url}/v1/async/images/generations`, { model: MODEL, prompt: 'fine', size: '64x64' });
+    await (await backend.nextCall()).succeed();
+    const done = (await (await fetch(`${url}/v1/jobs/${ok.body.jobId}?wait=10`)).json()) as Record<string, any>;
+    expect(done.unsigned_urls).toHaveLength(1);
+
+    const bad = await postJson(`${url}/v1/async/images/generations`, { model: MODEL, prompt: 'refused', size: '64x64' });
+    (await backend.nextCall()).fail(new BackendError('ctl', 'moderation', 'the prompt was refused'));
+    const failed = (await (await fetch(`${url}/v1/jobs/${bad.body.jobId}?wait=10`)).json()) as Record<string, any>;
+    expect(failed.status).toBe('failed');
+    expect(failed.error).toEqual({ code: 'moderation_blocked', message: 'the prompt was refused' });
+    expect(failed.unsigned_urls).toBeUndefined();
+    expect(failed.expires_at).toBeGreaterThanOrEqual(failed.created_at);
+  });
+});
