@@ -106,3 +106,68 @@ describe("theRouter's job object", () => {
     expect(failed.expires_at).toBeGreaterThanOrEqual(failed.created_at);
   });
 });
+
+describe('Retry-After on submit', () => {
+  it.each([
+    ['0G shape, generation', '/v1/async/images/generations', 'json'],
+    ['0G shape, edit', '/v1/async/images/edits', 'multipart'],
+    ["theRouter's ?async=true, generation", '/v1/images/generations?async=true', 'json'],
+    ["theRouter's ?async=true, edit on the /v1/proxy path", '/v1/proxy/images/edits?async=true', 'multipart'],
+  ] as const)('%s: the 202 says when to come back, estimated as the poll estimates it', async (_name, path, encoding) => {
+    const { backend, url } = await startControlled();
+    // One job holds the backend's only slot, so the submitted one waits behind it.
+    const running = await postJson(`${url}/v1/async/images/generations`, { model: MODEL, prompt: 'first', size: '64x64' });
+    const call = await backend.nextCall();
+
+    let res: Response;
+    if (encoding === 'json') {
+      res = await fetch(`${url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: MODEL, prompt: 'second', size: '64x64', n: 2 }),
+      });
+    } else {
+      const form = new FormData();
+      form.set('model', MODEL);
+      form.set('prompt', 'second');
+      form.set('size', '64x64');
+      form.set('n', '2');
+      const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#336699' } }).png().toBuffer();
+      form.set('image', new Blob([png], { type: 'image/png' }), 'in.png');
+      res = await fetch(`${url}${path}`, { method: 'POST', body: form });
+    }
+    expect(res.status).toBe(202);
+    const body = (await res.json()) as Record<string, any>;
+    const id = body.jobId ?? body.id;
+    const seconds = Number(res.headers.get('retry-after'));
+    const ms = Number(res.headers.get('retry-after-ms'));
+    expect(seconds).toBeGreaterThanOrEqual(1);
+    expect(ms).toBeGreaterThanOrEqual(100);
+    expect(ms).toBeLessThanOrEqual(seconds * 1000);
+    // Nothing moved since the submit (the backend is held): the poll's estimate is the very same.
+    const poll = await fetch(`${url}/v1/async/jobs/${id}`);
+    expect(poll.headers.get('retry-after')).toBe(res.headers.get('retry-after'));
+    expect(poll.headers.get('retry-after-ms')).toBe(res.headers.get('retry-after-ms'));
+
+    await call.succeed();
+    await daemon!.daemon.service.waitForEnd(running.body.jobId, 5_000);
+  });
+
+  it('a replayed submit of a finished job (Idempotency-Key) has no Retry-After', async () => {
+    const { backend, url } = await startControlled();
+    const send = () =>
+      fetch(`${url}/v1/async/images/generations`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': 'replay-1' },
+        body: JSON.stringify({ model: MODEL, prompt: 'once', size: '64x64' }),
+      });
+    const first = await send();
+    const { jobId } = (await first.json()) as { jobId: string };
+    await (await backend.nextCall()).succeed();
+    await daemon!.daemon.service.waitForEnd(jobId, 5_000);
+    const replay = await send();
+    expect(replay.status).toBe(200);
+    expect(replay.headers.get('retry-after')).toBeNull();
+    expect(replay.headers.get('retry-after-ms')).toBeNull();
+  });
+});

@@ -7,6 +7,7 @@ import { parseImageRequest } from '../image-request.js';
 import { readImageRequestBody } from '../read-body.js';
 import { renderImagesResponse, sendJson, theRouterJobBody } from '../render.js';
 import { setReceiptHeaders } from './attestation.js';
+import { setRetryAfterHeaders } from './jobs.js';
 
 /**
  * Submitting work. The sync endpoints (`/v1/images/*`, `/v1/proxy/images/*`) answer with the images;
@@ -45,14 +46,16 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   const allowance = deps.rateLimiter.takeImages(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
+  const delivery = mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async';
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
     reservation,
-    delivery: mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async',
+    delivery,
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),
   });
   res.setHeader('X-Job-Id', job.id);
+  if (delivery === 'async') await setRetryAfterHeaders(deps, job, res);
 
   if (mode === 'async-0g') {
     res.status(created ? 202 : 200).json({ jobId: job.id, status: job.status === 'processing' ? 'processing' : 'pending' });

@@ -81,11 +81,18 @@ async function responseIfCompleted(deps: AppDeps, job: Job): Promise<ImagesRespo
 
 async function setPollHeaders(deps: AppDeps, job: Job, res: Response): Promise<void> {
   if (job.status === 'completed') setReceiptHeaders(res, job);
-  if (job.status === 'pending' || job.status === 'processing') {
-    // retry-after-ms (the OpenAI SDK's name) is the estimate unrounded: a client that reads it comes back
-    // when the job should be done rather than at the next whole second, and never later than Retry-After says.
-    const after = await deps.service.retryAfter(job);
-    res.setHeader('Retry-After', String(after.seconds));
-    res.setHeader('retry-after-ms', String(after.ms));
-  }
+  await setRetryAfterHeaders(deps, job, res);
+}
+
+/**
+ * Tells the caller of an unfinished job when to come back, on the submit's 202 as on every poll: 0G's
+ * router forwards a provider's Retry-After from both. retry-after-ms (the OpenAI SDK's name) is the
+ * estimate unrounded: a client that reads it comes back when the job should be done rather than at the
+ * next whole second, and never later than Retry-After says.
+ */
+export async function setRetryAfterHeaders(deps: AppDeps, job: Job, res: Response): Promise<void> {
+  if (job.status !== 'pending' && job.status !== 'processing') return;
+  const after = await deps.service.retryAfter(job);
+  res.setHeader('Retry-After', String(after.seconds));
+  res.setHeader('retry-after-ms', String(after.ms));
 }
