@@ -156,7 +156,7 @@ describe('the official openai SDK against pixeld', () => {
     expect(notFound.type).toBe('invalid_request_error');
     expect(notFound.message).toMatch(/no-such-model/);
     // The SDK takes the request id from the header the daemon sets on every response.
-    expect(notFound.requestID).toMatch(/^req_/);
+    expect(notFound.requestID).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   });
 
   it("response_format: 'url' returns a link that serves the PNG", async () => {

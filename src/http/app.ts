@@ -72,7 +72,8 @@ export function createApp(deps: AppDeps): Express {
   const logRequests = deps.logger.isDebugEnabled();
   app.use((req, res, next) => {
     const incoming = req.headers['x-request-id'];
-    req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : `req_${randomUUID().replace(/-/g, '')}`;
+    // A UUIDv4 of our own, the form theRouter documents for the ids its users quote in support tickets.
+    req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     res.setHeader('x-request-id', req.requestId);
     if (logRequests) {
       const started = Date.now();

@@ -496,7 +496,7 @@ describe('service endpoints', () => {
     const missing = await fetch(`${url}/v1/nothing-here`);
     expect(missing.status).toBe(404);
     expect(((await missing.json()) as Record<string, any>).error.code).toBe('not_found');
-    expect(missing.headers.get('x-request-id')).toMatch(/^req_/);
+    expect(missing.headers.get('x-request-id')).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
     const echoed = await fetch(`${url}/healthz`, { headers: { 'x-request-id': 'router-abc-1' } });
     expect(echoed.headers.get('x-request-id')).toBe('router-abc-1');
   });

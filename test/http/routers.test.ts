@@ -171,3 +171,25 @@ describe('Retry-After on submit', () => {
     expect(replay.headers.get('retry-after-ms')).toBeNull();
   });
 });
+
+describe('x-request-id', () => {
+  const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+  it("is a fresh UUIDv4 (theRouter's form) when the caller sent none, and the caller's own when it sent a sane one", async () => {
+    const { url } = await startControlled();
+    const first = await postJson(`${url}/v1/images/generations?async=true`, { model: MODEL, prompt: 'a fox', size: '64x64' });
+    const refused = await postJson(`${url}/v1/images/generations`, { model: 'no-such-model', prompt: 'a fox' });
+    const ids = [first.res.headers.get('x-request-id'), refused.res.headers.get('x-request-id')];
+    for (const id of ids) expect(id).toMatch(UUID_V4);
+    expect(ids[0]).not.toBe(ids[1]);
+    expect(daemon!.logs.some((line) => line.message === 'request' && line.requestId === ids[1])).toBe(true);
+
+    const own = await fetch(`${url}/v1/jobs/${first.body.id}`, { headers: { 'x-request-id': 'router-7f3a:1' } });
+    expect(own.headers.get('x-request-id')).toBe('router-7f3a:1');
+    // Not a sane id (spaces, or longer than 128 characters): replaced rather than written into our logs.
+    for (const insane of ['two words', 'x'.repeat(129)]) {
+      const replaced = await fetch(`${url}/healthz`, { headers: { 'x-request-id': insane } });
+      expect(replaced.headers.get('x-request-id')).toMatch(UUID_V4);
+    }
+  });
+});
