@@ -218,7 +218,6 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     billing,
     admission: new BillingAdmission(billing),
     priceGuard,
-    teeAttested: !tee.insecure,
     logger,
     now,
     startedAtSeconds: Math.floor(now() / 1000),

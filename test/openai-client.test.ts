@@ -193,4 +193,12 @@ describe('the official openai SDK against pixeld', () => {
     expect(image.meta.format).toBe('jpeg');
     expect([image.meta.width, image.meta.height]).toEqual([SIZE, SIZE]);
   });
+
+  it('models.list lists the catalogue, and the fields a router prices by come through', async () => {
+    const models = [];
+    for await (const model of client.models.list()) models.push(model);
+    expect(models.map((m) => m.id)).toEqual([MODEL]);
+    expect(models[0]).toMatchObject({ object: 'model', owned_by: 'pixeld', created: expect.any(Number) });
+    expect(models[0]).toMatchObject({ max_n: 4, pricing: { image: '0', unit: 'wei', image_0g: '0.0' }, rate_limits: expect.any(Object) });
+  });
 });

@@ -50,8 +50,6 @@ export interface AppDeps {
   admission: BillingAdmission;
   /** Refuses 0G-billed work for models priced above what the chain advertises; undefined without 0G auth. */
   priceGuard: PriceGuard | undefined;
-  /** false in tee.mode dev: nothing this daemon signs is attested. */
-  teeAttested: boolean;
   logger: Logger;
   now: () => number;
   startedAtSeconds: number;

@@ -88,6 +88,8 @@ export interface AttestationServiceDeps {
 
 export class AttestationService {
   readonly binding: AttestationBinding;
+  /** What attests the signing key: `none` for a dev key, which nothing attests. */
+  readonly tee: AttestationReport['tee'];
   private cached: { atMs: number; report: Promise<AttestationReport> } | undefined;
   private legacy: Promise<{ body: string; signature: string }> | undefined;
   /**
@@ -101,6 +103,7 @@ export class AttestationService {
 
   constructor(private readonly deps: AttestationServiceDeps) {
     this.binding = bindingOf(deps.key, deps.providerAddress, deps.modelIds);
+    this.tee = deps.key.insecure ? 'none' : deps.key.mode === 'dstack' ? 'dstack' : 'tdx';
     this.freshForEveryone = new TokenBuckets(deps.freshReportsPerMinute, deps.now);
     const perClient = deps.freshReportsPerClientPerMinute ?? Math.max(1, Math.floor(deps.freshReportsPerMinute / 4));
     this.freshPerClient = new TokenBuckets(Math.min(perClient, deps.freshReportsPerMinute), deps.now);
@@ -164,7 +167,7 @@ export class AttestationService {
     const info = await key.info().catch(() => undefined);
     return {
       version: 1,
-      tee: key.insecure ? 'none' : key.mode === 'dstack' ? 'dstack' : 'tdx',
+      tee: this.tee,
       insecure: key.insecure,
       key_source: key.keySource,
       signing_address: key.address,

@@ -378,10 +378,14 @@ describe('daemon with 0G users', () => {
     });
 
     expect((await generate(d, `Bearer ${API_KEY}`)).res.status).toBe(200);
+    // A router choosing a provider for its 0G users sees it in the catalogue.
+    const billable = async () => ((await (await fetch(`${d.url}/v1/models`)).json()) as Record<string, any>).data[0].billable_0g;
+    expect(await billable()).toBe(false);
 
     await registerLikeTheCommand('acme/flux', 2n * PRICE);
     expect(await d.daemon.priceGuard!.checkNow()).toBe('checked');
     expect((await fetch(`${d.url}/readyz`)).status).toBe(200);
+    expect(await billable()).toBe(true);
   });
 
   it("refuses a 0G user's submit for a model priced above the chain with 503 model_price_mismatch, until a re-registration", async () => {

@@ -1,3 +1,4 @@
+import { Wallet } from 'ethers';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backends/errors.js';
@@ -191,5 +192,75 @@ describe('x-request-id', () => {
       const replaced = await fetch(`${url}/healthz`, { headers: { 'x-request-id': insane } });
       expect(replaced.headers.get('x-request-id')).toMatch(UUID_V4);
     }
+  });
+});
+
+describe('/v1/models, for a router choosing and pricing a provider', () => {
+  it('lists per model its capabilities, sizes, largest n, price in wei and in 0G, rate limits, verifiability and signer', async () => {
+    daemon = await startTestDaemon({
+      config: {
+        backends: [{ id: 'gpu', type: 'reference' }],
+        models: [
+          { id: 'acme/flux', backend: 'gpu', capabilities: ['generation'], sizes: ['512x512', '1024x1024'], maxN: 4, pricePerImageWei: '1500000000000000' },
+          { id: 'acme/inpaint', backend: 'gpu', capabilities: ['edit'], sizes: ['512x512'], maxN: 2 },
+        ],
+        rateLimits: { requestsPerMinute: 30, imagesPerMinute: 3 },
+      },
+    });
+    const res = await fetch(`${daemon.url}/v1/models`);
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as Record<string, any>;
+    expect(body.object).toBe('list');
+    const signer = daemon.daemon.tee.address;
+    expect(body.data[0]).toEqual({
+      id: 'acme/flux',
+      object: 'model',
+      created: expect.any(Number),
+      owned_by: 'pixeld',
+      type: 'text-to-image',
+      capabilities: { generation: true, edit: false },
+      sizes: ['512x512', '1024x1024'],
+      default_size: '512x512',
+      // maxN is 4, but a caller gets only 3 images a minute: n = 4 could never succeed.
+      max_n: 3,
+      extensions: ['seed', 'negative_prompt'],
+      pricing: { image: '1500000000000000', unit: 'wei', image_0g: '0.0015' },
+      rate_limits: { requests_per_minute: 30, images_per_minute: 3 },
+      verifiability: 'none',
+      tee_attested: false,
+      tee: 'none',
+      signing_address: signer,
+    });
+    expect(body.data[1]).toMatchObject({
+      id: 'acme/inpaint',
+      type: 'image-editing',
+      capabilities: { generation: false, edit: true },
+      max_n: 2,
+      pricing: { image: '0', unit: 'wei', image_0g: '0.0' },
+    });
+    // The signer is the address that signs receipts and that the attestation binds.
+    const report = (await (await fetch(`${daemon.url}/v1/attestation/report`)).json()) as Record<string, any>;
+    expect(report.signing_address).toBe(signer);
+  });
+
+  it('says the signatures are attested when a TEE holds the key', async () => {
+    const key = Wallet.createRandom();
+    daemon = await startTestDaemon({
+      tee: {
+        mode: 'dstack',
+        teeLabel: 'dstack',
+        insecure: false,
+        keySource: 'test-fake',
+        address: key.address,
+        signer: key,
+        journalDir: '/nonexistent',
+        signatureChain: [],
+        info: async () => undefined,
+        quote: async () => undefined,
+      },
+    });
+    const body = (await (await fetch(`${daemon.url}/v1/models`)).json()) as Record<string, any>;
+    expect(body.data[0]).toMatchObject({ verifiability: 'TeeML', tee_attested: true, tee: 'dstack', signing_address: key.address });
+    expect(body.data[0].billable_0g).toBeUndefined();
   });
 });

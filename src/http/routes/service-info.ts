@@ -1,5 +1,6 @@
 import { createReadStream } from 'node:fs';
 import { timingSafeEqual } from 'node:crypto';
+import { formatEther } from 'ethers';
 import { Router } from 'express';
 import { PixeldError } from '../../errors.js';
 import { formatOf } from '../../images/sniff.js';
@@ -10,7 +11,12 @@ import type { AppDeps } from '../app.js';
 export function serviceInfoRoutes(deps: AppDeps): Router {
   const router = Router();
 
+  // OpenAI's list shape (the official client lists it), with what a router needs to choose and price a
+  // provider; the 0G fields (type, pricing.image, verifiability, tee_attested, rate_limits) as 0G's router reads them.
   router.get('/v1/models', (_req, res) => {
+    const { rateLimits } = deps.config;
+    const verdicts = deps.priceGuard?.report().models;
+    const attested = deps.attestation.tee !== 'none';
     res.json({
       object: 'list',
       data: deps.catalog.models.map((m) => ({
@@ -23,12 +29,18 @@ export function serviceInfoRoutes(deps: AppDeps): Router {
         capabilities: { generation: m.capabilities.includes('generation'), edit: m.capabilities.includes('edit') },
         sizes: m.sizes,
         default_size: deps.catalog.defaultSize(m),
-        max_n: m.maxN,
+        // n above a caller's images per minute is refused too (invalid_n): the largest n that can succeed.
+        max_n: Math.min(m.maxN, rateLimits.imagesPerMinute),
         extensions: m.extensions,
-        pricing: { image: m.pricePerImageWei.toString(), unit: 'wei' },
+        pricing: { image: m.pricePerImageWei.toString(), unit: 'wei', image_0g: formatEther(m.pricePerImageWei) },
+        rate_limits: { requests_per_minute: rateLimits.requestsPerMinute, images_per_minute: rateLimits.imagesPerMinute },
         // Honest about dev mode: a key in a plain file attests nothing.
-        verifiability: deps.teeAttested ? 'TeeML' : 'none',
-        tee_attested: deps.teeAttested,
+        verifiability: attested ? 'TeeML' : 'none',
+        tee_attested: attested,
+        tee: deps.attestation.tee,
+        signing_address: deps.attestation.binding.signing_address,
+        // Only where 0G users are served: whether the chain's price allows billing them for this model now.
+        ...(verdicts ? { billable_0g: verdicts[m.id]?.billable ?? false } : {}),
       })),
     });
   });
