@@ -31,6 +31,8 @@ export const ERROR_CODES = {
   payload_too_large: { status: 413, type: 'invalid_request_error', retryable: false },
   invalid_image: { status: 400, type: 'invalid_request_error', retryable: false },
   image_too_large: { status: 400, type: 'invalid_request_error', retryable: false },
+  image_url_forbidden: { status: 400, type: 'invalid_request_error', retryable: false },
+  image_fetch_failed: { status: 400, type: 'invalid_request_error', retryable: false },
   invalid_mask: { status: 400, type: 'invalid_request_error', retryable: false },
   mask_size_mismatch: { status: 400, type: 'invalid_request_error', retryable: false },
   too_many_images: { status: 400, type: 'invalid_request_error', retryable: false },
