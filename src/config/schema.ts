@@ -435,6 +435,16 @@ export const configSchema = z
          * kept for the results of jobs already accepted.
          */
         minFreeDiskBytes: z.number().int().min(0).default(64 * MiB),
+        /**
+         * Whether a JSON edit's `image_url` may be an https URL the daemon downloads (from public addresses
+         * only; see src/images/fetch-remote-image.ts). Off, only base64 data: URLs are accepted. Its size
+         * limit is maxInputImageBytes, as for an upload.
+         */
+        fetchRemoteImages: z.boolean().default(false),
+        /** One remote image's whole download, every redirect and DNS lookup included. */
+        remoteImageTimeoutMs: z.number().int().min(100).default(15_000),
+        /** Redirects followed for one remote image; every hop's address is checked again. */
+        remoteImageMaxRedirects: z.number().int().min(0).max(10).default(3),
       })
       .strict()
       .prefault({}),

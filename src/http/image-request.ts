@@ -6,6 +6,7 @@ import type { ImageSize } from '../backends/types.js';
 import type { Config, ModelConfig } from '../config/schema.js';
 import { PixeldError } from '../errors.js';
 import { removeQuietly, sha256OfFile, storageError } from '../images/blob-store.js';
+import { fetchRemoteImage, SYSTEM_REMOTE_IMAGE_DEPS, type FetchRemoteImageDeps } from '../images/fetch-remote-image.js';
 import { checkMask, inspectInputImage, type InputImageInfo } from '../images/inspect-input.js';
 import type { ImageJobRequest, JobKind, JobParams, PreparedInput } from '../jobs/model.js';
 import type { RequestBody } from './read-body.js';
@@ -23,6 +24,8 @@ export interface ImageRequestContext {
   catalog: ModelCatalog;
   limits: Config['limits'];
   tmpPath: () => string;
+  /** How https image_urls are resolved and connected to when limits.fetchRemoteImages is on. @default SYSTEM_REMOTE_IMAGE_DEPS */
+  remoteImages?: FetchRemoteImageDeps;
 }
 
 const MAX_SEED = 2 ** 32 - 1;
@@ -226,15 +229,8 @@ async function decodeImageRef(entry: unknown, param: string, ctx: ImageRequestCo
   if (typeof url !== 'string') {
     throw new PixeldError('invalid_request', `${param} must be {"image_url": "data:image/png;base64,…"}`, { param });
   }
-  const match = DATA_URL.exec(url.slice(0, 256));
-  if (!match) {
-    throw new PixeldError('invalid_image', `${param}.image_url must be a base64 data: URL; remote URLs are not fetched`, { param });
-  }
-  const bytes = Buffer.from(url.slice(match[0].length), 'base64');
+  const bytes = await imageUrlBytes(url, param, ctx);
   if (bytes.length === 0) throw new PixeldError('invalid_image', `${param} is empty`, { param });
-  if (bytes.length > ctx.limits.maxInputImageBytes) {
-    throw new PixeldError('payload_too_large', `${param} is larger than ${ctx.limits.maxInputImageBytes} bytes`, { param });
-  }
   const tmpPath = ctx.tmpPath();
   try {
     await writeFile(tmpPath, bytes);
@@ -243,6 +239,27 @@ async function decodeImageRef(entry: unknown, param: string, ctx: ImageRequestCo
     throw storageError(err);
   }
   return { param, tmpPath };
+}
+
+async function imageUrlBytes(url: string, param: string, ctx: ImageRequestContext): Promise<Buffer> {
+  const match = DATA_URL.exec(url.slice(0, 256));
+  if (match) {
+    const bytes = Buffer.from(url.slice(match[0].length), 'base64');
+    if (bytes.length > ctx.limits.maxInputImageBytes) {
+      throw new PixeldError('payload_too_large', `${param} is larger than ${ctx.limits.maxInputImageBytes} bytes`, { param });
+    }
+    return bytes;
+  }
+  if (!ctx.limits.fetchRemoteImages) {
+    throw new PixeldError('invalid_image', `${param}.image_url must be a base64 data: URL; remote URLs are not fetched`, { param });
+  }
+  return fetchRemoteImage(ctx.remoteImages ?? SYSTEM_REMOTE_IMAGE_DEPS, {
+    url,
+    param,
+    maxBytes: ctx.limits.maxInputImageBytes,
+    timeoutMs: ctx.limits.remoteImageTimeoutMs,
+    maxRedirects: ctx.limits.remoteImageMaxRedirects,
+  });
 }
 
 function resolveSize(requested: string | undefined, model: ModelConfig, ctx: ImageRequestContext, first: InputImageInfo | undefined): ImageSize {
