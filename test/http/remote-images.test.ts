@@ -102,7 +102,8 @@ describe('parseImageRequest with an https image_url', () => {
     const err = await refusal(
       parseImageRequest('edit', jsonBody({ prompt: 'p', images: [{ image_url: `https://images.example.test:${host.port}/cat.png` }] }), ctx),
     );
-    expect(err).toMatchObject({ code: 'invalid_image', param: 'images[0]' });
+    expect(err).toMatchObject({ code: 'invalid_image', param: 'images[0]', message: expect.stringContaining('not a png, jpeg or webp') });
+    expect(host.requests).toHaveLength(1);
   });
 });
 
