@@ -69,7 +69,9 @@ export async function fetchRemoteImage(deps: FetchRemoteImageDeps, params: Fetch
         if (REDIRECT_STATUSES.has(response.statusCode)) {
           await response.body.dump();
           const location = response.headers.location;
-          if (typeof location !== 'string') throw fetchFailed(param, url, `the server answered ${response.statusCode} without a Location`);
+          if (typeof location !== 'string' || !URL.canParse(location, url)) {
+            throw fetchFailed(param, url, `the server answered ${response.statusCode} without a usable Location`);
+          }
           if (redirects === params.maxRedirects) throw fetchFailed(param, url, `more than ${params.maxRedirects} redirects`);
           url = httpsUrl(new URL(location, url).href, param);
           continue;

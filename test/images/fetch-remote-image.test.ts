@@ -203,6 +203,15 @@ describe('fetchRemoteImage', () => {
     expect(server.requests).toHaveLength(1);
   });
 
+  it('reports a redirect without a usable Location', async () => {
+    const server = await startServer((req, res) => res.writeHead(302, req.url === '/bad' ? { location: 'https://[bad' } : {}).end());
+    const resolver = stubResolver({ 'images.example.test': [TEST_HOST_ADDRESS] });
+    for (const path of ['/bad', '/none']) {
+      const err = await refusal(fetchRemoteImage(deps(resolver), params(`https://images.example.test:${server.port}${path}`)));
+      expect(err).toMatchObject({ code: 'image_fetch_failed', message: expect.stringContaining('without a usable Location') });
+    }
+  });
+
   it('gives up after limits.remoteImageMaxRedirects redirects', async () => {
     const server = await startServer((req, res) => res.writeHead(302, { location: `${req.url}x` }).end());
     const resolver = stubResolver({ 'images.example.test': [TEST_HOST_ADDRESS] });
