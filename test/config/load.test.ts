@@ -134,7 +134,7 @@ describe('loadConfig: files', () => {
     expect(source).toBe(file);
     expect(config.server.port).toBe(9002);
     expect(config.dataDir).toBe(path.join(dir, 'state'));
-    expect(config.backends[0]).toMatchObject({ id: 'up', type: 'openai', editImageField: 'image[]' });
+    expect(config.backends[0]).toMatchObject({ id: 'up', type: 'openai', flavor: 'generic', connectTimeoutMs: 10_000 });
     expect(config.models[0]!.pricePerImageWei).toBe(1_000_000_000_000n);
   });
 
