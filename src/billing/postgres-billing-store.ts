@@ -1,8 +1,9 @@
 import type { Pool } from 'pg';
 import { inTransaction, msOrUndefined } from '../jobs/postgres/pool.js';
 import type { ReceiptJson } from '../tee/receipt.js';
+import { itemsFromJson, itemsToJson, resultsFromJson, resultsToJson } from './batch-json.js';
 import type { LeafValues } from './leaf.js';
-import type { BatchItem, BillingStore, EarningsDay, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
+import type { BillingStore, EarningsDay, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
 
 /**
  * Billing in PostgreSQL (schema: jobs/postgres/migrations.ts), on the pool the job store uses. Amounts are
@@ -48,14 +49,6 @@ interface BatchRow {
   note: string | null;
 }
 
-interface StoredItem {
-  user: string;
-  nonce: string;
-  totalFeeWei: string;
-  requestsHash: string;
-  signature: string;
-  receipts: Array<{ jobId: string; proof: string[] }>;
-}
 
 function receiptFromRow(row: ReceiptRow): ReceiptRecord {
   return {
@@ -81,15 +74,8 @@ function receiptFromRow(row: ReceiptRow): ReceiptRecord {
 }
 
 function batchFromRow(row: BatchRow): SettlementBatch {
-  const items = (JSON.parse(row.items) as StoredItem[]).map(
-    (i): BatchItem => ({ ...i, nonce: BigInt(i.nonce), totalFeeWei: BigInt(i.totalFeeWei) }),
-  );
-  const results =
-    row.results === null
-      ? undefined
-      : (JSON.parse(row.results) as Array<{ user: string; status: number; unsettledWei: string }>).map(
-          (r): ItemResult => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }),
-        );
+  const items = itemsFromJson(row.items);
+  const results = row.results === null ? undefined : resultsFromJson(row.results);
   return {
     id: row.id,
     state: row.state as SettlementBatch['state'],
@@ -161,11 +147,11 @@ export function postgresBillingStore(pool: Pool): BillingStore {
     },
 
     async prepareBatch(batch) {
-      const stored: StoredItem[] = batch.items.map((i) => ({ ...i, nonce: i.nonce.toString(), totalFeeWei: i.totalFeeWei.toString() }));
+      const stored = itemsToJson(batch.items);
       await inTransaction(pool, async (c) => {
         await c.query("INSERT INTO settlement_batches (id, state, items, created_ms) VALUES ($1, 'prepared', $2, $3)", [
           batch.id,
-          JSON.stringify(stored),
+          stored,
           batch.createdMs,
         ]);
         for (const item of batch.items) {
@@ -209,11 +195,11 @@ export function postgresBillingStore(pool: Pool): BillingStore {
     },
 
     async confirmBatch(batchId, txHash, block, results, nowMs) {
-      const stored = results.map((r) => ({ ...r, unsettledWei: r.unsettledWei.toString() }));
+      const stored = resultsToJson(results);
       await inTransaction(pool, async (c) => {
         const confirmed = await c.query(
           "UPDATE settlement_batches SET state = 'confirmed', block = $1, results = $2 WHERE id = $3 AND state IN ('prepared', 'sent')",
-          [block, JSON.stringify(stored), batchId],
+          [block, stored, batchId],
         );
         if ((confirmed.rowCount ?? 0) === 0) return;
         for (const r of results) {

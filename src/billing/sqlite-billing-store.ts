@@ -1,6 +1,7 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
 import type { ReceiptJson } from '../tee/receipt.js';
+import { itemsFromJson, itemsToJson, resultsFromJson, resultsToJson } from './batch-json.js';
 import type { LeafValues } from './leaf.js';
 import type {
   BatchItem,
@@ -51,14 +52,6 @@ interface BatchRow {
   note: string | null;
 }
 
-interface StoredItem {
-  user: string;
-  nonce: string;
-  totalFeeWei: string;
-  requestsHash: string;
-  signature: string;
-  receipts: Array<{ jobId: string; proof: string[] }>;
-}
 
 function receiptFromRow(row: ReceiptRow): ReceiptRecord {
   return {
@@ -84,15 +77,8 @@ function receiptFromRow(row: ReceiptRow): ReceiptRecord {
 }
 
 function batchFromRow(row: BatchRow): SettlementBatch {
-  const items = (JSON.parse(row.items) as StoredItem[]).map(
-    (i): BatchItem => ({ ...i, nonce: BigInt(i.nonce), totalFeeWei: BigInt(i.totalFeeWei) }),
-  );
-  const results =
-    row.results === null
-      ? undefined
-      : (JSON.parse(row.results) as Array<{ user: string; status: number; unsettledWei: string }>).map(
-          (r): ItemResult => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }),
-        );
+  const items = itemsFromJson(row.items);
+  const results = row.results === null ? undefined : resultsFromJson(row.results);
   return {
     id: row.id,
     state: row.state as SettlementBatch['state'],
@@ -188,8 +174,8 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
   };
 
   const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }) => {
-    const stored: StoredItem[] = batch.items.map((i) => ({ ...i, nonce: i.nonce.toString(), totalFeeWei: i.totalFeeWei.toString() }));
-    stmt.insertBatch.run(batch.id, JSON.stringify(stored), batch.createdMs);
+    const stored = itemsToJson(batch.items);
+    stmt.insertBatch.run(batch.id, stored, batch.createdMs);
     for (const item of batch.items) {
       for (const r of item.receipts) stmt.claimReceipt.run(batch.id, item.requestsHash, JSON.stringify(r.proof), r.jobId);
     }
@@ -221,8 +207,8 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
   );
 
   const confirmBatch = db.transaction((batchId: string, txHash: string, block: number, results: ItemResult[], nowMs: number) => {
-    const stored = results.map((r) => ({ ...r, unsettledWei: r.unsettledWei.toString() }));
-    if (stmt.confirm.run(block, JSON.stringify(stored), batchId).changes === 0) return;
+    const stored = resultsToJson(results);
+    if (stmt.confirm.run(block, stored, batchId).changes === 0) return;
     for (const r of results) {
       if (r.status === SUCCESS || r.status === PARTIAL) {
         stmt.settleReceipts.run(r.status === SUCCESS ? 'settled' : 'partial', txHash, block, nowMs, batchId, r.user);
