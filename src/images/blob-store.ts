@@ -64,8 +64,8 @@ export class BlobStore {
     return path.join(this.tmpDir, `${Date.now()}-${randomBytes(8).toString('hex')}${suffix}`);
   }
 
-  async putBuffer(bytes: Uint8Array): Promise<StoredBlob> {
-    const sha256 = createHash('sha256').update(bytes).digest('hex');
+  /** `sha256`: the bytes' hash when the caller already has it (the runner hashes outputs to find copies). */
+  async putBuffer(bytes: Uint8Array, sha256 = createHash('sha256').update(bytes).digest('hex')): Promise<StoredBlob> {
     const tmp = this.tempPath();
     try {
       await writeFile(tmp, bytes);

@@ -365,10 +365,9 @@ export class JobRunner {
       deadlineMs,
       onProgress: () => undefined,
     };
-    const delivered: NormalizedImage[] = [];
-    // sha256 of every image kept: a copy of one (a server that reuses one seed for a whole call) is neither
+    // With each image's sha256: a copy of one (a server that reuses one seed for a whole call) is neither
     // delivered nor billed twice; the next call tops the job up, or fewer are delivered.
-    const seen = new Set<string>();
+    const delivered: Array<NormalizedImage & { sha256: string }> = [];
     let duplicates = 0;
     const warnings = new Set<string>();
     let lastRejection: string | undefined;
@@ -407,12 +406,11 @@ export class JobRunner {
             maxPixels: this.deps.maxOutputPixels,
           });
           const sha256 = createHash('sha256').update(image.bytes).digest('hex');
-          if (seen.has(sha256)) {
+          if (delivered.some((d) => d.sha256 === sha256)) {
             duplicates += 1;
             continue;
           }
-          seen.add(sha256);
-          delivered.push(image);
+          delivered.push({ ...image, sha256 });
         } catch (err) {
           if (!(err instanceof NotAnImageError)) throw err;
           lastRejection = err.message;
@@ -426,7 +424,7 @@ export class JobRunner {
     if (delivered.length < params.n) warnings.add(`delivered ${delivered.length} of ${params.n} requested images`);
     const images: StoredImage[] = [];
     for (const image of delivered) {
-      const stored = await this.deps.blobs.putBuffer(image.bytes);
+      const stored = await this.deps.blobs.putBuffer(image.bytes, image.sha256);
       images.push({ sha256: stored.sha256, mediaType: image.mediaType, bytes: stored.bytes, width: image.width, height: image.height });
     }
     const first = delivered[0]!;
