@@ -1,9 +1,7 @@
 import type { Pool } from 'pg';
-import { inTransaction, msOrUndefined } from '../jobs/postgres/pool.js';
-import type { ReceiptJson } from '../tee/receipt.js';
-import { itemsFromJson, itemsToJson, resultsFromJson, resultsToJson } from './batch-json.js';
-import type { LeafValues } from './leaf.js';
-import type { BillingStore, EarningsDay, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
+import { inTransaction } from '../jobs/postgres/pool.js';
+import type { BillingStore, EarningsDay, ReceiptRecord } from './store.js';
+import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 
 /**
  * Billing in PostgreSQL (schema: jobs/postgres/migrations.ts), on the pool the job store uses. Amounts are
@@ -15,80 +13,10 @@ import type { BillingStore, EarningsDay, ReceiptRecord, ReceiptState, Settlement
  * releases the moment the holder's connection dies, with no clock involved.
  */
 
-interface ReceiptRow {
-  job_id: string;
-  owner: string;
-  provider: string;
-  fee_wei: string;
-  images: number;
-  created: string;
-  seq: string | null;
-  leaf: string;
-  receipt: string;
-  signature: string | null;
-  state: string;
-  note: string | null;
-  batch_id: string | null;
-  root: string | null;
-  proof: string | null;
-  settled_tx: string | null;
-  settled_block: string | null;
-  settled_ms: string | null;
-}
+/** A receipts row as PostgreSQL returns it: the user's column is `owner`. */
+type OwnerReceiptRow = Omit<ReceiptRow, 'user'> & { owner: string };
 
-interface BatchRow {
-  id: string;
-  state: string;
-  items: string;
-  created_ms: string;
-  tx_hashes: string;
-  wallet_nonce: string | null;
-  sent_ms: string | null;
-  block: string | null;
-  results: string | null;
-  note: string | null;
-}
-
-
-function receiptFromRow(row: ReceiptRow): ReceiptRecord {
-  return {
-    jobId: row.job_id,
-    user: row.owner,
-    provider: row.provider,
-    feeWei: BigInt(row.fee_wei),
-    images: row.images,
-    created: Number(row.created),
-    leaf: JSON.parse(row.leaf) as LeafValues,
-    receipt: JSON.parse(row.receipt) as ReceiptJson,
-    seq: row.seq === null ? undefined : BigInt(row.seq),
-    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as ReceiptRecord['signature']),
-    state: row.state as ReceiptState,
-    note: row.note ?? undefined,
-    batchId: row.batch_id ?? undefined,
-    root: row.root ?? undefined,
-    proof: row.proof === null ? undefined : (JSON.parse(row.proof) as string[]),
-    settledTx: row.settled_tx ?? undefined,
-    settledBlock: msOrUndefined(row.settled_block),
-    settledMs: msOrUndefined(row.settled_ms),
-  };
-}
-
-function batchFromRow(row: BatchRow): SettlementBatch {
-  const items = itemsFromJson(row.items);
-  const results = row.results === null ? undefined : resultsFromJson(row.results);
-  return {
-    id: row.id,
-    state: row.state as SettlementBatch['state'],
-    items,
-    createdMs: Number(row.created_ms),
-    txHashes: JSON.parse(row.tx_hashes) as string[],
-    walletNonce: msOrUndefined(row.wallet_nonce),
-    sentMs: msOrUndefined(row.sent_ms),
-    block: msOrUndefined(row.block),
-    results,
-    note: row.note ?? undefined,
-  };
-}
+const receiptFromOwnerRow = ({ owner, ...row }: OwnerReceiptRow): ReceiptRecord => receiptFromRow({ ...row, user: owner });
 
 const SUCCESS = 0;
 const PARTIAL = 1;
@@ -101,8 +29,8 @@ export function postgresBillingStore(pool: Pool): BillingStore {
 
   return {
     async getReceipt(jobId) {
-      const [row] = await rows<ReceiptRow>('SELECT * FROM receipts WHERE job_id = $1', [jobId]);
-      return row ? receiptFromRow(row) : undefined;
+      const [row] = await rows<OwnerReceiptRow>('SELECT * FROM receipts WHERE job_id = $1', [jobId]);
+      return row ? receiptFromOwnerRow(row) : undefined;
     },
 
     async unsettledWei(user) {
@@ -131,19 +59,19 @@ export function postgresBillingStore(pool: Pool): BillingStore {
 
     async unsettledReceipts(user, limit) {
       // v1 receipts (seq NULL) first: they are voided on sight and must not hold back numbered ones.
-      const found = await rows<ReceiptRow>(
+      const found = await rows<OwnerReceiptRow>(
         "SELECT * FROM receipts WHERE owner = $1 AND state = 'unsettled' ORDER BY seq NULLS FIRST, job_id LIMIT $2",
         [user, limit],
       );
-      return found.map(receiptFromRow);
+      return found.map(receiptFromOwnerRow);
     },
 
     async receiptsInSeqRange(user, afterSeq, upToSeq) {
-      const found = await rows<ReceiptRow>(
+      const found = await rows<OwnerReceiptRow>(
         "SELECT * FROM receipts WHERE owner = $1 AND seq > $2 AND seq <= $3 AND state <> 'invalid' ORDER BY seq",
         [user, afterSeq.toString(), upToSeq.toString()],
       );
-      return found.map(receiptFromRow);
+      return found.map(receiptFromOwnerRow);
     },
 
     async prepareBatch(batch) {

@@ -1,97 +1,12 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
-import type { ReceiptJson } from '../tee/receipt.js';
-import { itemsFromJson, itemsToJson, resultsFromJson, resultsToJson } from './batch-json.js';
-import type { LeafValues } from './leaf.js';
-import type {
-  BatchItem,
-  BillingStore,
-  EarningsDay,
-  ItemResult,
-  ReceiptRecord,
-  ReceiptState,
-  SettlementBatch,
-} from './store.js';
+import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import type { BatchItem, BillingStore, EarningsDay, ItemResult } from './store.js';
 
 /**
  * Billing in the daemon's SQLite file. Amounts are kept as decimal text and summed as bigint in JS:
  * wei totals overflow SQLite's 64-bit integers.
  */
-
-interface ReceiptRow {
-  job_id: string;
-  user: string;
-  provider: string;
-  fee_wei: string;
-  images: number;
-  created: number;
-  seq: string | null;
-  leaf: string;
-  receipt: string;
-  signature: string | null;
-  state: string;
-  note: string | null;
-  batch_id: string | null;
-  root: string | null;
-  proof: string | null;
-  settled_tx: string | null;
-  settled_block: number | null;
-  settled_ms: number | null;
-}
-
-interface BatchRow {
-  id: string;
-  state: string;
-  items: string;
-  created_ms: number;
-  tx_hashes: string;
-  wallet_nonce: number | null;
-  sent_ms: number | null;
-  block: number | null;
-  results: string | null;
-  note: string | null;
-}
-
-
-function receiptFromRow(row: ReceiptRow): ReceiptRecord {
-  return {
-    jobId: row.job_id,
-    user: row.user,
-    provider: row.provider,
-    feeWei: BigInt(row.fee_wei),
-    images: row.images,
-    created: row.created,
-    leaf: JSON.parse(row.leaf) as LeafValues,
-    receipt: JSON.parse(row.receipt) as ReceiptJson,
-    seq: row.seq === null ? undefined : BigInt(row.seq),
-    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as ReceiptRecord['signature']),
-    state: row.state as ReceiptState,
-    note: row.note ?? undefined,
-    batchId: row.batch_id ?? undefined,
-    root: row.root ?? undefined,
-    proof: row.proof === null ? undefined : (JSON.parse(row.proof) as string[]),
-    settledTx: row.settled_tx ?? undefined,
-    settledBlock: row.settled_block ?? undefined,
-    settledMs: row.settled_ms ?? undefined,
-  };
-}
-
-function batchFromRow(row: BatchRow): SettlementBatch {
-  const items = itemsFromJson(row.items);
-  const results = row.results === null ? undefined : resultsFromJson(row.results);
-  return {
-    id: row.id,
-    state: row.state as SettlementBatch['state'],
-    items,
-    createdMs: row.created_ms,
-    txHashes: JSON.parse(row.tx_hashes) as string[],
-    walletNonce: row.wallet_nonce ?? undefined,
-    sentMs: row.sent_ms ?? undefined,
-    block: row.block ?? undefined,
-    results,
-    note: row.note ?? undefined,
-  };
-}
 
 const sum = (values: Iterable<string>): bigint => {
   let total = 0n;

@@ -1,0 +1,111 @@
+import type { ReceiptJson } from '../tee/receipt.js';
+import type { LeafValues } from './leaf.js';
+import type { BatchItem, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
+
+/**
+ * Receipts and settlement batches as both stores keep them: JSON as text, amounts as decimal strings (wei
+ * does not fit a JS number, and JSON has no bigint). Integer columns arrive as numbers from SQLite and as
+ * decimal text from PostgreSQL's BIGINT; the receipt's user column is `user` in SQLite, `owner` in
+ * PostgreSQL (USER is reserved there), and the PostgreSQL store renames it before mapping.
+ */
+
+type IntColumn = number | string;
+
+export interface ReceiptRow {
+  job_id: string;
+  user: string;
+  provider: string;
+  fee_wei: string;
+  images: number;
+  created: IntColumn;
+  seq: string | null;
+  leaf: string;
+  receipt: string;
+  signature: string | null;
+  state: string;
+  note: string | null;
+  batch_id: string | null;
+  root: string | null;
+  proof: string | null;
+  settled_tx: string | null;
+  settled_block: IntColumn | null;
+  settled_ms: IntColumn | null;
+}
+
+export interface BatchRow {
+  id: string;
+  state: string;
+  items: string;
+  created_ms: IntColumn;
+  tx_hashes: string;
+  wallet_nonce: IntColumn | null;
+  sent_ms: IntColumn | null;
+  block: IntColumn | null;
+  results: string | null;
+  note: string | null;
+}
+
+const intOrUndefined = (value: IntColumn | null): number | undefined => (value === null ? undefined : Number(value));
+
+export function receiptFromRow(row: ReceiptRow): ReceiptRecord {
+  return {
+    jobId: row.job_id,
+    user: row.user,
+    provider: row.provider,
+    feeWei: BigInt(row.fee_wei),
+    images: row.images,
+    created: Number(row.created),
+    leaf: JSON.parse(row.leaf) as LeafValues,
+    receipt: JSON.parse(row.receipt) as ReceiptJson,
+    seq: row.seq === null ? undefined : BigInt(row.seq),
+    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as ReceiptRecord['signature']),
+    state: row.state as ReceiptState,
+    note: row.note ?? undefined,
+    batchId: row.batch_id ?? undefined,
+    root: row.root ?? undefined,
+    proof: row.proof === null ? undefined : (JSON.parse(row.proof) as string[]),
+    settledTx: row.settled_tx ?? undefined,
+    settledBlock: intOrUndefined(row.settled_block),
+    settledMs: intOrUndefined(row.settled_ms),
+  };
+}
+
+export function batchFromRow(row: BatchRow): SettlementBatch {
+  return {
+    id: row.id,
+    state: row.state as SettlementBatch['state'],
+    items: itemsFromJson(row.items),
+    createdMs: Number(row.created_ms),
+    txHashes: JSON.parse(row.tx_hashes) as string[],
+    walletNonce: intOrUndefined(row.wallet_nonce),
+    sentMs: intOrUndefined(row.sent_ms),
+    block: intOrUndefined(row.block),
+    results: row.results === null ? undefined : resultsFromJson(row.results),
+    note: row.note ?? undefined,
+  };
+}
+
+interface StoredItem extends Omit<BatchItem, 'nonce' | 'totalFeeWei'> {
+  nonce: string;
+  totalFeeWei: string;
+}
+
+interface StoredResult extends Omit<ItemResult, 'unsettledWei'> {
+  unsettledWei: string;
+}
+
+export function itemsToJson(items: readonly BatchItem[]): string {
+  return JSON.stringify(items.map((i): StoredItem => ({ ...i, nonce: i.nonce.toString(), totalFeeWei: i.totalFeeWei.toString() })));
+}
+
+function itemsFromJson(text: string): BatchItem[] {
+  return (JSON.parse(text) as StoredItem[]).map((i) => ({ ...i, nonce: BigInt(i.nonce), totalFeeWei: BigInt(i.totalFeeWei) }));
+}
+
+export function resultsToJson(results: readonly ItemResult[]): string {
+  return JSON.stringify(results.map((r): StoredResult => ({ ...r, unsettledWei: r.unsettledWei.toString() })));
+}
+
+function resultsFromJson(text: string): ItemResult[] {
+  return (JSON.parse(text) as StoredResult[]).map((r) => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }));
+}
