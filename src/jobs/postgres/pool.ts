@@ -69,11 +69,6 @@ export const ADVISORY_LOCK = {
   settlement: 0x70780003,
 } as const;
 
-/** Every BIGINT column is read through this: node-postgres returns int8 as a string (it may exceed 2^53). */
-export function msOrUndefined(value: string | number | null): number | undefined {
-  return value === null ? undefined : Number(value);
-}
-
 /** The URL without its password, for logs and `pixeld migrate`'s output. */
 export function redactDatabaseUrl(url: string): string {
   try {

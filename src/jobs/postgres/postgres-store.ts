@@ -1,8 +1,8 @@
 import { isAddress } from 'ethers';
 import type { Pool, PoolClient } from 'pg';
 import { receiptLeaf } from '../../billing/leaf.js';
-import type { JobSignature } from '../../tee/receipt.js';
-import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
+import { jobFromRow, type JobRow } from '../job-row.js';
+import { newToken, type JobError } from '../model.js';
 import {
   InsufficientBalanceError,
   type ClaimedJob,
@@ -12,7 +12,7 @@ import {
   type ReceiptSigning,
   type Reservation,
 } from '../store.js';
-import { ADVISORY_LOCK, inTransaction, msOrUndefined } from './pool.js';
+import { ADVISORY_LOCK, inTransaction } from './pool.js';
 
 /**
  * Jobs in PostgreSQL (schema: ./migrations.ts), for replicas that share one database. The same verbs as
@@ -26,69 +26,6 @@ import { ADVISORY_LOCK, inTransaction, msOrUndefined } from './pool.js';
  *   both admit jobs against the same wei, nor both insert one Idempotency-Key.
  * Every write by a lease holder matches its lease token.
  */
-
-interface JobRow {
-  seq: string;
-  id: string;
-  owner: string;
-  kind: string;
-  delivery: string;
-  model: string;
-  backend_id: string;
-  status: string;
-  params: string;
-  inputs: string;
-  request_sha256: string;
-  price_per_image_wei: string;
-  fingerprint: string;
-  idempotency_key: string | null;
-  base_url: string;
-  created_ms: string;
-  updated_ms: string;
-  run_after_ms: string;
-  started_ms: string | null;
-  finished_ms: string | null;
-  attempts: number;
-  lease_token: string | null;
-  lease_expires_ms: string | null;
-  error: string | null;
-  result: string | null;
-  signature: string | null;
-  expires_ms: string | null;
-  results_deleted_ms: string | null;
-}
-
-function fromRow(row: JobRow): Job {
-  return {
-    id: row.id,
-    owner: row.owner,
-    kind: row.kind as Job['kind'],
-    delivery: row.delivery as Job['delivery'],
-    model: row.model,
-    backendId: row.backend_id,
-    status: row.status as Job['status'],
-    params: reviveParams(JSON.parse(row.params) as Job['params']),
-    inputs: JSON.parse(row.inputs) as Job['inputs'],
-    requestSha256: row.request_sha256,
-    pricePerImageWei: BigInt(row.price_per_image_wei),
-    fingerprint: row.fingerprint,
-    idempotencyKey: row.idempotency_key ?? undefined,
-    baseUrl: row.base_url,
-    createdMs: Number(row.created_ms),
-    updatedMs: Number(row.updated_ms),
-    runAfterMs: Number(row.run_after_ms),
-    startedMs: msOrUndefined(row.started_ms),
-    finishedMs: msOrUndefined(row.finished_ms),
-    attempts: row.attempts,
-    leaseToken: row.lease_token ?? undefined,
-    leaseExpiresMs: msOrUndefined(row.lease_expires_ms),
-    error: row.error === null ? undefined : (JSON.parse(row.error) as JobError),
-    result: row.result === null ? undefined : (JSON.parse(row.result) as JobResult),
-    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as JobSignature),
-    expiresMs: msOrUndefined(row.expires_ms),
-    resultsDeletedMs: msOrUndefined(row.results_deleted_ms),
-  };
-}
 
 /** The columns written by every `… → finished` transition: the lease is gone with it. */
 const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
@@ -152,7 +89,7 @@ export function postgresJobStore(pool: Pool): JobStore {
           ]);
           const existing = (await c.query<JobRow>('SELECT * FROM jobs WHERE owner = $1 AND idempotency_key = $2', [job.owner, job.idempotencyKey]))
             .rows[0];
-          if (existing) return { job: fromRow(existing), created: false };
+          if (existing) return { job: jobFromRow(existing), created: false };
         }
         if (reservation !== undefined) await admit(c, job, reservation);
         const { rows } = await c.query<JobRow>(
@@ -179,13 +116,13 @@ export function postgresJobStore(pool: Pool): JobStore {
           ],
         );
         if (job.inputs.length > 0) await addRefs(c, job.id, 'input', job.inputs.map((i) => i.sha256));
-        return { job: fromRow(rows[0]!), created: true };
+        return { job: jobFromRow(rows[0]!), created: true };
       });
     },
 
     async get(id) {
       const row = await one('SELECT * FROM jobs WHERE id = $1', [id]);
-      return row ? fromRow(row) : undefined;
+      return row ? jobFromRow(row) : undefined;
     },
 
     async countUnfinishedForModel(model) {
@@ -214,7 +151,7 @@ export function postgresJobStore(pool: Pool): JobStore {
          RETURNING *`,
         [token, nowMs + leaseMs, nowMs, backendId],
       );
-      return row ? ({ ...fromRow(row), leaseToken: token } as ClaimedJob) : undefined;
+      return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
 
     async extendLease(id, leaseToken, leaseExpiresMs) {
@@ -301,7 +238,7 @@ export function postgresJobStore(pool: Pool): JobStore {
         [JSON.stringify(CANCELLED), nowMs, expiresMs, id],
       );
       const row = await one('SELECT * FROM jobs WHERE id = $1', [id]);
-      return row ? fromRow(row) : undefined;
+      return row ? jobFromRow(row) : undefined;
     },
 
     async releaseClaim(id, leaseToken, nowMs) {
@@ -329,7 +266,7 @@ export function postgresJobStore(pool: Pool): JobStore {
         let failed = 0;
         const processing = await c.query<JobRow>("SELECT * FROM jobs WHERE status = 'processing' ORDER BY seq FOR UPDATE");
         for (const row of processing.rows) {
-          const job = fromRow(row);
+          const job = jobFromRow(row);
           const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
           if (decision === 'rerun') {
             await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);

@@ -1,8 +1,8 @@
 import type Database from 'better-sqlite3';
 import { isAddress } from 'ethers';
 import { receiptLeaf } from '../../billing/leaf.js';
-import type { JobSignature } from '../../tee/receipt.js';
-import { newToken, reviveParams, type Job, type JobError, type JobResult } from '../model.js';
+import { jobFromRow, type JobRow } from '../job-row.js';
+import { newToken, type Job, type JobError, type JobResult } from '../model.js';
 import {
   InsufficientBalanceError,
   type ClaimedJob,
@@ -18,70 +18,6 @@ import { seqKey } from './database.js';
  * Jobs in the embedded SQLite database. Rows hold metadata only; image bytes live as files
  * (images/blob-store.ts) and `blob_refs` says which job still needs which file.
  */
-
-
-interface JobRow {
-  seq: number;
-  id: string;
-  owner: string;
-  kind: string;
-  delivery: string;
-  model: string;
-  backend_id: string;
-  status: string;
-  params: string;
-  inputs: string;
-  request_sha256: string;
-  fingerprint: string;
-  idempotency_key: string | null;
-  base_url: string;
-  created_ms: number;
-  updated_ms: number;
-  run_after_ms: number;
-  started_ms: number | null;
-  finished_ms: number | null;
-  attempts: number;
-  lease_token: string | null;
-  lease_expires_ms: number | null;
-  error: string | null;
-  result: string | null;
-  expires_ms: number | null;
-  results_deleted_ms: number | null;
-  price_per_image_wei: string;
-  signature: string | null;
-}
-
-function fromRow(row: JobRow): Job {
-  return {
-    id: row.id,
-    owner: row.owner,
-    kind: row.kind as Job['kind'],
-    delivery: row.delivery as Job['delivery'],
-    model: row.model,
-    backendId: row.backend_id,
-    status: row.status as Job['status'],
-    params: reviveParams(JSON.parse(row.params) as Job['params']),
-    inputs: JSON.parse(row.inputs) as Job['inputs'],
-    requestSha256: row.request_sha256,
-    pricePerImageWei: BigInt(row.price_per_image_wei),
-    fingerprint: row.fingerprint,
-    idempotencyKey: row.idempotency_key ?? undefined,
-    baseUrl: row.base_url,
-    createdMs: row.created_ms,
-    updatedMs: row.updated_ms,
-    runAfterMs: row.run_after_ms,
-    startedMs: row.started_ms ?? undefined,
-    finishedMs: row.finished_ms ?? undefined,
-    attempts: row.attempts,
-    leaseToken: row.lease_token ?? undefined,
-    leaseExpiresMs: row.lease_expires_ms ?? undefined,
-    error: row.error === null ? undefined : (JSON.parse(row.error) as JobError),
-    result: row.result === null ? undefined : (JSON.parse(row.result) as JobResult),
-    signature: row.signature === null ? undefined : (JSON.parse(row.signature) as JobSignature),
-    expiresMs: row.expires_ms ?? undefined,
-    resultsDeletedMs: row.results_deleted_ms ?? undefined,
-  };
-}
 
 /** The job store on an open database (see database.ts); it shares the file with the billing store. */
 export function sqliteJobStore(db: Database.Database): JobStore {
@@ -199,7 +135,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     if (job.idempotencyKey !== undefined) {
       stmt.forgetIdempotencyKey.run(job.owner, job.idempotencyKey, job.createdMs - idempotencyTtlMs);
       const existing = stmt.byIdempotencyKey.get(job.owner, job.idempotencyKey);
-      if (existing) return { job: fromRow(existing), created: false };
+      if (existing) return { job: jobFromRow(existing), created: false };
     }
     if (reservation !== undefined) {
       let committed = 0n;
@@ -228,7 +164,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       created_ms: job.createdMs,
     });
     for (const input of job.inputs) stmt.insertRef.run(job.id, input.sha256, 'input');
-    return { job: fromRow(stmt.get.get(job.id)!), created: true };
+    return { job: jobFromRow(stmt.get.get(job.id)!), created: true };
   });
 
   const complete = db.transaction(
@@ -296,7 +232,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
         cancelled += 1;
       }
       for (const row of stmt.processing.all()) {
-        const job = fromRow(row);
+        const job = jobFromRow(row);
         const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
         if (decision === 'rerun') {
           stmt.requeue.run(nowMs, job.id);
@@ -339,7 +275,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     },
     async get(id) {
       const row = stmt.get.get(id);
-      return row ? fromRow(row) : undefined;
+      return row ? jobFromRow(row) : undefined;
     },
     async countUnfinishedForModel(model) {
       return stmt.countUnfinishedForModel.get(model)!.n;
@@ -354,7 +290,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     async claimNext(backendId, nowMs, leaseMs) {
       const token = newToken();
       const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, backendId, nowMs);
-      return row ? ({ ...fromRow(row), leaseToken: token } as ClaimedJob) : undefined;
+      return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
     async extendLease(id, leaseToken, leaseExpiresMs) {
       return stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0;
@@ -371,7 +307,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     async cancel(id, nowMs, expiresMs) {
       cancel(id, nowMs, expiresMs);
       const row = stmt.get.get(id);
-      return row ? fromRow(row) : undefined;
+      return row ? jobFromRow(row) : undefined;
     },
     async releaseClaim(id, leaseToken, nowMs) {
       return stmt.releaseClaim.run(nowMs, id, leaseToken).changes > 0;
