@@ -32,7 +32,19 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
   }
 }
 
-export const TABLES = ['jobs', 'blob_refs', 'receipts', 'receipt_sequences', 'settlement_batches', 'settlement_blocks', 'locks'];
+export const TABLES = [
+  'jobs',
+  'blob_refs',
+  'receipts',
+  'receipt_sequences',
+  'settlement_batches',
+  'settlement_blocks',
+  'locks',
+  'replicas',
+  'blob_chunks',
+  'blobs',
+  'rate_limit_buckets',
+];
 
 /** Empties every pixeld table (the schema stays): a fresh store for the next test. */
 export async function truncateAll(pool: Pool): Promise<void> {

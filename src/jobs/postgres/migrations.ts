@@ -130,6 +130,52 @@ export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
       CREATE TABLE locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_ms BIGINT NOT NULL);
     `,
   },
+  {
+    version: 2,
+    name: 'replicas: who accepted and who ran each job, live replicas, shared image bytes, shared rate limits',
+    sql: `
+      -- The replica that accepted the job (a sync caller waits on its connection) and the one running or
+      -- last running it: start-up recovery touches only its own jobs, and an operator can tell who ran what.
+      ALTER TABLE jobs ADD COLUMN submitted_by TEXT, ADD COLUMN ran_by TEXT;
+      CREATE INDEX jobs_processing_by ON jobs (ran_by) WHERE status = 'processing';
+      CREATE INDEX jobs_sync_unfinished ON jobs (submitted_by) WHERE delivery = 'sync' AND status IN ('pending', 'processing');
+
+      -- Each replica's last sign of life: the sync jobs of a replica that stopped answering are cancelled.
+      CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        started_ms BIGINT NOT NULL,
+        seen_ms BIGINT NOT NULL,
+        version TEXT NOT NULL,
+        signer TEXT NOT NULL,
+        backends TEXT NOT NULL
+      );
+
+      -- Image bytes every replica can read, in chunks of at most 1 MiB (a read streams them in order).
+      CREATE TABLE blobs (
+        sha256 TEXT PRIMARY KEY,
+        bytes BIGINT NOT NULL CHECK (bytes >= 0),
+        chunk_count INTEGER NOT NULL CHECK (chunk_count >= 0),
+        stored_ms BIGINT NOT NULL
+      );
+      CREATE TABLE blob_chunks (
+        sha256 TEXT NOT NULL REFERENCES blobs (sha256) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (sha256, idx)
+      );
+      -- PNG, JPEG and WebP are compressed already: TOAST's compression would only spend CPU.
+      ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+
+      -- Per-owner allowances (token buckets) shared by every replica.
+      CREATE TABLE rate_limit_buckets (
+        owner TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('requests', 'images')),
+        tokens DOUBLE PRECISION NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (owner, kind)
+      );
+    `,
+  },
 ];
 
 export interface AppliedMigration {

@@ -124,6 +124,10 @@ export const MIGRATIONS: readonly string[] = [
   // A settlement's nonce is now the highest receipt sequence number it covers, and what the TEE signed is
   // in its own journal (tee/settlement-journal.ts): the database's record of used nonces has no reader.
   `DROP TABLE settlement_nonces;`,
+  // Who accepted and who ran each job: one replica per SQLite file, but the record reads the same as on
+  // PostgreSQL, where replicas share the jobs.
+  `ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
+   ALTER TABLE jobs ADD COLUMN ran_by TEXT;`,
 ];
 
 /** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
@@ -134,6 +138,7 @@ export const MIGRATION_NAMES: readonly string[] = [
   'receipts, settlement nonces, batches, blocks and locks',
   'receipts v2: sequence numbers, signatures, invalid and void states',
   'drop settlement_nonces',
+  'jobs record the replica that accepted and the one that ran them',
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */
