@@ -79,6 +79,7 @@ function applyEnvOverrides(input: ConfigInput, env: NodeJS.ProcessEnv): void {
   if (env.PORT !== undefined && env.PORT !== '') server.port = envInteger('PORT', env.PORT);
   if (env.HOST !== undefined && env.HOST !== '') server.host = env.HOST;
   if (env.PIXELD_PUBLIC_BASE_URL) server.publicBaseUrl = env.PIXELD_PUBLIC_BASE_URL;
+  if (env.PIXELD_REPLICA_ID) server.replicaId = env.PIXELD_REPLICA_ID;
   input.server = server as ConfigInput['server'];
   if (env.PIXELD_DATA_DIR) input.dataDir = env.PIXELD_DATA_DIR;
   if (env.PIXELD_DATABASE_URL) input.database = { ...(input.database ?? {}), url: env.PIXELD_DATABASE_URL };

@@ -237,6 +237,15 @@ export const configSchema = z
         corsOrigins: z.array(z.string().min(1)).default([]),
         /** Sockets with no request activity for this long are closed; must exceed the longest sync job. */
         requestTimeoutMs: z.number().int().min(1000).default(15 * 60_000),
+        /**
+         * This replica's name among those sharing one database (env PIXELD_REPLICA_ID), recorded on the jobs
+         * it accepts and runs. Keep it the same across restarts: a restarting replica recovers only the jobs
+         * recorded under its name. Default: `<hostname>:<port>`.
+         */
+        replicaId: z
+          .string()
+          .regex(/^[A-Za-z0-9._:@-]{1,128}$/, 'letters, digits and . _ : @ - only, at most 128')
+          .optional(),
       })
       .strict()
       .prefault({}),
