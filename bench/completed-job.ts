@@ -40,7 +40,7 @@ export async function completedJob(p: CompletedJobParams): Promise<string> {
     },
     0,
   );
-  const claimed = (await p.store.claimNext('b', Date.now(), 60_000))!;
+  const claimed = (await p.store.claimNext('b', 'bench', Date.now(), 60_000))!;
   const imageSha = (p.index + 1).toString(16).padStart(64, '0');
   const created = Math.floor(Date.now() / 1000);
   const result = { created, images: [{ sha256: imageSha, mediaType: 'image/png' as const, bytes: 1, width: 64, height: 64 }], size: '64x64', quality: 'high' as const, outputFormat: 'png' as const, background: 'opaque' as const, fileToken: '0'.repeat(32), warnings: [] };

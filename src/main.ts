@@ -1,6 +1,7 @@
 import { SettlementJournal } from './tee/settlement-journal.js';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
+import { hostname } from 'node:os';
 import type { Express } from 'express';
 import sharp from 'sharp';
 import { AdminToken } from './auth/admin-token.js';
@@ -19,6 +20,7 @@ import type { Config } from './config/schema.js';
 import { createApp } from './http/app.js';
 import { Base64Images } from './http/render.js';
 import { BlobStore } from './images/blob-store.js';
+import { JobEvents } from './jobs/job-events.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
 import { openStores } from './jobs/open-stores.js';
@@ -91,6 +93,12 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   logger.info(`database: ${stores.kind} at ${stores.location}, schema ${stores.migrations.to}`);
   const store = stores.jobs;
   const billing = stores.billing;
+  const replicaId = replicaIdOf(config);
+  const events = new JobEvents();
+  const notifications = stores.listenForJobEvents(events, (err) =>
+    logger.warn('database: the connection listening for other replicas\' job events failed; opening it again', { error: String(err) }),
+  );
+  await notifications.ready;
   const catalog = new ModelCatalog(config.models);
   const tee = options.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: process.env.NODE_ENV }));
   const chainConfig: ChainConfig | undefined =
@@ -113,6 +121,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   const journal = new SettlementJournal(tee.journalDir, tee.address);
   const runner = new JobRunner({
     store,
+    events,
+    replicaId,
     blobs,
     backends,
     concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
@@ -127,6 +137,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const service = new JobService({
     store,
+    events,
+    replicaId,
     blobs,
     runner,
     jobs: config.jobs,
@@ -287,6 +299,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       await Promise.all([...backends.values()].map((b) => b.close?.()));
       chain?.close();
       settlementChain?.close();
+      await notifications.close();
       await store.close();
     },
   };
@@ -350,6 +363,15 @@ export async function serve(options: ServeOptions): Promise<number> {
     process.once('SIGTERM', () => shutdown('SIGTERM'));
     process.once('SIGINT', () => shutdown('SIGINT'));
   });
+}
+
+/**
+ * The configured replica name, or `<hostname>:<port>`: the same across restarts of one deployment. On an
+ * ephemeral port (0) nothing stays the same; the process id at least tells two such replicas apart.
+ */
+export function replicaIdOf(config: Pick<Config, 'server'>): string {
+  if (config.server.replicaId !== undefined) return config.server.replicaId;
+  return config.server.port === 0 ? `${hostname()}:pid-${process.pid}` : `${hostname()}:${config.server.port}`;
 }
 
 /** Loud lines for settings that are fine on a laptop and wrong in front of paying users. */

@@ -39,6 +39,8 @@ export interface JobRow {
   signature: string | null;
   expires_ms: IntColumn | null;
   results_deleted_ms: IntColumn | null;
+  submitted_by: string | null;
+  ran_by: string | null;
 }
 
 export function jobFromRow(row: JobRow): Job {
@@ -70,5 +72,7 @@ export function jobFromRow(row: JobRow): Job {
     signature: row.signature === null ? undefined : (JSON.parse(row.signature) as JobSignature),
     expiresMs: intOrUndefined(row.expires_ms),
     resultsDeletedMs: intOrUndefined(row.results_deleted_ms),
+    submittedBy: row.submitted_by ?? undefined,
+    ranBy: row.ran_by ?? undefined,
   };
 }

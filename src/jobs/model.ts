@@ -117,6 +117,10 @@ export interface Job {
   expiresMs: number | undefined;
   /** Set once the sweeper deleted the result files: the job has expired. */
   resultsDeletedMs: number | undefined;
+  /** The replica that accepted the job (where a sync caller waits); undefined on jobs from before replicas. */
+  submittedBy: string | undefined;
+  /** The replica running the job, or that ran its last attempt; undefined until claimed. */
+  ranBy: string | undefined;
 }
 
 /** ≥ 128 random bits, hex only: 0G's SDK puts ids into URLs unencoded. */

@@ -9,6 +9,8 @@ import { createPostgresPool, redactDatabaseUrl } from './postgres/pool.js';
 import { postgresJobStore } from './postgres/postgres-store.js';
 import { MIGRATION_NAMES, openSqliteDatabase } from './sqlite/database.js';
 import { sqliteJobStore } from './sqlite/sqlite-store.js';
+import type { JobEvents } from './job-events.js';
+import { listenForJobEvents, type JobNotifications } from './postgres/job-notifications.js';
 import type { JobStore } from './store.js';
 
 /**
@@ -34,6 +36,12 @@ export interface Stores {
   jobs: JobStore;
   billing: BillingStore;
   migrations: StoreMigrations;
+  /**
+   * Reports other processes' job events (ends, cancels, queued work) to `events`. On PostgreSQL a LISTEN
+   * connection hears every replica; a SQLite file has one process, whose runner and service report
+   * everything themselves, so there is nothing to hear.
+   */
+  listenForJobEvents(events: JobEvents, onError: (err: Error) => void): JobNotifications;
   /** Closes the database (the SQLite file, or the pool), once; the job store's close() does the same. */
   close(): Promise<void>;
 }
@@ -79,7 +87,16 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
       throw err;
     }
     const jobs = postgresJobStore(pool);
-    return { kind: 'postgres', location: redactDatabaseUrl(url), jobs, billing: postgresBillingStore(pool), migrations, close: () => jobs.close() };
+    return {
+      kind: 'postgres',
+      location: redactDatabaseUrl(url),
+      jobs,
+      billing: postgresBillingStore(pool),
+      migrations,
+      listenForJobEvents: (events, onError) =>
+        listenForJobEvents({ url, events, connectTimeoutMs: config.database.connectTimeoutMs, onError }),
+      close: () => jobs.close(),
+    };
   }
   const file = sqliteFile(config);
   if (options.mustExist && !existsSync(file)) throw new StoreNotFoundError(file);
@@ -92,5 +109,13 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
     },
   });
   const jobs = sqliteJobStore(db);
-  return { kind: 'sqlite', location: file, jobs, billing: sqliteBillingStore(db), migrations, close: () => jobs.close() };
+  return {
+    kind: 'sqlite',
+    location: file,
+    jobs,
+    billing: sqliteBillingStore(db),
+    migrations,
+    listenForJobEvents: () => ({ ready: Promise.resolve(), close: async () => undefined }),
+    close: () => jobs.close(),
+  };
 }

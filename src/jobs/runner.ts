@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { EventEmitter } from 'node:events';
 import { BackendError } from '../backends/errors.js';
 import type { BackendCallOptions, BackendCallResult, ImageBackend, InputImage } from '../backends/types.js';
 import type { ModelCatalog } from '../backends/catalog.js';
@@ -10,11 +9,16 @@ import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../
 import type { Logger } from '../obs/logger.js';
 import type { TeeKeyProvider } from '../tee/key-provider.js';
 import { signJob, type JobSignature } from '../tee/receipt.js';
+import type { JobEvents } from './job-events.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
 import type { ClaimedJob, JobStore } from './store.js';
 
 export interface RunnerDeps {
   store: JobStore;
+  /** Where queued and cancelled jobs are heard of (this process's and, on PostgreSQL, every replica's). */
+  events: JobEvents;
+  /** This replica's name, recorded on the jobs it claims. */
+  replicaId: string;
   blobs: BlobStore;
   backends: ReadonlyMap<string, ImageBackend>;
   /** Calls each backend may run at once, by backend id. */
@@ -71,8 +75,6 @@ export interface RunnerCounters {
  * completes the job in one store transition.
  */
 export class JobRunner {
-  /** Emits `finished:<jobId>` when a job reaches a terminal state in this process. */
-  readonly events = new EventEmitter();
   readonly counters: RunnerCounters = {
     attemptsStarted: 0,
     jobsCompleted: 0,
@@ -97,14 +99,14 @@ export class JobRunner {
   private pumping = new Set<string>();
   /** Backends woken while their pump was busy: it looks once more before it stops. */
   private repump = new Set<string>();
+  private unsubscribe: Array<() => void> = [];
 
-  constructor(private readonly deps: RunnerDeps) {
-    this.events.setMaxListeners(0);
-  }
+  constructor(private readonly deps: RunnerDeps) {}
 
   async start(): Promise<void> {
     const { store, jobs, now, logger } = this.deps;
     const recovered = await store.recoverInterrupted(
+      this.deps.replicaId,
       (job) => (this.deps.backends.get(job.backendId)?.rerunInterruptedJobs === false ? 'fail' : 'rerun'),
       jobs.maxAttempts,
       now(),
@@ -118,6 +120,10 @@ export class JobRunner {
       this.perImageMs.set(backendId, samples);
     }
     this.stopped = false;
+    this.unsubscribe = [
+      this.deps.events.onQueued((backendId) => this.wake(backendId)),
+      this.deps.events.onCancelled((jobId) => this.abort(jobId)),
+    ];
     this.timer = setInterval(() => this.wakeAll(), IDLE_POLL_MS);
     this.timer.unref();
     this.wakeAll();
@@ -127,6 +133,7 @@ export class JobRunner {
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    for (const unsubscribe of this.unsubscribe.splice(0)) unsubscribe();
     for (const { controller } of this.running.values()) {
       controller.abort(new PixeldError('shutting_down', 'the daemon is shutting down'));
     }
@@ -134,9 +141,10 @@ export class JobRunner {
     while (this.running.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   }
 
-  /** Called after a submit: look for work on this backend now rather than at the next poll. */
+  /** A job of this backend was queued: look for work now rather than at the next poll. */
   wake(backendId: string): void {
-    if (this.stopped) return;
+    // Replicas may serve different backends: a job queued for one this replica lacks is not its to claim.
+    if (this.stopped || !this.deps.backends.has(backendId)) return;
     if (this.pumping.has(backendId)) this.repump.add(backendId);
     else void this.pump(backendId);
   }
@@ -185,7 +193,7 @@ export class JobRunner {
         this.slotsTaken.set(backendId, (this.slotsTaken.get(backendId) ?? 0) + 1);
         let job: ClaimedJob | undefined;
         try {
-          job = await store.claimNext(backendId, now(), jobs.attemptTimeoutMs + LEASE_GRACE_MS);
+          job = await store.claimNext(backendId, this.deps.replicaId, now(), jobs.attemptTimeoutMs + LEASE_GRACE_MS);
         } catch (err) {
           this.releaseSlot(backendId, false);
           this.deps.logger.error('could not claim a job', { backendId, error: String(err) });
@@ -281,7 +289,7 @@ export class JobRunner {
       clearTimeout(deadline);
       this.running.delete(job.id);
       this.progress.delete(job.id);
-      this.events.emit(`finished:${job.id}`);
+      this.deps.events.finished(job.id);
     }
   }
 

@@ -1,14 +1,24 @@
-import { once } from 'node:events';
 import type { Config } from '../config/schema.js';
 import { PixeldError } from '../errors.js';
 import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
+import type { JobEvents } from './job-events.js';
 import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput } from './model.js';
 import type { JobRunner } from './runner.js';
-import { InsufficientBalanceError, type JobStore, type Reservation } from './store.js';
+import {
+  InsufficientBalanceError,
+  ModelBusyError,
+  QueueFullError,
+  type AdmissionLimits,
+  type JobStore,
+  type Reservation,
+} from './store.js';
 
 export interface JobServiceDeps {
   store: JobStore;
+  events: JobEvents;
+  /** This replica's name, recorded on the jobs it accepts. */
+  replicaId: string;
   blobs: BlobStore;
   runner: JobRunner;
   jobs: Config['jobs'];
@@ -75,16 +85,16 @@ export class JobService {
         );
       }
       const backendId = request.model.backend;
-      const limit = this.deps.maxQueuedJobs.get(backendId) ?? Number.POSITIVE_INFINITY;
-      if ((await store.countPending(backendId)) >= limit) {
-        throw new PixeldError('queue_full', `the queue for model '${request.model.id}' is full; retry later`, {
-          retryAfterSeconds: await this.queueDrainSeconds(backendId),
-        });
+      const limits: AdmissionLimits = {
+        maxPendingForBackend: this.deps.maxQueuedJobs.get(backendId),
+        maxUnfinishedForModel: request.model.maxInFlight,
+      };
+      // Refused before the uploads are stored; the insert checks again, atomically with the other replicas'.
+      if (limits.maxPendingForBackend !== undefined && (await store.countPending(backendId)) >= limits.maxPendingForBackend) {
+        throw await this.admissionRefusal(new QueueFullError(limits.maxPendingForBackend), request);
       }
       if ((await store.countUnfinishedForModel(request.model.id)) >= request.model.maxInFlight) {
-        throw new PixeldError('model_busy', `model '${request.model.id}' has ${request.model.maxInFlight} jobs in flight; retry later`, {
-          retryAfterSeconds: await this.queueDrainSeconds(backendId),
-        });
+        throw await this.admissionRefusal(new ModelBusyError(request.model.maxInFlight), request);
       }
       const inputs: JobInput[] = [];
       for (const [i, image] of temps.entries()) {
@@ -114,10 +124,13 @@ export class JobService {
           idempotencyKey: options.idempotencyKey,
           baseUrl: options.baseUrl,
           createdMs: now(),
+          submittedBy: this.deps.replicaId,
         },
         jobs.idempotencyTtlMs,
         options.reservation,
-      ).catch((err: unknown) => {
+        limits,
+      ).catch(async (err: unknown) => {
+        if (err instanceof QueueFullError || err instanceof ModelBusyError) throw await this.admissionRefusal(err, request);
         if (err instanceof InsufficientBalanceError) {
           throw new PixeldError(
             'insufficient_credits',
@@ -132,7 +145,7 @@ export class JobService {
           'this Idempotency-Key was already used for a different request; use a new key for a new request',
         );
       }
-      if (outcome.created) this.deps.runner.wake(backendId);
+      if (outcome.created) this.deps.events.queued(backendId);
       return outcome;
     } finally {
       // Uploads still in the temp dir were not taken into the blob store (an error happened first).
@@ -151,22 +164,23 @@ export class JobService {
 
   /** Cancels a pending or running job; a finished job is returned as it is. */
   async cancel(id: string): Promise<Job | undefined> {
-    const { store, now, jobs, runner } = this.deps;
+    const { store, now, jobs, events } = this.deps;
     const job = await store.cancel(id, now(), now() + jobs.resultTtlMs);
     if (job?.status === 'cancelled') {
-      runner.abort(id);
-      runner.events.emit(`finished:${id}`);
+      events.cancelled(id);
+      events.finished(id);
     }
     return job;
   }
 
   /**
    * Resolves with the job once it has ended, or as it is when `timeoutMs` passes or `signal` aborts.
-   * Wakes on this process's runner events; a slow re-read also catches jobs finished elsewhere.
+   * Wakes on job events (every replica's, on PostgreSQL); a re-read each second also catches an end whose
+   * event was missed (a dropped LISTEN connection).
    */
   async waitForEnd(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Job | undefined> {
     const deadline = Date.now() + timeoutMs;
-    const events = this.deps.runner.events;
+    const events = this.deps.events;
     for (;;) {
       const job = await this.deps.store.get(id);
       if (!job || isTerminal(job.status)) return job;
@@ -177,7 +191,7 @@ export class JobService {
       signal?.addEventListener('abort', onAbort, { once: true });
       const timer = setTimeout(() => wait.abort(), Math.min(remaining, 1_000));
       try {
-        await once(events, `finished:${id}`, { signal: wait.signal });
+        await events.untilFinished(id, wait.signal);
       } catch {
         // timeout slice or caller gone: loop re-reads the job
       } finally {
@@ -213,6 +227,14 @@ export class JobService {
       seconds: clampSeconds(estimateMs / 1000),
       ms: Math.min(MAX_RETRY_AFTER_MS, Math.max(MIN_RETRY_AFTER_MS, Math.ceil(estimateMs))),
     };
+  }
+
+  private async admissionRefusal(err: QueueFullError | ModelBusyError, request: ImageJobRequest): Promise<PixeldError> {
+    const model = request.model.id;
+    const options = { retryAfterSeconds: await this.queueDrainSeconds(request.model.backend), cause: err };
+    return err instanceof QueueFullError
+      ? new PixeldError('queue_full', `the queue for model '${model}' is full; retry later`, options)
+      : new PixeldError('model_busy', `model '${model}' has ${err.limit} jobs in flight; retry later`, options);
   }
 
   /** A full queue frees a place when a running job ends: about one image's time. */

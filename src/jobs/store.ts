@@ -2,7 +2,8 @@ import type { JobSignature } from '../tee/receipt.js';
 import type { Job, JobError, JobResult } from './model.js';
 
 /** What the HTTP layer hands the store; the store fills in the lifecycle fields. */
-export type NewJob = Pick<
+export type NewJob = Partial<Pick<Job, 'submittedBy'>> &
+  Pick<
   Job,
   | 'id'
   | 'owner'
@@ -18,7 +19,7 @@ export type NewJob = Pick<
   | 'idempotencyKey'
   | 'baseUrl'
   | 'createdMs'
->;
+  >;
 
 /**
  * Admission against the user's on-chain balance (billing.md): the job's n × price must fit in
@@ -46,6 +47,33 @@ export class InsufficientBalanceError extends Error {
   }
 }
 
+/**
+ * Bounds checked inside the job's insert, so replicas admitting at the same moment cannot overshoot them
+ * together. Absent: no bound.
+ */
+export interface AdmissionLimits {
+  /** Unfinished (pending or processing) jobs of the job's model, from every owner and replica. */
+  maxUnfinishedForModel?: number;
+  /** Pending jobs waiting for the job's backend. */
+  maxPendingForBackend?: number;
+}
+
+/** The job's model already has `limit` unfinished jobs. */
+export class ModelBusyError extends Error {
+  override readonly name = 'ModelBusyError';
+  constructor(readonly limit: number) {
+    super(`the model has ${limit} unfinished jobs`);
+  }
+}
+
+/** The job's backend already has `limit` pending jobs. */
+export class QueueFullError extends Error {
+  override readonly name = 'QueueFullError';
+  constructor(readonly limit: number) {
+    super(`the backend has ${limit} pending jobs`);
+  }
+}
+
 export interface ClaimedJob extends Job {
   leaseToken: string;
 }
@@ -70,7 +98,12 @@ export interface JobStore {
    * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
    * `idempotencyTtlMs`, nothing is inserted and the earlier job is returned with `created: false`.
    */
-  create(job: NewJob, idempotencyTtlMs: number, reservation?: Reservation): Promise<{ job: Job; created: boolean }>;
+  create(
+    job: NewJob,
+    idempotencyTtlMs: number,
+    reservation?: Reservation,
+    limits?: AdmissionLimits,
+  ): Promise<{ job: Job; created: boolean }>;
   get(id: string): Promise<Job | undefined>;
   /** Jobs of this model not yet finished (pending or processing), from every owner. */
   countUnfinishedForModel(model: string): Promise<number>;
@@ -78,8 +111,11 @@ export interface JobStore {
   countPending(backendId: string): Promise<number>;
   /** Pending jobs of the same backend that will be claimed before this one. */
   countAhead(job: Job): Promise<number>;
-  /** Takes the oldest runnable pending job of the backend, starting an attempt under a fresh lease. */
-  claimNext(backendId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
+  /**
+   * Takes the oldest runnable pending job of the backend, starting an attempt under a fresh lease, and
+   * records `replicaId` as the replica running it.
+   */
+  claimNext(backendId: string, replicaId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
   extendLease(id: string, leaseToken: string, leaseExpiresMs: number): Promise<boolean>;
   /**
    * Completes the job with its result and signatures in one transition: takes the owner's next receipt
@@ -98,9 +134,12 @@ export interface JobStore {
   /**
    * At start-up, after a crash: sync jobs not yet finished are cancelled (their callers are gone); every
    * async job left processing is re-queued or failed, as the policy says; jobs that already used
-   * `maxAttempts` are failed.
+   * `maxAttempts` are failed. Only `replicaId`'s jobs where replicas share the store (the sync jobs it
+   * accepted, the jobs it was running): another replica's running jobs are still running. A SQLite file
+   * has one process, so every job in it is that process's.
    */
   recoverInterrupted(
+    replicaId: string,
     policy: InterruptedJobPolicy,
     maxAttempts: number,
     nowMs: number,

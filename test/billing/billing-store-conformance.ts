@@ -4,6 +4,9 @@ import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import type { JobStore, NewJob } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
 
+/** The replica name the stores are driven as. */
+const REPLICA = 'replica-1';
+
 /**
  * The behaviour every BillingStore must have, verb by verb, on a store whose receipts come from its job
  * store's completions (as in the daemon: the receipt is written in the completion's transaction). Each
@@ -66,7 +69,7 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
       const images = options.images ?? 1;
       const job = newJob(owner, images);
       await jobs.create(job, 0);
-      const claimed = (await jobs.claimNext('gpu', 2_000, 60_000))!;
+      const claimed = (await jobs.claimNext('gpu', REPLICA, 2_000, 60_000))!;
       let seq = 0n;
       const result: JobResult = {
         created: 1,

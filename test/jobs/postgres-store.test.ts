@@ -4,10 +4,15 @@ import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import { migratePostgres, POSTGRES_MIGRATIONS } from '../../src/jobs/postgres/migrations.js';
 import { createPostgresPool } from '../../src/jobs/postgres/pool.js';
 import { postgresJobStore } from '../../src/jobs/postgres/postgres-store.js';
-import { InsufficientBalanceError, type JobStore, type NewJob } from '../../src/jobs/store.js';
+import { JobEvents } from '../../src/jobs/job-events.js';
+import { listenForJobEvents } from '../../src/jobs/postgres/job-notifications.js';
+import { InsufficientBalanceError, ModelBusyError, QueueFullError, type JobStore, type NewJob } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
 import { describeJobStoreConformance } from './store-conformance.js';
+
+/** The replica name the stores are driven as. */
+const REPLICA = 'replica-1';
 
 /** The PostgreSQL job store: the conformance suite, then what only shows with several processes on one database. */
 
@@ -125,7 +130,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     // Eight claimers per store, all at once, until the queue is empty.
     const claimer = async (store: JobStore) => {
       for (;;) {
-        const job = await store.claimNext('gpu', 2_000, 60_000);
+        const job = await store.claimNext('gpu', REPLICA, 2_000, 60_000);
         if (!job) return;
         claimed.push(job.id);
       }
@@ -142,7 +147,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     for (let i = 0; i < 24; i += 1) {
       const job = newJob({ owner });
       await a.create(job, 0);
-      const c = (await a.claimNext('gpu', 2_000, 60_000))!;
+      const c = (await a.claimNext('gpu', REPLICA, 2_000, 60_000))!;
       claims.push({ id: c.id, token: c.leaseToken });
     }
     // Signing happens under the owner's sequence row lock: its order is the order numbers are given out.
@@ -175,7 +180,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     const owner = '0x00000000000000000000000000000000000000c3';
     const job = newJob({ owner });
     await a.create(job, 0);
-    const claimed = (await a.claimNext('gpu', 2_000, 60_000))!;
+    const claimed = (await a.claimNext('gpu', REPLICA, 2_000, 60_000))!;
     const failing = {
       seqFloor: 0n,
       sign: () => {
@@ -195,7 +200,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     // Room for exactly three jobs of two images, after one unsettled receipt of one image.
     const first = newJob({ owner, params: { ...newJob().params, n: 1 } });
     await a.create(first, 0);
-    const claimed = (await a.claimNext('gpu', 2_000, 60_000))!;
+    const claimed = (await a.claimNext('gpu', REPLICA, 2_000, 60_000))!;
     await a.complete(first.id, claimed.leaseToken, result('r'), { seqFloor: 0n, sign: (seq) => signatureFor(first.id, owner, seq) }, 3_000, 9_000);
     const reservation = { budgetWei: 7n * PRICE, balanceBlock: 100 };
     const attempts = await Promise.allSettled(
@@ -214,7 +219,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     const owner = '0x00000000000000000000000000000000000000e5';
     const done = newJob({ owner, params: { ...newJob().params, n: 1 } });
     await a.create(done, 0);
-    const claimed = (await a.claimNext('gpu', 2_000, 60_000))!;
+    const claimed = (await a.claimNext('gpu', REPLICA, 2_000, 60_000))!;
     await a.complete(done.id, claimed.leaseToken, result('q'), { seqFloor: 0n, sign: (seq) => signatureFor(done.id, owner, seq) }, 3_000, 9_000);
     await poolA.query("UPDATE receipts SET state = 'settled', settled_block = 50 WHERE job_id = $1", [done.id]);
     // Read at block 40: the balance still holds the settled fee, so it counts; read at block 60, it does not.
@@ -229,6 +234,75 @@ describe('postgres job store across processes (two pools on one database)', () =
     );
     expect(outcomes.filter((o) => o.created)).toHaveLength(1);
     expect(new Set(outcomes.map((o) => o.job.id)).size).toBe(1);
+  });
+
+  it('holds a model’s cap and a backend’s queue bound against concurrent submits from two processes', async () => {
+    const modelCap = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? a : b).create(newJob({ model: 'capped' }), 0, undefined, { maxUnfinishedForModel: 4 })),
+    );
+    expect(modelCap.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
+    for (const r of modelCap) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(ModelBusyError);
+    const queueBound = await Promise.allSettled(
+      Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? a : b).create(newJob({ backendId: 'small' }), 0, undefined, { maxPendingForBackend: 5 })),
+    );
+    expect(queueBound.filter((r) => r.status === 'fulfilled')).toHaveLength(5);
+    for (const r of queueBound) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(QueueFullError);
+    expect(await a.countUnfinishedForModel('capped')).toBe(4);
+    expect(await b.countPending('small')).toBe(5);
+  });
+
+  it('recovers at start only the restarting replica’s jobs; another replica’s running jobs are left to their lease', async () => {
+    const mineRunning = newJob();
+    const theirsRunning = newJob();
+    const mySync = newJob({ delivery: 'sync', submittedBy: 'replica-a', backendId: 'other' });
+    const theirSync = newJob({ delivery: 'sync', submittedBy: 'replica-b', backendId: 'other' });
+    for (const job of [mineRunning, theirsRunning, mySync, theirSync]) await a.create(job, 0);
+    await a.claimNext('gpu', 'replica-a', 2_000, 60_000);
+    await b.claimNext('gpu', 'replica-b', 2_000, 60_000);
+    const outcome = await a.recoverInterrupted('replica-a', () => 'rerun', 3, 3_000, 9_000);
+    expect(outcome).toEqual({ requeued: 1, failed: 0, cancelled: 1 });
+    expect((await a.get(mineRunning.id))!.status).toBe('pending');
+    expect((await a.get(theirsRunning.id))!).toMatchObject({ status: 'processing', ranBy: 'replica-b' });
+    expect((await a.get(mySync.id))!.status).toBe('cancelled');
+    expect((await a.get(theirSync.id))!.status).toBe('pending');
+    // replica-b died instead of restarting: its lease runs out and the job goes back to the queue.
+    expect(await a.requeueExpiredLeases(2_000 + 60_001)).toBe(1);
+    expect((await a.get(theirsRunning.id))!.status).toBe('pending');
+  });
+
+  it('tells every listening process when a job is queued, cancelled or finished, on commit', async () => {
+    const events = new JobEvents();
+    const heard: string[] = [];
+    events.onQueued((backendId) => heard.push(`queued ${backendId}`));
+    events.onCancelled((id) => heard.push(`cancelled ${id}`));
+    const listener = listenForJobEvents({ url: db.url, events });
+    await listener.ready;
+    try {
+      const done = newJob();
+      const finished = (id: string) => events.untilFinished(id, AbortSignal.timeout(5_000));
+      // Written through the other process's pool: only the database connects the two.
+      let heardDone = finished(done.id);
+      await b.create(done, 0);
+      const claimed = (await b.claimNext('gpu', REPLICA, 2_000, 60_000))!;
+      await b.complete(done.id, claimed.leaseToken, result('n'), { seqFloor: 0n, sign: (seq) => signatureFor(done.id, done.owner, seq) }, 3_000, 9_000);
+      await heardDone;
+      const cancelled = newJob({ backendId: 'gpu-2' });
+      heardDone = finished(cancelled.id);
+      await b.create(cancelled, 0);
+      await b.cancel(cancelled.id, 3_000, 9_000);
+      await heardDone;
+      await expect.poll(() => heard).toEqual(['queued gpu', 'queued gpu-2', `cancelled ${cancelled.id}`]);
+      // A rolled-back transition tells nobody.
+      const rolledBack = newJob({ owner: '0x00000000000000000000000000000000000000f6' });
+      await b.create(rolledBack, 0);
+      const lease = (await b.claimNext('gpu', REPLICA, 2_000, 60_000))!;
+      const failing = { seqFloor: 0n, sign: () => { throw new Error('no TEE'); } };
+      const notHeard = finished(rolledBack.id).then(() => 'heard', () => 'silent');
+      await expect(b.complete(rolledBack.id, lease.leaseToken, result('z'), failing, 3_000, 9_000)).rejects.toThrow('no TEE');
+      expect(await Promise.race([notHeard, new Promise((r) => setTimeout(() => r('silent'), 300))])).toBe('silent');
+    } finally {
+      await listener.close();
+    }
   });
 
   it('stores amounts beyond 2^64 exactly', async () => {

@@ -1,7 +1,10 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
-import type { JobStore, NewJob, ReceiptSigning } from '../../src/jobs/store.js';
+import { QueueFullError, type JobStore, type NewJob, type ReceiptSigning } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
+
+/** The replica name the stores are driven as. */
+const REPLICA = 'replica-1';
 
 /**
  * The behaviour every JobStore implementation must have. Each implementation's test file calls this
@@ -112,22 +115,54 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       await store.create(other, 0);
       expect(await store.countPending('b1')).toBe(2);
       expect(await store.countAhead((await store.get(b.id))!)).toBe(1);
-      const claimed = await store.claimNext('b1', T0 + 1, 1000);
+      const claimed = await store.claimNext('b1', REPLICA, T0 + 1, 1000);
       expect(claimed).toMatchObject({ id: a.id, status: 'processing', attempts: 1, startedMs: T0 + 1, leaseExpiresMs: T0 + 1001 });
       expect(claimed!.leaseToken).toMatch(/^[0-9a-f]{32}$/);
       expect(await store.countAhead((await store.get(b.id))!)).toBe(0);
       expect(await store.retryLater(a.id, claimed!.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 500, T0 + 2)).toBe(true);
       // a is back but not runnable yet; b goes first.
-      expect((await store.claimNext('b1', T0 + 3, 1000))!.id).toBe(b.id);
-      expect(await store.claimNext('b1', T0 + 4, 1000)).toBeUndefined();
-      const again = await store.claimNext('b1', T0 + 500, 1000);
+      expect((await store.claimNext('b1', REPLICA, T0 + 3, 1000))!.id).toBe(b.id);
+      expect(await store.claimNext('b1', REPLICA, T0 + 4, 1000)).toBeUndefined();
+      const again = await store.claimNext('b1', REPLICA, T0 + 500, 1000);
       expect(again).toMatchObject({ id: a.id, attempts: 2 });
+    });
+
+    it('records the replica that accepted a job and the one running its latest attempt', async () => {
+      const job = newJob({ submittedBy: 'replica-a' });
+      expect((await store.create(job, 0)).job).toMatchObject({ submittedBy: 'replica-a', ranBy: undefined });
+      const first = (await store.claimNext('b1', 'replica-b', T0, 1000))!;
+      expect(first).toMatchObject({ submittedBy: 'replica-a', ranBy: 'replica-b' });
+      await store.retryLater(job.id, first.leaseToken, { code: 'upstream_error', message: 'x' }, T0, T0 + 1);
+      expect(await store.claimNext('b1', 'replica-c', T0 + 2, 1000)).toMatchObject({ id: job.id, ranBy: 'replica-c', attempts: 2 });
+      expect((await store.get(job.id))!.ranBy).toBe('replica-c');
+    });
+
+    it('refuses a job over its backend queue bound or its model cap, inside the insert', async () => {
+      const limits = { maxPendingForBackend: 2, maxUnfinishedForModel: 3 };
+      await store.create(newJob(), 0, undefined, limits);
+      await store.create(newJob(), 0, undefined, limits);
+      await expect(store.create(newJob(), 0, undefined, limits)).rejects.toBeInstanceOf(QueueFullError);
+      // Another backend's queue is its own; the model's cap counts pending and processing jobs of every backend.
+      await store.create(newJob({ backendId: 'b2' }), 0, undefined, limits);
+      await store.claimNext('b1', REPLICA, T0, 1000);
+      await expect(store.create(newJob(), 0, undefined, limits)).rejects.toMatchObject({ name: 'ModelBusyError', limit: 3 });
+      expect(await store.countUnfinishedForModel('m')).toBe(3);
+      // Another model is not held back by this one's cap, and a finished job frees its place.
+      expect((await store.create(newJob({ model: 'm2' }), 0, undefined, limits)).created).toBe(true);
+      const running = (await store.claimNext('b1', REPLICA, T0, 1000))!;
+      await store.fail(running.id, running.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 1, T0 + 100);
+      expect((await store.create(newJob(), 0, undefined, limits)).created).toBe(true);
+      // An Idempotency-Key replay is answered before any bound: it adds no job.
+      const keyed = newJob({ idempotencyKey: 'k', model: 'm3', backendId: 'b3' });
+      await store.create(keyed, 60_000, undefined, { maxUnfinishedForModel: 1 });
+      const replay = await store.create({ ...keyed, id: newJobId() }, 60_000, undefined, { maxUnfinishedForModel: 1 });
+      expect(replay).toMatchObject({ created: false, job: { id: keyed.id } });
     });
 
     it('only the current lease holder may complete, fail or retry', async () => {
       const job = newJob();
       await store.create(job, 0);
-      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       expect(await store.complete(job.id, 'wrong', result(['s1']), SIGNING, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.fail(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.retryLater(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0, T0)).toBe(false);
@@ -156,7 +191,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       const run = async (owner: string, floor: bigint, lease?: string) => {
         const job = newJob({ owner });
         await store.create(job, 0);
-        const claimed = (await store.claimNext('b1', T0, 1000))!;
+        const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
         return store.complete(job.id, lease ?? claimed.leaseToken, result(['s']), signing(owner, floor), T0 + 1, T0 + 100);
       };
       await run('alice', 0n);
@@ -174,7 +209,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       const running = newJob();
       await store.create(running, 0);
       await store.create(pending, 0);
-      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       expect((await store.cancel(pending.id, T0 + 1, T0 + 50))!.status).toBe('cancelled');
       const cancelled = (await store.cancel(running.id, T0 + 2, T0 + 50))!;
       expect(cancelled).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
@@ -189,12 +224,12 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       const refuse = newJob({ backendId: 'b2' });
       const exhausted = newJob();
       for (const j of [rerun, refuse, exhausted]) await store.create(j, 0);
-      await store.claimNext('b1', T0, 1000);
-      await store.claimNext('b2', T0, 1000);
-      const third = (await store.claimNext('b1', T0, 1000))!;
+      await store.claimNext('b1', REPLICA, T0, 1000);
+      await store.claimNext('b2', REPLICA, T0, 1000);
+      const third = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       await store.retryLater(third.id, third.leaseToken, { code: 'upstream_error', message: 'x' }, T0, T0);
-      await store.claimNext('b1', T0, 1000); // exhausted: attempt 2
-      const outcome = await store.recoverInterrupted((job) => (job.backendId === 'b2' ? 'fail' : 'rerun'), 2, T0 + 10, T0 + 99);
+      await store.claimNext('b1', REPLICA, T0, 1000); // exhausted: attempt 2
+      const outcome = await store.recoverInterrupted(REPLICA, (job) => (job.backendId === 'b2' ? 'fail' : 'rerun'), 2, T0 + 10, T0 + 99);
       expect(outcome).toEqual({ requeued: 1, failed: 2, cancelled: 0 });
       expect((await store.get(rerun.id))!).toMatchObject({ status: 'pending', leaseToken: undefined });
       expect((await store.get(refuse.id))!).toMatchObject({ status: 'failed', error: { code: 'upstream_error' } });
@@ -209,8 +244,8 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       await store.create(running, 0);
       await store.create(waiting, 0);
       await store.create(asyncJob, 0);
-      await store.claimNext('b1', T0, 1000);
-      const outcome = await store.recoverInterrupted(() => 'rerun', 3, T0 + 10, T0 + 99);
+      await store.claimNext('b1', REPLICA, T0, 1000);
+      const outcome = await store.recoverInterrupted(REPLICA, () => 'rerun', 3, T0 + 10, T0 + 99);
       expect(outcome).toEqual({ requeued: 0, failed: 0, cancelled: 2 });
       for (const id of [waiting.id, running.id]) {
         expect(await store.get(id)).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
@@ -221,7 +256,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
     it('releases a claim without spending the attempt', async () => {
       const job = newJob();
       await store.create(job, 0);
-      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       expect(await store.releaseClaim(job.id, 'wrong', T0 + 1)).toBe(false);
       expect(await store.releaseClaim(job.id, claimed.leaseToken, T0 + 1)).toBe(true);
       expect(await store.get(job.id)).toMatchObject({ status: 'pending', attempts: 0, leaseToken: undefined });
@@ -242,7 +277,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
     it('re-queues jobs whose lease ran out', async () => {
       const job = newJob();
       await store.create(job, 0);
-      await store.claimNext('b1', T0, 100);
+      await store.claimNext('b1', REPLICA, T0, 100);
       expect(await store.requeueExpiredLeases(T0 + 50)).toBe(0);
       expect(await store.requeueExpiredLeases(T0 + 101)).toBe(1);
       expect((await store.get(job.id))!.status).toBe('pending');
@@ -255,7 +290,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       });
       await store.create(job, 0);
       expect(await store.isBlobReferenced('in1')).toBe(true);
-      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       await store.complete(job.id, claimed.leaseToken, result(['out1', 'out2']), SIGNING, T0 + 5, T0 + 100);
       expect(await store.isBlobReferenced('in1')).toBe(false);
       expect(await store.isBlobReferenced('out1')).toBe(true);
@@ -271,7 +306,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       const open = newJob();
       await store.create(old, 0);
       await store.create(open, 0);
-      const claimed = (await store.claimNext('b1', T0, 1000))!;
+      const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
       await store.fail(old.id, claimed.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 1, T0 + 2);
       expect(await store.deleteFinishedBefore(T0 + 1, 10)).toBe(0);
       expect(await store.deleteFinishedBefore(T0 + 2, 10)).toBe(1);
@@ -286,7 +321,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       ] as const) {
         const job = newJob();
         await store.create(job, 0);
-        const claimed = (await store.claimNext('b1', T0, 10_000))!;
+        const claimed = (await store.claimNext('b1', REPLICA, T0, 10_000))!;
         const shas = Array.from({ length: images }, (_, i) => `s${ms}${i}`);
         await store.complete(job.id, claimed.leaseToken, result(shas), SIGNING, T0 + ms, T0 + 9999);
       }

@@ -65,9 +65,20 @@ export const ADVISORY_LOCK = {
   migrations: 0x70780001,
   /** Admission of one owner's jobs (key 2 = hashtext(owner)): budget check and insert, one at a time. */
   admission: 0x70780002,
-  /** Reserved for the settler across replicas (key 2 = 0): exactly one settles at a time. */
+  /** The settler across replicas (key 2 = 0): exactly one settles at a time. */
   settlement: 0x70780003,
+  /** A model's unfinished-job cap (key 2 = hashtext(model)): count and insert, one replica at a time. */
+  modelAdmission: 0x70780004,
+  /** A backend's pending-queue bound (key 2 = hashtext(backend id)). */
+  queueAdmission: 0x70780005,
 } as const;
+
+/**
+ * The channel every job event goes out on, from inside the transaction that caused it (so it is sent on
+ * commit, and never for a rolled-back change). Payload: `<event> <id>` — `finished <job id>` (completed,
+ * failed or cancelled), `cancelled <job id>` (also sent with its `finished`), `queued <backend id>`.
+ */
+export const JOB_EVENTS_CHANNEL = 'pixeld_jobs';
 
 /** The URL without its password, for logs and `pixeld migrate`'s output. */
 export function redactDatabaseUrl(url: string): string {

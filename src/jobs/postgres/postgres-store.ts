@@ -5,6 +5,9 @@ import { jobFromRow, type JobRow } from '../job-row.js';
 import { newToken, type JobError } from '../model.js';
 import {
   InsufficientBalanceError,
+  ModelBusyError,
+  QueueFullError,
+  type AdmissionLimits,
   type ClaimedJob,
   type InterruptedJobPolicy,
   type JobStore,
@@ -12,7 +15,7 @@ import {
   type ReceiptSigning,
   type Reservation,
 } from '../store.js';
-import { ADVISORY_LOCK, inTransaction } from './pool.js';
+import { ADVISORY_LOCK, inTransaction, JOB_EVENTS_CHANNEL } from './pool.js';
 
 /**
  * Jobs in PostgreSQL (schema: ./migrations.ts), for replicas that share one database. The same verbs as
@@ -30,11 +33,20 @@ import { ADVISORY_LOCK, inTransaction } from './pool.js';
 /** The columns written by every `… → finished` transition: the lease is gone with it. */
 const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
 
-/** Drops the job's input references in the same statement as the transition that finished it. */
-const finishing = (update: string) => `
-  WITH done AS (${update} RETURNING id),
+/**
+ * Drops the job's input references in the same statement as the transition that finished it, and tells
+ * every replica (a long-poll waiting on another replica wakes; `cancelled` also stops the attempt wherever
+ * it runs).
+ */
+const finishing = (update: string, event: 'finished' | 'cancelled' = 'finished') => `
+  WITH done AS (${update} RETURNING id, backend_id),
        refs AS (DELETE FROM blob_refs USING done WHERE blob_refs.job_id = done.id AND blob_refs.role = 'input')
-  SELECT id FROM done`;
+  SELECT id, ${event === 'cancelled' ? `pg_notify('${JOB_EVENTS_CHANNEL}', 'cancelled ' || id), ` : ''}
+    pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || id) FROM done`;
+
+/** Tells the replicas serving the backend that a job is waiting (returns nothing useful; run for the effect). */
+const notifyQueued = (c: Pool | PoolClient, backendId: string) =>
+  c.query(`SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || $1::text)`, [backendId]);
 
 const addRefs = (c: PoolClient, jobId: string, role: 'input' | 'output', shas: string[]) =>
   c.query('INSERT INTO blob_refs (job_id, sha256, role) SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING', [jobId, shas, role]);
@@ -75,7 +87,7 @@ export function postgresJobStore(pool: Pool): JobStore {
   }
 
   return {
-    async create(job, idempotencyTtlMs, reservation) {
+    async create(job, idempotencyTtlMs, reservation, limits: AdmissionLimits = {}) {
       return inTransaction(pool, async (c) => {
         if (job.idempotencyKey !== undefined || reservation !== undefined) {
           // Held to the commit: the owner's next create waits, then sees this one's job and receipts.
@@ -91,11 +103,29 @@ export function postgresJobStore(pool: Pool): JobStore {
             .rows[0];
           if (existing) return { job: jobFromRow(existing), created: false };
         }
+        // Locks in one order everywhere (owner, model, backend), so two creates never wait on each other in a circle.
+        if (limits.maxUnfinishedForModel !== undefined) {
+          await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADVISORY_LOCK.modelAdmission, job.model]);
+          const unfinished = Number(
+            (await c.query<{ n: string }>("SELECT COUNT(*) AS n FROM jobs WHERE model = $1 AND status IN ('pending', 'processing')", [job.model]))
+              .rows[0]!.n,
+          );
+          if (unfinished >= limits.maxUnfinishedForModel) throw new ModelBusyError(limits.maxUnfinishedForModel);
+        }
+        if (limits.maxPendingForBackend !== undefined) {
+          await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADVISORY_LOCK.queueAdmission, job.backendId]);
+          const pending = Number(
+            (await c.query<{ n: string }>("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'", [job.backendId]))
+              .rows[0]!.n,
+          );
+          if (pending >= limits.maxPendingForBackend) throw new QueueFullError(limits.maxPendingForBackend);
+        }
         if (reservation !== undefined) await admit(c, job, reservation);
         const { rows } = await c.query<JobRow>(
           `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, images_requested, inputs,
-             request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
-           VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15)
+             request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms,
+             submitted_by)
+           VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16)
            RETURNING *`,
           [
             job.id,
@@ -113,9 +143,11 @@ export function postgresJobStore(pool: Pool): JobStore {
             job.idempotencyKey ?? null,
             job.baseUrl,
             job.createdMs,
+            job.submittedBy ?? null,
           ],
         );
         if (job.inputs.length > 0) await addRefs(c, job.id, 'input', job.inputs.map((i) => i.sha256));
+        await notifyQueued(c, job.backendId);
         return { job: jobFromRow(rows[0]!), created: true };
       });
     },
@@ -141,15 +173,15 @@ export function postgresJobStore(pool: Pool): JobStore {
       );
     },
 
-    async claimNext(backendId, nowMs, leaseMs) {
+    async claimNext(backendId, replicaId, nowMs, leaseMs) {
       const token = newToken();
       const row = await one(
         `UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, attempts = attempts + 1,
-           started_ms = $3, updated_ms = $3
+           started_ms = $3, updated_ms = $3, ran_by = $5
          WHERE seq = (SELECT seq FROM jobs WHERE backend_id = $4 AND status = 'pending' AND run_after_ms <= $3
                       ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
          RETURNING *`,
-        [token, nowMs + leaseMs, nowMs, backendId],
+        [token, nowMs + leaseMs, nowMs, backendId, replicaId],
       );
       return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
@@ -189,6 +221,7 @@ export function postgresJobStore(pool: Pool): JobStore {
         );
         await c.query("DELETE FROM blob_refs WHERE job_id = $1 AND role = 'input'", [id]);
         if (result.images.length > 0) await addRefs(c, id, 'output', result.images.map((i) => i.sha256));
+        await c.query(`SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || $1::text)`, [id]);
         // The receipt is written with the completion, or not at all (billing.md): delivered images only.
         const r = signature.receipt;
         if (BigInt(r.fee_wei) > 0n) {
@@ -233,8 +266,11 @@ export function postgresJobStore(pool: Pool): JobStore {
 
     async cancel(id, nowMs, expiresMs) {
       await pool.query(
-        finishing(`UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-                   WHERE id = $4 AND status IN ('pending', 'processing')`),
+        finishing(
+          `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+           WHERE id = $4 AND status IN ('pending', 'processing')`,
+          'cancelled',
+        ),
         [JSON.stringify(CANCELLED), nowMs, expiresMs, id],
       );
       const row = await one('SELECT * FROM jobs WHERE id = $1', [id]);
@@ -242,34 +278,46 @@ export function postgresJobStore(pool: Pool): JobStore {
     },
 
     async releaseClaim(id, leaseToken, nowMs) {
+      // A replica that stops gives the job back: another one serving the backend can take it at once.
       return changed(
-        `UPDATE jobs SET status = 'pending', attempts = attempts - 1, ${FINISHED}, updated_ms = $1
-         WHERE id = $2 AND lease_token = $3 AND status = 'processing'`,
+        `WITH released AS (
+           UPDATE jobs SET status = 'pending', attempts = attempts - 1, ${FINISHED}, updated_ms = $1
+           WHERE id = $2 AND lease_token = $3 AND status = 'processing' RETURNING backend_id)
+         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM released`,
         [nowMs, id, leaseToken],
       );
     },
 
-    // Every processing job in the database, as in SQLite: with several replicas on one database this is
-    // to be narrowed to the jobs of the replica that restarted (issue 14, later milestone).
-    async recoverInterrupted(policy: InterruptedJobPolicy, maxAttempts, nowMs, expiresMs) {
+    // Only the restarting replica's jobs: the sync jobs whose callers waited on it, and the jobs it was
+    // running. Jobs recorded under no replica are from before replicas (one process) and are its own too.
+    // Another replica's running jobs are left alone; if that replica died, its leases run out and
+    // requeueExpiredLeases gives the jobs to whoever serves their backend.
+    async recoverInterrupted(replicaId, policy: InterruptedJobPolicy, maxAttempts, nowMs, expiresMs) {
       return inTransaction(pool, async (c) => {
         const gone: JobError = {
           code: 'job_cancelled',
           message: 'the daemon restarted while the caller waited for this job; nobody was left to receive it',
         };
         const cancelled = await c.query(
-          finishing(`UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-                     WHERE delivery = 'sync' AND status IN ('pending', 'processing')`),
-          [JSON.stringify(gone), nowMs, expiresMs],
+          finishing(
+            `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+             WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND (submitted_by = $4 OR submitted_by IS NULL)`,
+            'cancelled',
+          ),
+          [JSON.stringify(gone), nowMs, expiresMs, replicaId],
         );
         let requeued = 0;
         let failed = 0;
-        const processing = await c.query<JobRow>("SELECT * FROM jobs WHERE status = 'processing' ORDER BY seq FOR UPDATE");
+        const processing = await c.query<JobRow>(
+          "SELECT * FROM jobs WHERE status = 'processing' AND (ran_by = $1 OR ran_by IS NULL) ORDER BY seq FOR UPDATE",
+          [replicaId],
+        );
         for (const row of processing.rows) {
           const job = jobFromRow(row);
           const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
           if (decision === 'rerun') {
             await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
+            await notifyQueued(c, job.backendId);
             requeued += 1;
           } else {
             const message =
@@ -290,8 +338,10 @@ export function postgresJobStore(pool: Pool): JobStore {
 
     async requeueExpiredLeases(nowMs) {
       const { rowCount } = await pool.query(
-        `UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1
-         WHERE status = 'processing' AND lease_expires_ms < $1`,
+        `WITH requeued AS (
+           UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1
+           WHERE status = 'processing' AND lease_expires_ms < $1 RETURNING backend_id)
+         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM requeued`,
         [nowMs],
       );
       return rowCount ?? 0;

@@ -5,6 +5,9 @@ import { jobFromRow, type JobRow } from '../job-row.js';
 import { newToken, type Job, type JobError, type JobResult } from '../model.js';
 import {
   InsufficientBalanceError,
+  ModelBusyError,
+  QueueFullError,
+  type AdmissionLimits,
   type ClaimedJob,
   type InterruptedJobPolicy,
   type JobStore,
@@ -29,9 +32,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     ),
     insert: db.prepare(
       `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, inputs, request_sha256,
-         price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms)
+         price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms, submitted_by)
        VALUES (@id, @owner, @kind, @delivery, @model, @backend_id, 'pending', @params, @inputs, @request_sha256,
-         @price_per_image_wei, @fingerprint, @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms)`,
+         @price_per_image_wei, @fingerprint, @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms, @submitted_by)`,
     ),
     insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
     dropRefs: db.prepare<[string, string]>('DELETE FROM blob_refs WHERE job_id = ? AND role = ?'),
@@ -43,9 +46,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       "SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending' AND seq < ?",
     ),
     seqOf: db.prepare<[string], { seq: number }>('SELECT seq FROM jobs WHERE id = ?'),
-    claimNext: db.prepare<[string, number, number, number, string, number], JobRow>(
+    claimNext: db.prepare<[string, number, number, number, string, string, number], JobRow>(
       `UPDATE jobs SET status = 'processing', lease_token = ?, lease_expires_ms = ?, attempts = attempts + 1,
-         started_ms = ?, updated_ms = ?
+         started_ms = ?, updated_ms = ?, ran_by = ?
        WHERE id = (SELECT id FROM jobs WHERE backend_id = ? AND status = 'pending' AND run_after_ms <= ?
                    ORDER BY seq LIMIT 1)
        RETURNING *`,
@@ -131,11 +134,19 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     ping: db.prepare('SELECT 1'),
   };
 
-  const create = db.transaction((job: NewJob, idempotencyTtlMs: number, reservation: Reservation | undefined): { job: Job; created: boolean } => {
+  const create = db.transaction(
+    (job: NewJob, idempotencyTtlMs: number, reservation: Reservation | undefined, limits: AdmissionLimits): { job: Job; created: boolean } => {
     if (job.idempotencyKey !== undefined) {
       stmt.forgetIdempotencyKey.run(job.owner, job.idempotencyKey, job.createdMs - idempotencyTtlMs);
       const existing = stmt.byIdempotencyKey.get(job.owner, job.idempotencyKey);
       if (existing) return { job: jobFromRow(existing), created: false };
+    }
+    const { maxPendingForBackend, maxUnfinishedForModel } = limits;
+    if (maxPendingForBackend !== undefined && stmt.countPending.get(job.backendId)!.n >= maxPendingForBackend) {
+      throw new QueueFullError(maxPendingForBackend);
+    }
+    if (maxUnfinishedForModel !== undefined && stmt.countUnfinishedForModel.get(job.model)!.n >= maxUnfinishedForModel) {
+      throw new ModelBusyError(maxUnfinishedForModel);
     }
     if (reservation !== undefined) {
       let committed = 0n;
@@ -162,10 +173,12 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       idempotency_key: job.idempotencyKey ?? null,
       base_url: job.baseUrl,
       created_ms: job.createdMs,
+      submitted_by: job.submittedBy ?? null,
     });
     for (const input of job.inputs) stmt.insertRef.run(job.id, input.sha256, 'input');
     return { job: jobFromRow(stmt.get.get(job.id)!), created: true };
-  });
+  },
+  );
 
   const complete = db.transaction(
     (id: string, leaseToken: string, result: JobResult, signing: ReceiptSigning, nowMs: number, expiresMs: number) => {
@@ -270,8 +283,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
   });
 
   return {
-    async create(job, idempotencyTtlMs, reservation) {
-      return create(job, idempotencyTtlMs, reservation);
+    async create(job, idempotencyTtlMs, reservation, limits = {}) {
+      return create(job, idempotencyTtlMs, reservation, limits);
     },
     async get(id) {
       const row = stmt.get.get(id);
@@ -287,9 +300,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       const seq = stmt.seqOf.get(job.id);
       return seq ? stmt.countAhead.get(job.backendId, seq.seq)!.n : 0;
     },
-    async claimNext(backendId, nowMs, leaseMs) {
+    async claimNext(backendId, replicaId, nowMs, leaseMs) {
       const token = newToken();
-      const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, backendId, nowMs);
+      const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, replicaId, backendId, nowMs);
       return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
     async extendLease(id, leaseToken, leaseExpiresMs) {
@@ -312,7 +325,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     async releaseClaim(id, leaseToken, nowMs) {
       return stmt.releaseClaim.run(nowMs, id, leaseToken).changes > 0;
     },
-    async recoverInterrupted(policy, maxAttempts, nowMs, expiresMs) {
+    // One process per SQLite file: whatever the replica's name, every unfinished job in it is its own.
+    async recoverInterrupted(_replicaId, policy, maxAttempts, nowMs, expiresMs) {
       return recoverInterrupted(policy, maxAttempts, nowMs, expiresMs);
     },
     async requeueExpiredLeases(nowMs) {
