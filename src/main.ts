@@ -19,7 +19,7 @@ import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createApp } from './http/app.js';
 import { Base64Images } from './http/render.js';
-import { BlobStore } from './images/blob-store.js';
+import type { BlobStore } from './images/blob-store.js';
 import { JobEvents } from './jobs/job-events.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
@@ -75,7 +75,7 @@ export interface Daemon {
 }
 
 /**
- * Wires one daemon: every dependency (clock, store, blob files, backends, runner) is made here and
+ * Wires one daemon: every dependency (clock, store, blob store, backends, runner) is made here and
  * handed down, so tests can build the same thing around a temp dir.
  */
 export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
@@ -85,12 +85,11 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   // daemon sees is new, so that cache only held memory (issue #7: RSS after 1,000 jobs).
   sharp.cache(false);
   mkdirSync(config.dataDir, { recursive: true });
-  const blobs = new BlobStore(config.dataDir, config.limits.minFreeDiskBytes);
-  await blobs.init();
   // SQLite under dataDir, or PostgreSQL (database.url); missing migrations are applied here.
   const stores = await openStores(config, { onIdleError: (err) => logger.warn('database: an idle connection failed', { error: String(err) }) });
   for (const m of stores.migrations.applied) logger.info(`database: applied migration ${m.version} (${m.name})`, { store: stores.kind });
   logger.info(`database: ${stores.kind} at ${stores.location}, schema ${stores.migrations.to}`);
+  const blobs = await stores.openBlobStore({ minFreeBytes: config.limits.minFreeDiskBytes, now });
   const store = stores.jobs;
   const billing = stores.billing;
   const replicaId = replicaIdOf(config);

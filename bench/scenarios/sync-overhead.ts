@@ -10,7 +10,7 @@ import { createOpenAIBackend, toGenerationBody } from '../../src/backends/openai
 import { serverHabits } from '../../src/backends/openai-flavors.js';
 import { openaiBackendSchema } from '../../src/config/schema.js';
 import { encodeBase64 } from '../../src/images/base64.js';
-import { BlobStore } from '../../src/images/blob-store.js';
+import { FileBlobStore } from '../../src/images/file-blob-store.js';
 import { normalizeOutputImage } from '../../src/images/normalize-output.js';
 import { silentLogger } from '../../src/obs/logger.js';
 import { backendCallOptions } from '../../test/helpers/backend-call.js';
@@ -154,7 +154,7 @@ async function stages(baseUrl: string, origin: string): Promise<Stages> {
     reencoded = (await normalizeOutputImage(png, { outputFormat: 'png', outputCompression: undefined, background: 'auto', maxPixels: 160_000_000 })).reencoded;
   };
   const dataDir = mkdtempSync(path.join(tmpdir(), 'pixeld-bench-stages-'));
-  const blobs = new BlobStore(dataDir, 0);
+  const blobs = new FileBlobStore(dataDir, 0);
   await blobs.init();
   const store = async () => {
     await blobs.putBuffer(png);
@@ -200,7 +200,7 @@ function stageRows(parts: Stages): BenchRow[] {
       parts.decodeMs,
       parts.reencoded ? 'RE-ENCODED although the format matched' : 'not re-encoded: the format matched, bytes delivered as received',
     ),
-    row('store (sha256 + write), p50', parts.storeMs, 'src/images/blob-store.ts'),
+    row('store (sha256 + write), p50', parts.storeMs, 'src/images/file-blob-store.ts'),
     row('base64 of the answer, p50', parts.encodeMs, 'src/images/base64.ts'),
     row(
       'these stages together',

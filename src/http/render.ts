@@ -1,9 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
 import type { Response } from 'express';
 import { PixeldError } from '../errors.js';
 import { encodeBase64 } from '../images/base64.js';
-import type { BlobStore } from '../images/blob-store.js';
+import { BlobNotFoundError, type BlobStore } from '../images/blob-store.js';
 import { formatOf } from '../images/sniff.js';
 import { isExpired, type Job, type JobResult } from '../jobs/model.js';
 
@@ -100,7 +99,7 @@ export class Base64Images {
     private readonly maxBytes: number = BASE64_CACHE_BYTES,
   ) {}
 
-  /** Rejects with ENOENT when the file is gone. */
+  /** Rejects with BlobNotFoundError when the blob is gone. */
   async get(sha256: string): Promise<Base64Image> {
     const cached = this.entries.get(sha256);
     if (cached) {
@@ -110,7 +109,7 @@ export class Base64Images {
     }
     let load = this.loading.get(sha256);
     if (!load) {
-      load = readFile(this.blobs.pathOf(sha256)).then(encodeBase64);
+      load = this.blobs.read(sha256).then(encodeBase64);
       this.loading.set(sha256, load);
       const readBefore = this.readOnce.delete(sha256);
       if (!readBefore) this.rememberRead(sha256);
@@ -168,7 +167,7 @@ export async function renderImagesResponse(job: Job, images: Base64Images, nowMs
     try {
       data.push({ b64_json: await images.get(image.sha256) });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw expiredError(job);
+      if (err instanceof BlobNotFoundError) throw expiredError(job);
       throw err;
     }
   }

@@ -1,24 +1,67 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, rename, rm, stat, statfs, unlink, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { unlink } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
 import { PixeldError } from '../errors.js';
 
 /**
- * Image bytes live here as files named by their sha256 (`blobs/ab/abcdef…`), never in the database.
- * The same bytes are stored once; the job store's `blob_refs` says who still needs a file, and the
- * sweeper removes files nobody references.
+ * Where image bytes live — job inputs and result images, named by their sha256 and stored once however
+ * many jobs use them. Two implementations: files under `dataDir` beside the SQLite database
+ * (file-blob-store.ts), and PostgreSQL's `blobs` tables, which every replica on the database reads
+ * (postgres-blob-store.ts). The job store's `blob_refs` says which job still needs which blob; the sweeper
+ * removes the rest.
+ *
+ * Uploads on their way in are temp files on this machine's disk whichever store holds the bytes, so
+ * `room()` is about that disk.
  */
+export interface BlobStore {
+  /** The local directory uploads are written to before they are checked and stored. */
+  readonly tmpDir: string;
+  /** A fresh path under `tmpDir`. */
+  tempPath(suffix?: string): string;
+  /** Free space on the local disk against the reserve kept for accepted jobs. */
+  room(): Promise<StorageRoom>;
+
+  /**
+   * Stores bytes. Bytes already stored are kept as they are, but their stored time is refreshed: the
+   * sweeper's grace period then protects them until the job row that references them exists.
+   * `sha256`: the bytes' hash when the caller already has it (the runner hashes outputs to find copies).
+   */
+  putBuffer(bytes: Uint8Array, sha256?: string): Promise<StoredBlob>;
+  /**
+   * Takes a finished temp file into the store (the file is gone afterwards), as `putBuffer` does bytes,
+   * without holding the file in memory: uploads may be tens of MB.
+   */
+  putFile(tmpPath: string, knownSha256?: string): Promise<StoredBlob>;
+
+  /** The whole blob. Rejects with BlobNotFoundError when it is not stored. */
+  read(sha256: string): Promise<Buffer>;
+  /** The blob as a byte stream, for bodies too large to hold. Rejects with BlobNotFoundError before any byte when it is not stored. */
+  openReadStream(sha256: string): Promise<Readable>;
+  /** A file on this machine holding the blob, for backends that read their inputs from disk. Rejects with BlobNotFoundError. */
+  localPath(sha256: string): Promise<string>;
+
+  /** Every stored blob with when it was last stored, for the sweeper. */
+  list(): AsyncIterable<ListedBlob>;
+  /**
+   * Deletes the blob unless it was stored again after `cutoffMs` (a put racing the sweeper wins).
+   * @returns whether anything was deleted
+   */
+  removeUnlessStoredAfter(sha256: string, cutoffMs: number): Promise<boolean>;
+  /** Deletes temp files older than the cut-off (uploads of requests that died half-way); returns how many. */
+  removeStaleTemp(olderThanMs: number): Promise<number>;
+}
+
 export interface StoredBlob {
   sha256: string;
   bytes: number;
 }
 
-/**
- * Space kept free for jobs already accepted: below it new work is refused (507), so the jobs that were
- * let in can still write their images and their completion. 5 % of a filesystem smaller than 1.25 GiB.
- * @default 64 MiB
- */
+export interface ListedBlob {
+  sha256: string;
+  /** When the blob was last stored (written, or written again). */
+  storedMs: number;
+}
 
 export interface StorageRoom {
   /** Whether new work may be accepted: more than `reservedBytes` free. */
@@ -27,103 +70,11 @@ export interface StorageRoom {
   reservedBytes: number;
 }
 
-export class BlobStore {
-  readonly blobDir: string;
-  readonly tmpDir: string;
-
-  /**
-   * @param minFreeBytes free space under the data dir below which no new work is accepted: what is left
-   * is kept for the jobs already accepted (`limits.minFreeDiskBytes`).
-   */
-  constructor(
-    dataDir: string,
-    private readonly minFreeBytes: number,
-  ) {
-    this.blobDir = path.join(dataDir, 'blobs');
-    this.tmpDir = path.join(dataDir, 'tmp');
-  }
-
-  async init(): Promise<void> {
-    await mkdir(this.blobDir, { recursive: true });
-    await mkdir(this.tmpDir, { recursive: true });
-  }
-
-  pathOf(sha256: string): string {
-    return path.join(this.blobDir, sha256.slice(0, 2), sha256);
-  }
-
-  /** Free space under the data dir against the reserve kept for accepted jobs. */
-  async room(): Promise<StorageRoom> {
-    const fs = await statfs(this.blobDir);
-    const freeBytes = fs.bavail * fs.bsize;
-    return { ok: freeBytes > this.minFreeBytes, freeBytes, reservedBytes: this.minFreeBytes };
-  }
-
-  /** A fresh path under the temp dir, for uploads on their way in. */
-  tempPath(suffix = ''): string {
-    return path.join(this.tmpDir, `${Date.now()}-${randomBytes(8).toString('hex')}${suffix}`);
-  }
-
-  /** `sha256`: the bytes' hash when the caller already has it (the runner hashes outputs to find copies). */
-  async putBuffer(bytes: Uint8Array, sha256 = createHash('sha256').update(bytes).digest('hex')): Promise<StoredBlob> {
-    const tmp = this.tempPath();
-    try {
-      await writeFile(tmp, bytes);
-      await this.moveIntoPlace(tmp, sha256);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      throw storageError(err);
-    }
-    return { sha256, bytes: bytes.byteLength };
-  }
-
-  /** Moves a finished temp file into the store, hashing it as a stream (it may be tens of MB). */
-  async putFile(tmpPath: string, knownSha256?: string): Promise<StoredBlob> {
-    const sha256 = knownSha256 ?? (await sha256OfFile(tmpPath));
-    const { size } = await stat(tmpPath);
-    try {
-      await this.moveIntoPlace(tmpPath, sha256);
-    } catch (err) {
-      throw storageError(err);
-    }
-    return { sha256, bytes: size };
-  }
-
-  async remove(sha256: string): Promise<void> {
-    await rm(this.pathOf(sha256), { force: true });
-  }
-
-  /** Every stored blob with its modification time, for the sweeper. */
-  async *list(): AsyncGenerator<{ sha256: string; mtimeMs: number }> {
-    for (const shard of await readdir(this.blobDir).catch(() => [] as string[])) {
-      const dir = path.join(this.blobDir, shard);
-      for (const name of await readdir(dir).catch(() => [] as string[])) {
-        const info = await stat(path.join(dir, name)).catch(() => undefined);
-        if (info) yield { sha256: name, mtimeMs: info.mtimeMs };
-      }
-    }
-  }
-
-  /** Temp files older than the cut-off: uploads of requests that died half-way. */
-  async removeStaleTemp(olderThanMs: number): Promise<number> {
-    let removed = 0;
-    for (const name of await readdir(this.tmpDir).catch(() => [] as string[])) {
-      const file = path.join(this.tmpDir, name);
-      const info = await stat(file).catch(() => undefined);
-      if (info && info.mtimeMs < olderThanMs) {
-        await rm(file, { force: true, recursive: true });
-        removed += 1;
-      }
-    }
-    return removed;
-  }
-
-  private async moveIntoPlace(tmpPath: string, sha256: string): Promise<void> {
-    const target = this.pathOf(sha256);
-    await mkdir(path.dirname(target), { recursive: true });
-    // rename also refreshes the mtime of an already-present blob, which keeps the sweeper's grace
-    // period from deleting it between this write and the job row that references it.
-    await rename(tmpPath, target);
+/** The blob is not stored: never written, or swept once no job needed it. */
+export class BlobNotFoundError extends Error {
+  override readonly name = 'BlobNotFoundError';
+  constructor(readonly sha256: string) {
+    super(`no stored blob ${sha256}`);
   }
 }
 
@@ -136,8 +87,9 @@ export async function sha256OfFile(file: string): Promise<string> {
 /** A full disk as the caller should see it (507, retry later); any other error as it is. */
 export function storageError(err: unknown): unknown {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  // SQLITE_FULL: a database write failed for lack of space (better-sqlite3's SqliteError carries the code).
-  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL') {
+  // SQLITE_FULL: a database write failed for lack of space (better-sqlite3's SqliteError carries the code);
+  // 53100: PostgreSQL's disk_full (pg's errors carry the SQLSTATE as their code).
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL' || code === '53100') {
     return new PixeldError('insufficient_storage', 'the provider is out of storage space; try again later', {
       cause: err,
       retryAfterSeconds: 30,

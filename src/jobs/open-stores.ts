@@ -4,6 +4,9 @@ import { postgresBillingStore } from '../billing/postgres-billing-store.js';
 import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
 import type { BillingStore } from '../billing/store.js';
 import type { Config } from '../config/schema.js';
+import type { BlobStore } from '../images/blob-store.js';
+import { FileBlobStore } from '../images/file-blob-store.js';
+import { PostgresBlobStore } from '../images/postgres-blob-store.js';
 import { migratePostgres } from './postgres/migrations.js';
 import { createPostgresPool, redactDatabaseUrl } from './postgres/pool.js';
 import { postgresJobStore } from './postgres/postgres-store.js';
@@ -42,6 +45,11 @@ export interface Stores {
    * everything themselves, so there is nothing to hear.
    */
   listenForJobEvents(events: JobEvents, onError: (err: Error) => void): JobNotifications;
+  /**
+   * The store for image bytes, made and its directories created: files under dataDir beside a SQLite file;
+   * on PostgreSQL the database's own tables, which every replica reads, with local copies for the backends.
+   */
+  openBlobStore(options: { minFreeBytes: number; now: () => number }): Promise<BlobStore>;
   /** Closes the database (the SQLite file, or the pool), once; the job store's close() does the same. */
   close(): Promise<void>;
 }
@@ -95,6 +103,7 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
       migrations,
       listenForJobEvents: (events, onError) =>
         listenForJobEvents({ url, events, connectTimeoutMs: config.database.connectTimeoutMs, onError }),
+      openBlobStore: ({ minFreeBytes, now }) => initialised(new PostgresBlobStore({ pool, dataDir: config.dataDir, minFreeBytes, now })),
       close: () => jobs.close(),
     };
   }
@@ -116,6 +125,12 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
     billing: sqliteBillingStore(db),
     migrations,
     listenForJobEvents: () => ({ ready: Promise.resolve(), close: async () => undefined }),
+    openBlobStore: ({ minFreeBytes }) => initialised(new FileBlobStore(config.dataDir, minFreeBytes)),
     close: () => jobs.close(),
   };
+}
+
+async function initialised(blobs: FileBlobStore | PostgresBlobStore): Promise<BlobStore> {
+  await blobs.init();
+  return blobs;
 }

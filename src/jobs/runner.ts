@@ -355,7 +355,7 @@ export class JobRunner {
     slot: { held: boolean },
   ): Promise<JobResult> {
     const { params } = job;
-    const inputs = job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i));
+    const inputs = await Promise.all(job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i)));
     const maskInput = job.inputs.find((i) => i.role === 'mask');
     const base: Omit<BackendCallOptions, 'n' | 'seed'> = {
       model: this.backendModel(job),
@@ -368,7 +368,7 @@ export class JobRunner {
       numInferenceSteps: params.numInferenceSteps,
       guidanceScale: params.guidanceScale,
       images: job.kind === 'edit' ? inputs : undefined,
-      mask: maskInput ? this.inputImage(maskInput) : undefined,
+      mask: maskInput ? await this.inputImage(maskInput) : undefined,
       signal,
       deadlineMs,
       onProgress: () => undefined,
@@ -470,9 +470,10 @@ export class JobRunner {
     return model?.backendModel ?? job.model;
   }
 
-  private inputImage(input: Job['inputs'][number]): InputImage {
+  private async inputImage(input: Job['inputs'][number]): Promise<InputImage> {
     return {
-      path: this.deps.blobs.pathOf(input.sha256),
+      // On PostgreSQL, copied out of the database first when another replica accepted the job.
+      path: await this.deps.blobs.localPath(input.sha256),
       mediaType: input.mediaType,
       width: input.width,
       height: input.height,

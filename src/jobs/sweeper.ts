@@ -25,7 +25,7 @@ export interface SweepReport {
 
 /**
  * Periodic housekeeping: re-queues jobs whose runner stalled past its lease, expires results whose TTL
- * passed, deletes blob files no job needs any more, stale upload temp files, and job records past their
+ * passed, deletes blobs no job needs any more, stale upload temp files, and job records past their
  * retention.
  */
 export class Sweeper {
@@ -68,10 +68,9 @@ export class Sweeper {
     }
     const graceCutoff = now() - jobs.orphanGraceMs;
     for await (const blob of blobs.list()) {
-      if (blob.mtimeMs > graceCutoff) continue;
+      if (blob.storedMs > graceCutoff) continue;
       if (await store.isBlobReferenced(blob.sha256)) continue;
-      await blobs.remove(blob.sha256);
-      report.blobsDeleted += 1;
+      if (await blobs.removeUnlessStoredAfter(blob.sha256, graceCutoff)) report.blobsDeleted += 1;
     }
     report.tempFilesDeleted = await blobs.removeStaleTemp(now() - STALE_TEMP_MS);
     if (Object.values(report).some((n) => n > 0)) logger.info('sweep', report);

@@ -1,9 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Base64Image, Base64Images, jsonBody } from '../../src/http/render.js';
-import { BlobStore } from '../../src/images/blob-store.js';
+import { BlobNotFoundError } from '../../src/images/blob-store.js';
+import { FileBlobStore } from '../../src/images/file-blob-store.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -30,26 +31,24 @@ describe('Base64Images', () => {
   it('keeps the text from the second read of a blob on, and at most maxBytes of it', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'pixeld-render-'));
     dirs.push(dir);
-    const blobs = new BlobStore(dir, 0);
-    const put = (sha: string, bytes: Buffer) => {
-      mkdirSync(path.dirname(blobs.pathOf(sha)), { recursive: true });
-      writeFileSync(blobs.pathOf(sha), bytes);
-    };
+    const blobs = new FileBlobStore(dir, 0);
+    await blobs.init();
+    // Under made-up hashes, so that different bytes can stand under one name and show which read is cached.
     const a = 'a'.repeat(64);
     const b = 'b'.repeat(64);
-    put(a, Buffer.alloc(30, 1));
-    put(b, Buffer.alloc(30, 2));
+    await blobs.putBuffer(Buffer.alloc(30, 1), a);
+    await blobs.putBuffer(Buffer.alloc(30, 2), b);
     const images = new Base64Images(blobs, 50);
     expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 1).toString('base64'));
     // Read once, not kept: most images are read once, and keeping them only churns memory.
-    writeFileSync(blobs.pathOf(a), Buffer.alloc(30, 3));
+    await blobs.putBuffer(Buffer.alloc(30, 3), a);
     expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 3).toString('base64'));
-    rmSync(blobs.pathOf(a));
+    await blobs.removeUnlessStoredAfter(a, Number.POSITIVE_INFINITY);
     // Read twice: kept, so the file is not read again.
     expect((await images.get(a)).text.toString()).toBe(Buffer.alloc(30, 3).toString('base64'));
     await images.get(b);
     await images.get(b);
-    // 40 + 40 bytes of text exceed 50: the least recently used entry (a) went, and its file is gone.
-    await expect(images.get(a)).rejects.toMatchObject({ code: 'ENOENT' });
+    // 40 + 40 bytes of text exceed 50: the least recently used entry (a) went, and its blob is gone.
+    await expect(images.get(a)).rejects.toBeInstanceOf(BlobNotFoundError);
   });
 });

@@ -1,8 +1,9 @@
-import { createReadStream } from 'node:fs';
 import { timingSafeEqual } from 'node:crypto';
+import { pipeline } from 'node:stream';
 import { formatEther } from 'ethers';
 import { Router } from 'express';
 import { PixeldError } from '../../errors.js';
+import { BlobNotFoundError } from '../../images/blob-store.js';
 import { formatOf } from '../../images/sniff.js';
 import { isExpired, JOB_ID_PATTERN } from '../../jobs/model.js';
 import type { AppDeps } from '../app.js';
@@ -63,12 +64,14 @@ export function serviceInfoRoutes(deps: AppDeps): Router {
     if (isExpired(job, deps.now())) throw new PixeldError('job_expired', 'this result has expired');
     const image = result.images[Number(match![1])];
     if (!image || formatOf(image.mediaType) !== match![2]) throw new PixeldError('not_found', 'no such file');
+    const stream = await deps.blobs.openReadStream(image.sha256).catch((err: unknown) => {
+      throw err instanceof BlobNotFoundError ? new PixeldError('job_expired', 'this result has expired') : err;
+    });
     res.setHeader('Content-Type', image.mediaType);
     res.setHeader('Content-Length', String(image.bytes));
     res.setHeader('Cache-Control', 'private, max-age=3600, immutable');
-    const stream = createReadStream(deps.blobs.pathOf(image.sha256));
-    stream.on('error', () => res.destroy());
-    stream.pipe(res);
+    // The headers are out: a blob swept or a database lost mid-way can only cut the body off.
+    pipeline(stream, res, () => undefined);
   });
 
   return router;
