@@ -1,5 +1,5 @@
-import type { Pool } from 'pg';
-import { inTransaction } from '../jobs/postgres/pool.js';
+import type { Pool, PoolClient } from 'pg';
+import { ADVISORY_LOCK, inTransaction } from '../jobs/postgres/pool.js';
 import type { BillingStore, EarningsDay, ReceiptRecord } from './store.js';
 import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 
@@ -7,10 +7,9 @@ import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow
  * Billing in PostgreSQL (schema: jobs/postgres/migrations.ts), on the pool the job store uses. Amounts are
  * NUMERIC(78,0) and summed in SQL exactly; they cross into JS as decimal text and become bigint.
  *
- * The settlement lock is the `locks` row with an expiry, as in SQLite: it holds across replicas as long as
- * their clocks agree to well within `billing.settlementLockTtlMs`. The settler across replicas (issue 14,
- * later milestone) is to hold a session advisory lock (ADVISORY_LOCK.settlement) instead, which PostgreSQL
- * releases the moment the holder's connection dies, with no clock involved.
+ * A named lock (the settlement lock) is a session advisory lock held on a connection of its own: exactly
+ * one holder across every replica and command, and PostgreSQL releases it the moment the holder's
+ * connection dies — no expiry, no clocks to agree. Renewing it checks that connection is still alive.
  */
 
 /** A receipts row as PostgreSQL returns it: the user's column is `owner`. */
@@ -25,6 +24,8 @@ const PARTIAL = 1;
 const RELEASE = "state = 'unsettled', batch_id = NULL, root = NULL, proof = NULL";
 
 export function postgresBillingStore(pool: Pool): BillingStore {
+  /** The locks this process holds, each on the connection (session) that took it. */
+  const held = new Map<string, { holder: string; client: PoolClient; lost: boolean }>();
   const rows = async <R extends object>(sql: string, params: unknown[] = []): Promise<R[]> => (await pool.query<R>(sql, params)).rows;
 
   return {
@@ -165,19 +166,54 @@ export function postgresBillingStore(pool: Pool): BillingStore {
       return (await rows<BatchRow>("SELECT * FROM settlement_batches WHERE state IN ('prepared', 'sent') ORDER BY created_ms, id")).map(batchFromRow);
     },
 
-    async tryLock(name, holder, nowMs, ttlMs) {
-      // Two takers of a free lock: the second waits on the first's row, then sees it held.
-      const { rowCount } = await pool.query(
-        `INSERT INTO locks (name, holder, expires_ms) VALUES ($1, $2, $3)
-         ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms
-         WHERE locks.expires_ms <= $4 OR locks.holder = $2`,
-        [name, holder, nowMs + ttlMs, nowMs],
-      );
-      return (rowCount ?? 0) > 0;
+    // The session holds the lock: the clock and the TTL play no part.
+    async tryLock(name, holder) {
+      const mine = held.get(name);
+      if (mine) {
+        if (mine.holder !== holder) return false;
+        if (!mine.lost) {
+          try {
+            await mine.client.query('SELECT 1');
+            return true;
+          } catch {
+            mine.lost = true;
+          }
+        }
+        // The connection died and the lock with it: another process may hold it now.
+        held.delete(name);
+        mine.client.release(true);
+        return false;
+      }
+      const client = await pool.connect();
+      let taken = false;
+      try {
+        taken = (await client.query<{ taken: boolean }>('SELECT pg_try_advisory_lock($1, hashtext($2)) AS taken', [ADVISORY_LOCK.settlement, name]))
+          .rows[0]!.taken;
+      } catch (err) {
+        client.release(true);
+        throw err;
+      }
+      if (!taken) {
+        client.release();
+        return false;
+      }
+      const lock = { holder, client, lost: false };
+      // A checked-out client's error would otherwise be an uncaught 'error' event; the next renewal reports it.
+      client.on('error', () => (lock.lost = true));
+      held.set(name, lock);
+      return true;
     },
 
     async unlock(name, holder) {
-      await pool.query('DELETE FROM locks WHERE name = $1 AND holder = $2', [name, holder]);
+      const mine = held.get(name);
+      if (mine?.holder !== holder) return;
+      held.delete(name);
+      try {
+        await mine.client.query('SELECT pg_advisory_unlock($1, hashtext($2))', [ADVISORY_LOCK.settlement, name]);
+        mine.client.release();
+      } catch {
+        mine.client.release(true); // the session is gone, and the lock with it
+      }
     },
 
     async blockUser(block) {

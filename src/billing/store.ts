@@ -140,7 +140,11 @@ export interface BillingStore {
   getBatch(batchId: string): Promise<SettlementBatch | undefined>;
   /** Batches prepared or sent and not yet confirmed or abandoned (to reconcile at start-up). */
   openBatches(): Promise<SettlementBatch[]>;
-  /** Takes or renews a named lock; false when another holder has it and it has not expired. */
+  /**
+   * Takes or renews a named lock; false when another holder has it. SQLite (one file shared by the daemon
+   * and commands) keeps it for `ttlMs` from each renewal; PostgreSQL for as long as the taking connection
+   * lives (an advisory lock: a dead holder never blocks the others, whatever the clocks say).
+   */
   tryLock(name: string, holder: string, nowMs: number, ttlMs: number): Promise<boolean>;
   unlock(name: string, holder: string): Promise<void>;
   blockUser(block: UserBlock): Promise<void>;

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postgresBillingStore } from '../../src/billing/postgres-billing-store.js';
 import { sqliteBillingStore } from '../../src/billing/sqlite-billing-store.js';
+import { ADVISORY_LOCK } from '../../src/jobs/postgres/pool.js';
 import { postgresJobStore } from '../../src/jobs/postgres/postgres-store.js';
 import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
 import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
@@ -14,6 +15,17 @@ import { describeBillingStoreConformance } from './billing-store-conformance.js'
 describeBillingStoreConformance('sqlite', async () => {
   const db = openSqliteDatabase(path.join(tempDir(), 'pixeld.sqlite'));
   return { jobs: sqliteJobStore(db), billing: sqliteBillingStore(db) };
+});
+
+describe('sqlite billing store', () => {
+  it('lets a named lock lapse when its holder stops renewing it (the daemon and commands share one file)', async () => {
+    const billing = sqliteBillingStore(openSqliteDatabase(path.join(tempDir(), 'pixeld.sqlite')));
+    expect(await billing.tryLock('settle', 'a', 1_000, 500)).toBe(true);
+    expect(await billing.tryLock('settle', 'a', 1_400, 500)).toBe(true); // renewed to 1_900
+    expect(await billing.tryLock('settle', 'b', 1_899, 500)).toBe(false);
+    expect(await billing.tryLock('settle', 'b', 1_900, 500)).toBe(true);
+    expect(await billing.tryLock('settle', 'a', 1_901, 500)).toBe(false);
+  });
 });
 
 let pg: TestDatabase;
@@ -38,7 +50,29 @@ describe('postgres billing store across processes', () => {
     for (let round = 0; round < 5; round += 1) {
       const got = await Promise.all(stores.map((s, i) => s.tryLock(`settle-${round}`, `replica-${i}`, 1_000, 60_000)));
       expect(got.filter(Boolean)).toHaveLength(1);
+      await Promise.all(stores.map((s, i) => s.unlock(`settle-${round}`, `replica-${i}`)));
     }
     await Promise.all(pools.map((p) => p.end()));
+  });
+
+  it('frees a lock the moment its holder’s connection dies, whatever the clocks say', async () => {
+    const [poolA, poolB] = await Promise.all([pg.pool(), pg.pool()]);
+    const a = postgresBillingStore(poolA!);
+    const b = postgresBillingStore(poolB!);
+    // A far-future clock on B and a one-millisecond TTL on A change nothing: the session holds the lock.
+    expect(await a.tryLock('settlement', 'replica-a', 1_000, 1)).toBe(true);
+    expect(await b.tryLock('settlement', 'replica-b', 10 ** 12, 1)).toBe(false);
+    expect(await a.tryLock('settlement', 'replica-a', 2_000, 1)).toBe(true);
+    // Replica A's connection is cut (a crash, a network split): PostgreSQL drops its lock with it.
+    await poolB!.query(
+      `SELECT pg_terminate_backend(pid) FROM pg_locks
+       WHERE locktype = 'advisory' AND classid = $1 AND objid = hashtext('settlement')::oid AND granted`,
+      [ADVISORY_LOCK.settlement],
+    );
+    await expect.poll(() => b.tryLock('settlement', 'replica-b', 3_000, 1)).toBe(true);
+    // A learns it lost the lock at its next renewal, instead of settling on beside B.
+    expect(await a.tryLock('settlement', 'replica-a', 3_000, 1)).toBe(false);
+    await b.unlock('settlement', 'replica-b');
+    await Promise.all([poolA!.end(), poolB!.end()]);
   });
 });

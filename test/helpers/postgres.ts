@@ -39,7 +39,6 @@ export const TABLES = [
   'receipt_sequences',
   'settlement_batches',
   'settlement_blocks',
-  'locks',
   'replicas',
   'blob_chunks',
   'blobs',

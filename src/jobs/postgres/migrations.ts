@@ -166,6 +166,9 @@ export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
       -- PNG, JPEG and WebP are compressed already: TOAST's compression would only spend CPU.
       ALTER TABLE blob_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 
+      -- Named locks are session advisory locks now (billing store): a row with an expiry needed agreeing clocks.
+      DROP TABLE locks;
+
       -- Per-owner allowances (token buckets) shared by every replica.
       CREATE TABLE rate_limit_buckets (
         owner TEXT NOT NULL,

@@ -65,7 +65,7 @@ export const ADVISORY_LOCK = {
   migrations: 0x70780001,
   /** Admission of one owner's jobs (key 2 = hashtext(owner)): budget check and insert, one at a time. */
   admission: 0x70780002,
-  /** The settler across replicas (key 2 = 0): exactly one settles at a time. */
+  /** Named locks, the settlement lock among them (key 2 = hashtext(name)): one holder across replicas. */
   settlement: 0x70780003,
   /** A model's unfinished-job cap (key 2 = hashtext(model)): count and insert, one replica at a time. */
   modelAdmission: 0x70780004,
