@@ -52,6 +52,7 @@ export const ERROR_CODES = {
   invalid_admin_token: { status: 401, type: 'authentication_error', retryable: false },
   insufficient_credits: { status: 402, type: 'insufficient_credits', retryable: false },
   chain_unavailable: { status: 503, type: 'server_error', retryable: true },
+  database_unavailable: { status: 503, type: 'server_error', retryable: true },
   model_price_mismatch: { status: 503, type: 'server_error', retryable: false },
   model_busy: { status: 429, type: 'rate_limit_error', retryable: true },
   queue_full: { status: 429, type: 'rate_limit_error', retryable: true },

@@ -145,7 +145,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
   });
-  const sweeper = new Sweeper({ store, blobs, jobs: config.jobs, logger, now });
+  const rateLimitBuckets = stores.rateLimitBuckets(config.rateLimits, now);
+  const sweeper = new Sweeper({ store, blobs, rateLimitBuckets, jobs: config.jobs, logger, now });
   let settler: Settler | undefined;
   let settlementChain: ChainClient | undefined;
   let settlementTriggers: SettlementTriggers | undefined;
@@ -205,7 +206,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       : undefined,
     apiKeys: config.auth.mode.includes('api-key') ? new ApiKeyRing(config.auth.apiKeys, env) : undefined,
   };
-  const rateLimiter = new OwnerRateLimiter(config.rateLimits, now);
+  const rateLimiter = new OwnerRateLimiter(rateLimitBuckets, logger);
   const attestation = new AttestationService({
     key: tee,
     providerAddress,

@@ -3,6 +3,9 @@ import path from 'node:path';
 import { postgresBillingStore } from '../billing/postgres-billing-store.js';
 import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
 import type { BillingStore } from '../billing/store.js';
+import { memoryRateLimitBuckets } from '../auth/memory-rate-limit-buckets.js';
+import { postgresRateLimitBuckets } from '../auth/postgres-rate-limit-buckets.js';
+import type { RateLimitBuckets, RateLimits } from '../auth/rate-limiter.js';
 import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
 import { FileBlobStore } from '../images/file-blob-store.js';
@@ -14,6 +17,7 @@ import { MIGRATION_NAMES, openSqliteDatabase } from './sqlite/database.js';
 import { sqliteJobStore } from './sqlite/sqlite-store.js';
 import type { JobEvents } from './job-events.js';
 import { listenForJobEvents, type JobNotifications } from './postgres/job-notifications.js';
+import { ReplicaPresence, type ReplicaPresenceOptions } from './postgres/replica-presence.js';
 import type { JobStore } from './store.js';
 
 /**
@@ -46,10 +50,20 @@ export interface Stores {
    */
   listenForJobEvents(events: JobEvents, onError: (err: Error) => void): JobNotifications;
   /**
+   * The owners' rate-limit buckets: in the database on PostgreSQL, so the replicas share one allowance per
+   * owner; in this process on SQLite, whose file has one daemon.
+   */
+  rateLimitBuckets(limits: RateLimits, now: () => number): RateLimitBuckets;
+  /**
    * The store for image bytes, made and its directories created: files under dataDir beside a SQLite file;
    * on PostgreSQL the database's own tables, which every replica reads, with local copies for the backends.
    */
   openBlobStore(options: { minFreeBytes: number; now: () => number }): Promise<BlobStore>;
+  /**
+   * This replica's row among the live replicas (PostgreSQL). Undefined on SQLite: its file has one
+   * process, and there is nobody else to tell.
+   */
+  replicaPresence(options: Omit<ReplicaPresenceOptions, 'pool'>): ReplicaPresence | undefined;
   /** Closes the database (the SQLite file, or the pool), once; the job store's close() does the same. */
   close(): Promise<void>;
 }
@@ -103,7 +117,9 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
       migrations,
       listenForJobEvents: (events, onError) =>
         listenForJobEvents({ url, events, connectTimeoutMs: config.database.connectTimeoutMs, onError }),
+      rateLimitBuckets: (limits, now) => postgresRateLimitBuckets(pool, limits, now),
       openBlobStore: ({ minFreeBytes, now }) => initialised(new PostgresBlobStore({ pool, dataDir: config.dataDir, minFreeBytes, now })),
+      replicaPresence: (presence) => new ReplicaPresence({ ...presence, pool }),
       close: () => jobs.close(),
     };
   }
@@ -125,7 +141,9 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
     billing: sqliteBillingStore(db),
     migrations,
     listenForJobEvents: () => ({ ready: Promise.resolve(), close: async () => undefined }),
+    rateLimitBuckets: memoryRateLimitBuckets,
     openBlobStore: ({ minFreeBytes }) => initialised(new FileBlobStore(config.dataDir, minFreeBytes)),
+    replicaPresence: () => undefined,
     close: () => jobs.close(),
   };
 }

@@ -1,3 +1,4 @@
+import type { RateLimitBuckets } from '../auth/rate-limiter.js';
 import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
@@ -6,6 +7,7 @@ import type { JobStore } from './store.js';
 export interface SweeperDeps {
   store: JobStore;
   blobs: BlobStore;
+  rateLimitBuckets: RateLimitBuckets;
   jobs: Config['jobs'];
   logger: Logger;
   now: () => number;
@@ -21,12 +23,13 @@ export interface SweepReport {
   blobsDeleted: number;
   tempFilesDeleted: number;
   recordsDeleted: number;
+  rateLimitBucketsPruned: number;
 }
 
 /**
  * Periodic housekeeping: re-queues jobs whose runner stalled past its lease, expires results whose TTL
- * passed, deletes blobs no job needs any more, stale upload temp files, and job records past their
- * retention.
+ * passed, deletes blobs no job needs any more, stale upload temp files, job records past their
+ * retention, and rate-limit buckets full again (idle owners' rows would otherwise pile up in PostgreSQL).
  */
 export class Sweeper {
   private timer: NodeJS.Timeout | undefined;
@@ -53,8 +56,8 @@ export class Sweeper {
   }
 
   private async pass(): Promise<SweepReport> {
-    const { store, blobs, jobs, now, logger } = this.deps;
-    const report: SweepReport = { leasesRequeued: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0 };
+    const { store, blobs, rateLimitBuckets, jobs, now, logger } = this.deps;
+    const report: SweepReport = { leasesRequeued: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0, rateLimitBucketsPruned: 0 };
     report.leasesRequeued = await store.requeueExpiredLeases(now());
     for (;;) {
       const expired = await store.expireResults(now(), BATCH);
@@ -73,6 +76,7 @@ export class Sweeper {
       if (await blobs.removeUnlessStoredAfter(blob.sha256, graceCutoff)) report.blobsDeleted += 1;
     }
     report.tempFilesDeleted = await blobs.removeStaleTemp(now() - STALE_TEMP_MS);
+    report.rateLimitBucketsPruned = await rateLimitBuckets.pruneIdle();
     if (Object.values(report).some((n) => n > 0)) logger.info('sweep', report);
     return report;
   }

@@ -29,7 +29,7 @@ type Mode = 'sync' | 'async-0g';
 async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response, mode: Mode): Promise<void> {
   const idempotencyKey = readIdempotencyKey(req);
   // Before the body: a caller over its allowance must not make the daemon read, store or decode an upload.
-  deps.rateLimiter.takeRequest(req.owner);
+  await deps.rateLimiter.takeRequest(req.owner);
   const body = await readImageRequestBody(req, res, {
     maxBodyBytes: deps.config.server.maxBodyBytes,
     maxFileBytes: deps.config.limits.maxInputImageBytes,
@@ -43,7 +43,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
   if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
-  const allowance = deps.rateLimiter.takeImages(req.owner, request.params.n);
+  const allowance = await deps.rateLimiter.takeImages(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
   const delivery = mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async';
