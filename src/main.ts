@@ -21,6 +21,7 @@ import { createApp } from './http/app.js';
 import { Base64Images } from './http/render.js';
 import type { BlobStore } from './images/blob-store.js';
 import { JobEvents } from './jobs/job-events.js';
+import { SignerMismatchError } from './jobs/postgres/replica-presence.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
 import { openStores } from './jobs/open-stores.js';
@@ -35,6 +36,7 @@ import { Readiness } from './obs/readiness.js';
 import { AttestationService } from './tee/attestation.js';
 import { TeeError, type TeeKeyProvider } from './tee/key-provider.js';
 import { openTeeKeyProvider } from './tee/open-key-provider.js';
+import { PIXELD_VERSION } from './version.js';
 
 export interface DaemonOptions {
   config: Readonly<Config>;
@@ -134,6 +136,21 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
   });
+  const presence = stores.replicaPresence({
+    info: { id: replicaId, version: PIXELD_VERSION, signer: tee.address, backends: [...backends.keys()] },
+    now,
+    resultTtlMs: config.jobs.resultTtlMs,
+    onError: (err) => logger.warn('replicas: could not update this replica\'s row', { error: String(err) }),
+    onOrphansCancelled: (count, gone) =>
+      logger.warn(`replicas: cancelled ${count} sync job(s) of replica(s) gone silent; their callers are gone`, { replicas: gone }),
+  });
+  try {
+    await presence?.start();
+  } catch (err) {
+    await stores.close();
+    if (err instanceof SignerMismatchError) throw new ConfigError(`config: ${err.message}`);
+    throw err;
+  }
   const service = new JobService({
     store,
     events,
@@ -233,7 +250,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
     startedAtSeconds: Math.floor(now() / 1000),
-    admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler },
+    admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler, replicaId, presence },
   });
   let server: Server | undefined;
 
@@ -287,6 +304,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
         server.closeIdleConnections();
         await runner.stop();
         await sweeper.stop();
+        await presence?.stop();
         // Requests still open are answering (sync waiters with 503, long polls with the job's state);
         // give them a moment to finish before the remaining sockets are cut.
         const cut = setTimeout(() => server!.closeAllConnections(), 2_000);
@@ -295,6 +313,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       } else {
         await runner.stop();
         await sweeper.stop();
+        await presence?.stop();
       }
       await Promise.all([...backends.values()].map((b) => b.close?.()));
       chain?.close();

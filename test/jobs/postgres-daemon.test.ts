@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { rmSync } from 'node:fs';
+import { hostname } from 'node:os';
 import pg from 'pg';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -93,8 +94,16 @@ describe('the daemon on PostgreSQL', () => {
       expect(await d.daemon.billing.getReceipt(jobId)).toMatchObject({ state: 'offchain', seq: 1n, feeWei: 2n * PRICE, images: 2 });
 
       // What the daemon wrote is in PostgreSQL's tables, with its types.
-      const job = await sql.query('SELECT status, images_requested, images_delivered, price_per_image_wei::text AS price FROM jobs WHERE id = $1', [jobId]);
-      expect(job.rows).toEqual([{ status: 'completed', images_requested: 2, images_delivered: 2, price: PRICE.toString() }]);
+      const job = await sql.query(
+        'SELECT status, images_requested, images_delivered, price_per_image_wei::text AS price, submitted_by, ran_by FROM jobs WHERE id = $1',
+        [jobId],
+      );
+      // On an ephemeral port the replica is named after the host and the process.
+      const replica = `${hostname()}:pid-${process.pid}`;
+      expect(job.rows).toEqual([
+        { status: 'completed', images_requested: 2, images_delivered: 2, price: PRICE.toString(), submitted_by: replica, ran_by: replica },
+      ]);
+      expect((await sql.query('SELECT id, signer FROM replicas')).rows).toEqual([{ id: replica, signer: d.daemon.tee.address }]);
       const seq = await sql.query("SELECT last_seq::text AS last FROM receipt_sequences WHERE owner = 'router-pg'");
       expect(seq.rows).toEqual([{ last: '1' }]);
 

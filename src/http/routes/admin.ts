@@ -3,6 +3,7 @@ import { requireAdmin, type AdminToken } from '../../auth/admin-token.js';
 import type { Settler } from '../../billing/settlement/settler.js';
 import type { UserSettlement } from '../../billing/settlement/types.js';
 import { PixeldError } from '../../errors.js';
+import type { ReplicaPresence } from '../../jobs/postgres/replica-presence.js';
 import type { JobRunner } from '../../jobs/runner.js';
 import type { JobStore } from '../../jobs/store.js';
 import type { AppDeps } from '../app.js';
@@ -14,11 +15,16 @@ export interface AdminDeps {
   store: JobStore;
   /** Undefined when the daemon does not settle (no chain or no provider wallet). */
   settler: Settler | undefined;
+  /** This replica's name: the counters here are what it did, not what its database's other replicas did. */
+  replicaId: string;
+  /** The live replicas sharing the database; undefined on SQLite (one process). */
+  presence: ReplicaPresence | undefined;
 }
 
 /**
  * The provider's own surface, behind the admin token (`admin.tokenSha256` / `admin.tokenEnv`):
- * `GET /v1/admin/metrics` — runner, queue, storage, process and settlement counters;
+ * `GET /v1/admin/metrics` — this replica's runner, queue, storage, process and settlement counters, and
+ *   the live replicas sharing its database;
  * `POST /v1/admin/settle` — one settlement round now, answered with what it did.
  */
 export function adminRoutes(deps: AppDeps): Router {
@@ -39,7 +45,12 @@ export function adminRoutes(deps: AppDeps): Router {
     const memory = process.memoryUsage();
     const settler = admin.settler;
     res.setHeader('Cache-Control', 'no-store');
+    const replicas = await admin.presence?.live();
     res.json({
+      replica: admin.replicaId,
+      replicas:
+        replicas?.map((r) => ({ id: r.id, started_ms: r.startedMs, seen_ms: r.seenMs, version: r.version, signer: r.signer, backends: r.backends })) ??
+        null,
       uptime_seconds: Math.floor(deps.now() / 1000) - deps.startedAtSeconds,
       process: { rss_bytes: memory.rss, heap_used_bytes: memory.heapUsed },
       storage: { free_bytes: room.freeBytes, reserved_bytes: room.reservedBytes, accepting_work: room.ok },

@@ -31,17 +31,17 @@ import { ADVISORY_LOCK, inTransaction, JOB_EVENTS_CHANNEL } from './pool.js';
  */
 
 /** The columns written by every `… → finished` transition: the lease is gone with it. */
-const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
+export const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
 
 /**
  * Drops the job's input references in the same statement as the transition that finished it, and tells
  * every replica (a long-poll waiting on another replica wakes; `cancelled` also stops the attempt wherever
  * it runs).
  */
-const finishing = (update: string, event: 'finished' | 'cancelled' = 'finished') => `
-  WITH done AS (${update} RETURNING id, backend_id),
+export const finishing = (update: string, event: 'finished' | 'cancelled' = 'finished') => `
+  WITH done AS (${update} RETURNING id, submitted_by),
        refs AS (DELETE FROM blob_refs USING done WHERE blob_refs.job_id = done.id AND blob_refs.role = 'input')
-  SELECT id, ${event === 'cancelled' ? `pg_notify('${JOB_EVENTS_CHANNEL}', 'cancelled ' || id), ` : ''}
+  SELECT id, submitted_by, ${event === 'cancelled' ? `pg_notify('${JOB_EVENTS_CHANNEL}', 'cancelled ' || id), ` : ''}
     pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || id) FROM done`;
 
 /** Tells the replicas serving the backend that a job is waiting (returns nothing useful; run for the effect). */
