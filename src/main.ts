@@ -118,7 +118,12 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   if (config.auth.mode.includes('0g') && /^0x0{40}$/.test(providerAddress)) {
     throw new ConfigError('config: provider.address: set it, or the provider wallet: 0G session tokens name the provider');
   }
-  const backends = options.backends ?? new Map(config.backends.map((b) => [b.id, createBackend(b, { logger })]));
+  // Backends with concurrency 0 are run by other replicas: this one validates and queues their jobs, and
+  // neither calls nor health-checks them.
+  const localBackends = config.backends.filter((b) => b.concurrency > 0);
+  const backends: ReadonlyMap<string, ImageBackend> = options.backends
+    ? new Map([...options.backends].filter(([id]) => localBackends.some((b) => b.id === id)))
+    : new Map(localBackends.map((b) => [b.id, createBackend(b, { logger })]));
   const journal = new SettlementJournal(tee.journalDir, tee.address);
   const runner = new JobRunner({
     store,
@@ -126,7 +131,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     replicaId,
     blobs,
     backends,
-    concurrency: new Map(config.backends.map((b) => [b.id, b.concurrency])),
+    concurrency: new Map(localBackends.map((b) => [b.id, b.concurrency])),
     catalog,
     tee,
     receiptSeqFloor: (user) => journal.floorFor(user),

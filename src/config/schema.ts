@@ -26,8 +26,11 @@ export const OPENAI_FLAVORS = ['generic', 'openai', 'sglang', 'vllm-omni', 'loca
 
 const backendCommon = {
   id: z.string().regex(/^[a-z0-9][a-z0-9_-]*$/, 'lowercase letters, digits, - and _'),
-  /** Backend calls running at once. */
-  concurrency: z.number().int().min(1).max(256).default(1),
+  /**
+   * Backend calls running at once. 0: this replica accepts jobs for the backend but runs none — another
+   * replica sharing the database (PostgreSQL) runs them, and this one need not reach the backend at all.
+   */
+  concurrency: z.number().int().min(0).max(256).default(1),
   /** Jobs waiting for this backend beyond which submits get 429. */
   maxQueuedJobs: z.number().int().min(1).default(200),
   /** Images one upstream call may return; the runner splits larger n. */
@@ -516,9 +519,17 @@ export const configSchema = z
       ctx.addIssue({ code: 'custom', message: 'auth.mode includes "api-key" but no keys are configured', path: ['auth', 'apiKeys'] });
     }
     const backendIds = new Set<string>();
+    const sharedStore = cfg.store.type === 'postgres' || (cfg.store.type === undefined && cfg.database.url !== undefined);
     cfg.backends.forEach((b, i) => {
       if (backendIds.has(b.id)) ctx.addIssue({ code: 'custom', message: `duplicate backend id "${b.id}"`, path: ['backends', i, 'id'] });
       backendIds.add(b.id);
+      if (b.concurrency === 0 && !sharedStore) {
+        ctx.addIssue({
+          code: 'custom',
+          message: '0 means another replica runs this backend\'s jobs, which needs a database shared with it (database.url); on SQLite nothing would run them',
+          path: ['backends', i, 'concurrency'],
+        });
+      }
     });
     const modelIds = new Set<string>();
     cfg.models.forEach((m, i) => {

@@ -179,8 +179,9 @@ export class JobRunner {
     for (const backendId of this.deps.backends.keys()) void this.pump(backendId);
   }
 
+  /** 0 for a backend this replica does not run (another replica sharing the database does). */
   private concurrency(backendId: string): number {
-    return this.deps.concurrency.get(backendId) ?? 1;
+    return this.deps.concurrency.get(backendId) ?? 0;
   }
 
   private async pump(backendId: string): Promise<void> {

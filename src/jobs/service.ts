@@ -217,7 +217,8 @@ export class JobService {
       estimateMs = progress !== undefined && progress > 0 ? (elapsedMs * (100 - progress)) / progress : ownMs - elapsedMs;
     } else {
       const ahead = await this.deps.store.countAhead(job);
-      const slots = runner.concurrencyOf(job.backendId);
+      // A backend run by other replicas (0 here): at least one lane drains it.
+      const slots = Math.max(1, runner.concurrencyOf(job.backendId));
       const busy = runner.runningCount(job.backendId);
       // Jobs ahead (assumed the same size as this one) drain through `slots` lanes, after the running ones.
       const waves = Math.floor((ahead + busy) / slots);
