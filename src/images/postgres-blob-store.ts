@@ -102,7 +102,8 @@ export class PostgresBlobStore implements BlobStore {
         yield chunk.rows[0]!.data;
       }
     }
-    // A byte stream (not object mode), so it asks for the next chunk only once the last one was taken.
+    // A byte stream, as a file's is. It fetches the next chunk only once the one before was taken: a slow
+    // client holds about two chunks in memory, never the blob.
     return Readable.from(chunks(), { objectMode: false });
   }
 
