@@ -19,7 +19,7 @@ import { seqKey } from './database.js';
 
 /**
  * Jobs in the embedded SQLite database. Rows hold metadata only; image bytes live as files
- * (images/blob-store.ts) and `blob_refs` says which job still needs which file.
+ * (images/file-blob-store.ts) and `blob_refs` says which job still needs which file.
  */
 
 /** The job store on an open database (see database.ts); it shares the file with the billing store. */
