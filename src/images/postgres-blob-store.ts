@@ -10,8 +10,8 @@ import { FileBlobStore } from './file-blob-store.js';
 
 /**
  * Image bytes in PostgreSQL, so every replica on the database reads what any of them stored: a `blobs` row
- * per blob and its bytes in `blob_chunks` rows of BLOB_CHUNK_BYTES, written and read a chunk at a time
- * so a 50 MB image never sits whole in memory.
+ * per blob and its bytes in `blob_chunks` rows of BLOB_CHUNK_BYTES. Uploads are stored and /v1/files links
+ * served a chunk at a time, so neither holds a 50 MB image whole in memory (a base64 answer needs it whole).
  *
  * Backends read their inputs from files, so this store keeps local copies under the data dir (a
  * FileBlobStore): an upload stays there after it is stored, and a replica running a job accepted by
