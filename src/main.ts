@@ -29,7 +29,7 @@ import { BillingAdmission } from './billing/admission.js';
 import type { BillingStore } from './billing/store.js';
 import { Settler } from './billing/settlement/settler.js';
 import { createSettlementTriggers, validateSettlementCron, type SettlementTriggers } from './billing/settlement/triggers.js';
-import type { JobStore } from './jobs/store.js';
+import type { InterruptedJobPolicy, JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
 import { createLogger, type Logger } from './obs/logger.js';
 import { Readiness } from './obs/readiness.js';
@@ -125,10 +125,15 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     ? new Map([...options.backends].filter(([id]) => localBackends.some((b) => b.id === id)))
     : new Map(localBackends.map((b) => [b.id, createBackend(b, { logger })]));
   const journal = new SettlementJournal(tee.journalDir, tee.address);
+  // From the config, not the backend objects: this replica may not run the backend (concurrency 0) whose
+  // job it recovers after another replica died.
+  const interruptedJobPolicy: InterruptedJobPolicy = (job) =>
+    config.backends.find((b) => b.id === job.backendId)?.rerunInterruptedJobs === false ? 'fail' : 'rerun';
   const runner = new JobRunner({
     store,
     events,
     replicaId,
+    interruptedJobPolicy,
     blobs,
     backends,
     concurrency: new Map(localBackends.map((b) => [b.id, b.concurrency])),
@@ -168,7 +173,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     now,
   });
   const rateLimitBuckets = stores.rateLimitBuckets(config.rateLimits, now);
-  const sweeper = new Sweeper({ store, blobs, rateLimitBuckets, jobs: config.jobs, logger, now });
+  const sweeper = new Sweeper({ store, blobs, rateLimitBuckets, interruptedJobPolicy, jobs: config.jobs, logger, now });
   let settler: Settler | undefined;
   let settlementChain: ChainClient | undefined;
   let settlementTriggers: SettlementTriggers | undefined;

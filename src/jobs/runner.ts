@@ -11,7 +11,7 @@ import type { TeeKeyProvider } from '../tee/key-provider.js';
 import { signJob, type JobSignature } from '../tee/receipt.js';
 import type { JobEvents } from './job-events.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
-import type { ClaimedJob, JobStore } from './store.js';
+import type { ClaimedJob, InterruptedJobPolicy, JobStore } from './store.js';
 
 export interface RunnerDeps {
   store: JobStore;
@@ -19,6 +19,8 @@ export interface RunnerDeps {
   events: JobEvents;
   /** This replica's name, recorded on the jobs it claims. */
   replicaId: string;
+  /** Whether a job cut off by a crash may run again (its backend's rerunInterruptedJobs). */
+  interruptedJobPolicy: InterruptedJobPolicy;
   blobs: BlobStore;
   backends: ReadonlyMap<string, ImageBackend>;
   /** Calls each backend may run at once, by backend id. */
@@ -107,7 +109,7 @@ export class JobRunner {
     const { store, jobs, now, logger } = this.deps;
     const recovered = await store.recoverInterrupted(
       this.deps.replicaId,
-      (job) => (this.deps.backends.get(job.backendId)?.rerunInterruptedJobs === false ? 'fail' : 'rerun'),
+      this.deps.interruptedJobPolicy,
       jobs.maxAttempts,
       now(),
       now() + jobs.resultTtlMs,

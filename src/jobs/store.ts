@@ -80,6 +80,15 @@ export interface ClaimedJob extends Job {
 
 export type InterruptedJobPolicy = (job: Job) => 'rerun' | 'fail';
 
+/** What recovery does with a job whose attempt was cut off: run it again, or fail it and say why. */
+export function interruptedJobDecision(job: Job, policy: InterruptedJobPolicy, maxAttempts: number): 'rerun' | { reason: string } {
+  if (job.attempts >= maxAttempts) return { reason: `and it had used all ${maxAttempts} attempts` };
+  return policy(job) === 'rerun' ? 'rerun' : { reason: 'and this backend cannot safely run it again' };
+}
+
+/** How an expired lease is explained in the error of a job it fails. */
+export const EXPIRED_LEASE = 'the replica running this job stopped answering (its lease ran out)';
+
 /**
  * Where jobs live. Every transition is one named, atomic verb; writes by a runner carry the lease token
  * it got from `claimNext`, so a runner that lost its lease cannot overwrite anyone's result.
@@ -145,8 +154,16 @@ export interface JobStore {
     nowMs: number,
     expiresMs: number,
   ): Promise<{ requeued: number; failed: number; cancelled: number }>;
-  /** Processing jobs whose lease ran out (a stalled runner) go back to pending. */
-  requeueExpiredLeases(nowMs: number): Promise<number>;
+  /**
+   * Processing jobs whose lease ran out (a stalled runner, a replica that died) go back to pending, or are
+   * failed, as the policy and the attempts left say — as at start-up, for whichever replica ran them.
+   */
+  recoverExpiredLeases(
+    policy: InterruptedJobPolicy,
+    maxAttempts: number,
+    nowMs: number,
+    expiresMs: number,
+  ): Promise<{ requeued: number; failed: number }>;
   /** Marks finished jobs whose TTL passed as expired and drops their file references; returns their ids. */
   expireResults(nowMs: number, limit: number): Promise<string[]>;
   /** Whether any job still needs the blob (inputs of unfinished jobs, outputs of unexpired ones). */

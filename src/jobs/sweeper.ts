@@ -2,12 +2,14 @@ import type { RateLimitBuckets } from '../auth/rate-limiter.js';
 import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
-import type { JobStore } from './store.js';
+import type { InterruptedJobPolicy, JobStore } from './store.js';
 
 export interface SweeperDeps {
   store: JobStore;
   blobs: BlobStore;
   rateLimitBuckets: RateLimitBuckets;
+  /** Whether a job whose runner vanished (its lease ran out) may run again: its backend's rerunInterruptedJobs. */
+  interruptedJobPolicy: InterruptedJobPolicy;
   jobs: Config['jobs'];
   logger: Logger;
   now: () => number;
@@ -19,6 +21,8 @@ const BATCH = 500;
 
 export interface SweepReport {
   leasesRequeued: number;
+  /** Jobs whose lease ran out that their backend's policy (or their attempts) did not allow to run again. */
+  leasesFailed: number;
   resultsExpired: number;
   blobsDeleted: number;
   tempFilesDeleted: number;
@@ -56,9 +60,11 @@ export class Sweeper {
   }
 
   private async pass(): Promise<SweepReport> {
-    const { store, blobs, rateLimitBuckets, jobs, now, logger } = this.deps;
-    const report: SweepReport = { leasesRequeued: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0, rateLimitBucketsPruned: 0 };
-    report.leasesRequeued = await store.requeueExpiredLeases(now());
+    const { store, blobs, rateLimitBuckets, interruptedJobPolicy, jobs, now, logger } = this.deps;
+    const report: SweepReport = { leasesRequeued: 0, leasesFailed: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0, rateLimitBucketsPruned: 0 };
+    const leases = await store.recoverExpiredLeases(interruptedJobPolicy, jobs.maxAttempts, now(), now() + jobs.resultTtlMs);
+    report.leasesRequeued = leases.requeued;
+    report.leasesFailed = leases.failed;
     for (;;) {
       const expired = await store.expireResults(now(), BATCH);
       report.resultsExpired += expired.length;

@@ -144,7 +144,15 @@ describe('the sweeper on PostgreSQL', () => {
   const silent = createLogger({ level: 'error', stream: new Writable({ write: (_chunk, _enc, done) => done() }) });
   const jobs = testConfig({ jobs: { orphanGraceMs: 10 * 60_000 } }).jobs;
   const sweeperOf = (blobs: PostgresBlobStore, now: () => number) =>
-    new Sweeper({ store: postgresJobStore(pool), blobs, rateLimitBuckets: memoryRateLimitBuckets(testConfig().rateLimits, now), jobs, logger: silent, now });
+    new Sweeper({
+      store: postgresJobStore(pool),
+      blobs,
+      rateLimitBuckets: memoryRateLimitBuckets(testConfig().rateLimits, now),
+      interruptedJobPolicy: () => 'rerun',
+      jobs,
+      logger: silent,
+      now,
+    });
   const editJob = (inputSha256: string): NewJob => ({
     id: newJobId(),
     owner: 'alice',

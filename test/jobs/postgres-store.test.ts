@@ -266,7 +266,7 @@ describe('postgres job store across processes (two pools on one database)', () =
     expect((await a.get(mySync.id))!.status).toBe('cancelled');
     expect((await a.get(theirSync.id))!.status).toBe('pending');
     // replica-b died instead of restarting: its lease runs out and the job goes back to the queue.
-    expect(await a.requeueExpiredLeases(2_000 + 60_001)).toBe(1);
+    expect(await a.recoverExpiredLeases(() => 'rerun', 3, 2_000 + 60_001, 9_000)).toEqual({ requeued: 1, failed: 0 });
     expect((await a.get(theirsRunning.id))!.status).toBe('pending');
   });
 

@@ -274,13 +274,23 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(await store.countUnfinishedForModel('z')).toBe(0);
     });
 
-    it('re-queues jobs whose lease ran out', async () => {
-      const job = newJob();
-      await store.create(job, 0);
-      await store.claimNext('b1', REPLICA, T0, 100);
-      expect(await store.requeueExpiredLeases(T0 + 50)).toBe(0);
-      expect(await store.requeueExpiredLeases(T0 + 101)).toBe(1);
-      expect((await store.get(job.id))!.status).toBe('pending');
+    it('re-queues or fails jobs whose lease ran out, as their backend’s policy and their attempts left say', async () => {
+      const outOfAttempts = newJob();
+      const unsafe = newJob({ backendId: 'b2' });
+      const again = newJob({ backendId: 'b3' });
+      for (const job of [outOfAttempts, unsafe, again]) await store.create(job, 0);
+      for (const backend of ['b1', 'b2', 'b3']) await store.claimNext(backend, REPLICA, T0, 100);
+      const policy = (job: { backendId: string }) => (job.backendId === 'b2' ? 'fail' : 'rerun') as 'fail' | 'rerun';
+      expect(await store.recoverExpiredLeases(policy, 2, T0 + 50, T0 + 999)).toEqual({ requeued: 0, failed: 0 });
+      expect(await store.recoverExpiredLeases(() => 'rerun', 2, T0 + 101, T0 + 999)).toEqual({ requeued: 3, failed: 0 });
+      for (const backend of ['b1', 'b2', 'b3']) await store.claimNext(backend, REPLICA, T0 + 102, 100);
+      // outOfAttempts goes on to its third attempt; the others are on their second.
+      await store.retryLater(outOfAttempts.id, (await store.get(outOfAttempts.id))!.leaseToken!, { code: 'upstream_error', message: 'x' }, T0 + 103, T0 + 103);
+      await store.claimNext('b1', REPLICA, T0 + 103, 100);
+      expect(await store.recoverExpiredLeases(policy, 3, T0 + 250, T0 + 999)).toEqual({ requeued: 1, failed: 2 });
+      expect(await store.get(outOfAttempts.id)).toMatchObject({ status: 'failed', error: { message: expect.stringMatching(/lease ran out.*all 3 attempts/) } });
+      expect(await store.get(unsafe.id)).toMatchObject({ status: 'failed', error: { message: expect.stringMatching(/cannot safely run it again/) } });
+      expect(await store.get(again.id)).toMatchObject({ status: 'pending', attempts: 2, leaseToken: undefined });
     });
 
     it('tracks which blobs are needed: inputs until the job ends, outputs until it expires', async () => {

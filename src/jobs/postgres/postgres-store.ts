@@ -8,6 +8,8 @@ import {
   ModelBusyError,
   QueueFullError,
   type AdmissionLimits,
+  EXPIRED_LEASE,
+  interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
   type JobStore,
@@ -52,6 +54,37 @@ const addRefs = (c: PoolClient, jobId: string, role: 'input' | 'output', shas: s
   c.query('INSERT INTO blob_refs (job_id, sha256, role) SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING', [jobId, shas, role]);
 
 const CANCELLED: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
+
+/** Re-queues or fails interrupted processing jobs (rows locked by the caller), as the policy and the attempts left say. */
+async function settleInterrupted(
+  c: PoolClient,
+  rows: JobRow[],
+  what: string,
+  policy: InterruptedJobPolicy,
+  maxAttempts: number,
+  nowMs: number,
+  expiresMs: number,
+): Promise<{ requeued: number; failed: number }> {
+  let requeued = 0;
+  let failed = 0;
+  for (const row of rows) {
+    const job = jobFromRow(row);
+    const decision = interruptedJobDecision(job, policy, maxAttempts);
+    if (decision === 'rerun') {
+      await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
+      await notifyQueued(c, job.backendId);
+      requeued += 1;
+    } else {
+      await c.query(
+        finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
+                   WHERE id = $4`),
+        [JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, expiresMs, job.id],
+      );
+      failed += 1;
+    }
+  }
+  return { requeued, failed };
+}
 
 /**
  * The job store on a pool (see pool.ts), which it shares with the billing store: a completion and its
@@ -291,7 +324,7 @@ export function postgresJobStore(pool: Pool): JobStore {
     // Only the restarting replica's jobs: the sync jobs whose callers waited on it, and the jobs it was
     // running. Jobs recorded under no replica are from before replicas (one process) and are its own too.
     // Another replica's running jobs are left alone; if that replica died, its leases run out and
-    // requeueExpiredLeases gives the jobs to whoever serves their backend.
+    // recoverExpiredLeases gives the jobs to whoever serves their backend.
     async recoverInterrupted(replicaId, policy: InterruptedJobPolicy, maxAttempts, nowMs, expiresMs) {
       return inTransaction(pool, async (c) => {
         const gone: JobError = {
@@ -306,45 +339,24 @@ export function postgresJobStore(pool: Pool): JobStore {
           ),
           [JSON.stringify(gone), nowMs, expiresMs, replicaId],
         );
-        let requeued = 0;
-        let failed = 0;
         const processing = await c.query<JobRow>(
           "SELECT * FROM jobs WHERE status = 'processing' AND (ran_by = $1 OR ran_by IS NULL) ORDER BY seq FOR UPDATE",
           [replicaId],
         );
-        for (const row of processing.rows) {
-          const job = jobFromRow(row);
-          const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
-          if (decision === 'rerun') {
-            await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
-            await notifyQueued(c, job.backendId);
-            requeued += 1;
-          } else {
-            const message =
-              job.attempts >= maxAttempts
-                ? `the daemon stopped while running this job, and it had used all ${maxAttempts} attempts`
-                : 'the daemon stopped while running this job, and this backend cannot safely run it again';
-            await c.query(
-              finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-                         WHERE id = $4`),
-              [JSON.stringify({ code: 'upstream_error', message }), nowMs, expiresMs, job.id],
-            );
-            failed += 1;
-          }
-        }
-        return { requeued, failed, cancelled: cancelled.rowCount ?? 0 };
+        const outcome = await settleInterrupted(c, processing.rows, 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
+        return { ...outcome, cancelled: cancelled.rowCount ?? 0 };
       });
     },
 
-    async requeueExpiredLeases(nowMs) {
-      const { rowCount } = await pool.query(
-        `WITH requeued AS (
-           UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1
-           WHERE status = 'processing' AND lease_expires_ms < $1 RETURNING backend_id)
-         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM requeued`,
-        [nowMs],
-      );
-      return rowCount ?? 0;
+    async recoverExpiredLeases(policy, maxAttempts, nowMs, expiresMs) {
+      return inTransaction(pool, async (c) => {
+        // SKIP LOCKED: two replicas' sweepers share the expired jobs instead of waiting on each other.
+        const expired = await c.query<JobRow>(
+          "SELECT * FROM jobs WHERE status = 'processing' AND lease_expires_ms < $1 ORDER BY seq FOR UPDATE SKIP LOCKED",
+          [nowMs],
+        );
+        return settleInterrupted(c, expired.rows, EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs);
+      });
     },
 
     async expireResults(nowMs, limit) {

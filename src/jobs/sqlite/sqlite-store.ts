@@ -8,6 +8,8 @@ import {
   ModelBusyError,
   QueueFullError,
   type AdmissionLimits,
+  EXPIRED_LEASE,
+  interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
   type JobStore,
@@ -94,10 +96,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
          lease_token = NULL, lease_expires_ms = NULL
        WHERE id = ? AND status = 'processing'`,
     ),
-    requeueExpiredLeases: db.prepare<[number, number]>(
-      `UPDATE jobs SET status = 'pending', lease_token = NULL, lease_expires_ms = NULL, updated_ms = ?
-       WHERE status = 'processing' AND lease_expires_ms < ?`,
-    ),
+    expiredLeases: db.prepare<[number], JobRow>("SELECT * FROM jobs WHERE status = 'processing' AND lease_expires_ms < ? ORDER BY seq"),
     dueForExpiry: db.prepare<[number, number], { id: string }>(
       `SELECT id FROM jobs WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= ?
        ORDER BY expires_ms LIMIT ?`,
@@ -232,8 +231,6 @@ export function sqliteJobStore(db: Database.Database): JobStore {
 
   const recoverInterrupted = db.transaction(
     (policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) => {
-      let requeued = 0;
-      let failed = 0;
       let cancelled = 0;
       const gone: JobError = {
         code: 'job_cancelled',
@@ -244,24 +241,32 @@ export function sqliteJobStore(db: Database.Database): JobStore {
         stmt.dropRefs.run(id, 'input');
         cancelled += 1;
       }
-      for (const row of stmt.processing.all()) {
-        const job = jobFromRow(row);
-        const decision = job.attempts >= maxAttempts ? 'fail' : policy(job);
-        if (decision === 'rerun') {
-          stmt.requeue.run(nowMs, job.id);
-          requeued += 1;
-        } else {
-          const message =
-            job.attempts >= maxAttempts
-              ? `the daemon stopped while running this job, and it had used all ${maxAttempts} attempts`
-              : 'the daemon stopped while running this job, and this backend cannot safely run it again';
-          stmt.failInterrupted.run(JSON.stringify({ code: 'upstream_error', message }), nowMs, nowMs, expiresMs, job.id);
-          stmt.dropRefs.run(job.id, 'input');
-          failed += 1;
-        }
-      }
-      return { requeued, failed, cancelled };
+      const processing = settleInterrupted(stmt.processing.all(), 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
+      return { ...processing, cancelled };
     },
+  );
+
+  /** Re-queues or fails interrupted processing jobs, as the policy and the attempts left say. */
+  function settleInterrupted(rows: JobRow[], what: string, policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) {
+    let requeued = 0;
+    let failed = 0;
+    for (const row of rows) {
+      const job = jobFromRow(row);
+      const decision = interruptedJobDecision(job, policy, maxAttempts);
+      if (decision === 'rerun') {
+        stmt.requeue.run(nowMs, job.id);
+        requeued += 1;
+      } else {
+        stmt.failInterrupted.run(JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, nowMs, expiresMs, job.id);
+        stmt.dropRefs.run(job.id, 'input');
+        failed += 1;
+      }
+    }
+    return { requeued, failed };
+  }
+
+  const recoverExpiredLeases = db.transaction((policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) =>
+    settleInterrupted(stmt.expiredLeases.all(nowMs), EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs),
   );
 
   const expireResults = db.transaction((nowMs: number, limit: number): string[] => {
@@ -329,8 +334,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     async recoverInterrupted(_replicaId, policy, maxAttempts, nowMs, expiresMs) {
       return recoverInterrupted(policy, maxAttempts, nowMs, expiresMs);
     },
-    async requeueExpiredLeases(nowMs) {
-      return stmt.requeueExpiredLeases.run(nowMs, nowMs).changes;
+    async recoverExpiredLeases(policy, maxAttempts, nowMs, expiresMs) {
+      return recoverExpiredLeases(policy, maxAttempts, nowMs, expiresMs);
     },
     async expireResults(nowMs, limit) {
       return expireResults(nowMs, limit);
