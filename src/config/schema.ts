@@ -468,6 +468,11 @@ export const configSchema = z
         recordRetentionMs: z.number().int().min(1000).default(30 * 24 * 60 * 60_000),
         /** One backend attempt is aborted after this long. */
         attemptTimeoutMs: z.number().int().min(100).default(5 * 60_000),
+        /**
+         * A running job's lease: renewed every third of it while the attempt runs, so a runner that died (a
+         * crashed replica) loses the job this long after its last renewal, and another replica takes it.
+         */
+        leaseMs: z.number().int().min(300).default(30_000),
         /** Attempts per job, including the first, for transient backend failures. */
         maxAttempts: z.number().int().min(1).max(10).default(3),
         retryBackoffMs: z.number().int().min(0).default(2_000),

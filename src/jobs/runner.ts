@@ -43,8 +43,6 @@ export interface RunnerDeps {
 
 /** How often the runner looks for work it was not told about (backoff timers, recovered jobs). */
 const IDLE_POLL_MS = 500;
-/** A lease outlives the attempt deadline by this much: normalising and storing images take time too. */
-const LEASE_GRACE_MS = 60_000;
 /** Per-image run times remembered for the Retry-After estimate. */
 const DURATION_SAMPLES = 20;
 /** First and longest wait before recording an attempt's outcome again, when the store could not write it. */
@@ -196,7 +194,7 @@ export class JobRunner {
         this.slotsTaken.set(backendId, (this.slotsTaken.get(backendId) ?? 0) + 1);
         let job: ClaimedJob | undefined;
         try {
-          job = await store.claimNext(backendId, this.deps.replicaId, now(), jobs.attemptTimeoutMs + LEASE_GRACE_MS);
+          job = await store.claimNext(backendId, this.deps.replicaId, now(), jobs.leaseMs);
         } catch (err) {
           this.releaseSlot(backendId, false);
           this.deps.logger.error('could not claim a job', { backendId, error: String(err) });
@@ -263,6 +261,21 @@ export class JobRunner {
       jobs.attemptTimeoutMs,
     );
     const log = logger.child({ jobId: job.id, backendId: job.backendId, attempt: job.attempts });
+    // The lease is renewed for as long as this attempt runs, completion and failure records included: a
+    // replica that dies stops renewing, and its job goes to another replica `leaseMs` later. A renewal the
+    // store refuses means the job is no longer ours (cancelled, or re-leased after a stall): stop at once.
+    const renewal = setInterval(() => {
+      store.extendLease(job.id, job.leaseToken, now() + jobs.leaseMs).then(
+        (held) => {
+          if (!held && !controller.signal.aborted) {
+            log.warn('attempt aborted: the job\'s lease was lost (cancelled, or taken over after a stall)');
+            controller.abort(new DOMException('the job\'s lease was lost', 'AbortError'));
+          }
+        },
+        (err: unknown) => log.warn('could not renew the job\'s lease; trying again', { error: String(err) }),
+      );
+    }, Math.max(100, Math.floor(jobs.leaseMs / 3)));
+    renewal.unref();
     this.counters.attemptsStarted += 1;
     // The pump took a call slot for this job's first call; produce() gives it back when the call ends.
     const slot = { held: true };
@@ -290,6 +303,7 @@ export class JobRunner {
     } finally {
       if (slot.held) this.releaseSlot(job.backendId);
       clearTimeout(deadline);
+      clearInterval(renewal);
       this.running.delete(job.id);
       this.progress.delete(job.id);
       this.deps.events.finished(job.id);
