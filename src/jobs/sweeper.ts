@@ -37,18 +37,38 @@ export interface SweepReport {
  */
 export class Sweeper {
   private timer: NodeJS.Timeout | undefined;
+  private leaseTimer: NodeJS.Timeout | undefined;
   private running: Promise<SweepReport> | undefined;
+  private recoveringLeases: Promise<unknown> | undefined;
 
   constructor(private readonly deps: SweeperDeps) {}
 
   start(): void {
-    this.timer = setInterval(() => void this.sweep().catch((err) => this.deps.logger.error('sweep failed', { error: String(err) })), this.deps.jobs.sweepIntervalMs);
+    const { jobs, logger } = this.deps;
+    this.timer = setInterval(() => void this.sweep().catch((err) => logger.error('sweep failed', { error: String(err) })), jobs.sweepIntervalMs);
     this.timer.unref();
+    // Expired leases are looked for every half lease, not every sweep: a dead replica's jobs should wait
+    // about a lease for another replica, not a lease plus a sweep interval.
+    this.leaseTimer = setInterval(() => {
+      this.recoveringLeases ??= this.recoverLeases()
+        .then((leases) => {
+          if (leases.requeued + leases.failed > 0) logger.warn('recovered jobs whose lease ran out', leases);
+        })
+        .catch((err: unknown) => logger.error('could not recover expired leases', { error: String(err) }))
+        .finally(() => (this.recoveringLeases = undefined));
+    }, Math.max(100, Math.floor(jobs.leaseMs / 2)));
+    this.leaseTimer.unref();
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    await this.running?.catch(() => undefined);
+    if (this.leaseTimer) clearInterval(this.leaseTimer);
+    await Promise.all([this.running?.catch(() => undefined), this.recoveringLeases]);
+  }
+
+  private recoverLeases(): Promise<{ requeued: number; failed: number }> {
+    const { store, interruptedJobPolicy, jobs, now } = this.deps;
+    return store.recoverExpiredLeases(interruptedJobPolicy, jobs.maxAttempts, now(), now() + jobs.resultTtlMs);
   }
 
   /** One pass; concurrent calls share the pass in progress. */
@@ -60,9 +80,9 @@ export class Sweeper {
   }
 
   private async pass(): Promise<SweepReport> {
-    const { store, blobs, rateLimitBuckets, interruptedJobPolicy, jobs, now, logger } = this.deps;
+    const { store, blobs, rateLimitBuckets, jobs, now, logger } = this.deps;
     const report: SweepReport = { leasesRequeued: 0, leasesFailed: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0, rateLimitBucketsPruned: 0 };
-    const leases = await store.recoverExpiredLeases(interruptedJobPolicy, jobs.maxAttempts, now(), now() + jobs.resultTtlMs);
+    const leases = await this.recoverLeases();
     report.leasesRequeued = leases.requeued;
     report.leasesFailed = leases.failed;
     for (;;) {

@@ -50,6 +50,22 @@ describe('job leases', () => {
     expect((await d.daemon.store.get(jobId))!.attempts).toBe(1);
   });
 
+  it('gives a dead runner’s job back to the queue about a lease after its last renewal, with no sweep due', async () => {
+    const backend = new ControlledBackend('gpu');
+    d = await start(backend);
+    const busy = await submit(d);
+    const held = await backend.nextCall(); // the only slot is taken: the live runner claims nothing else
+    const orphanId = await submit(d);
+    // A runner that claimed it and died at once: it never renews.
+    const orphan = (await d.daemon.store.claimNext('gpu', 'dead-replica', Date.now(), LEASE_MS))!;
+    expect(orphan.id).toBe(orphanId);
+    await expect.poll(async () => (await d!.daemon.store.get(orphanId))!.status, { timeout: 3_000 }).toBe('pending');
+    await held.succeed();
+    await (await backend.nextCall()).succeed();
+    await expect.poll(async () => (await d!.daemon.store.get(orphanId))!).toMatchObject({ status: 'completed', attempts: 2 });
+    expect((await d.daemon.store.get(busy))!.status).toBe('completed');
+  });
+
   it('stops an attempt whose lease was taken over, and the job completes once, on its next attempt', async () => {
     const backend = new ControlledBackend('gpu');
     d = await start(backend);
