@@ -18,19 +18,19 @@ import {
 
 /**
  * A replica SIGKILLed while it runs jobs (issue 14): nothing tells the others it died, so its jobs wait out
- * the lease it took them under, then a live replica's sweeper puts them back and a live replica runs them.
+ * the lease it last renewed, then a live replica's sweeper puts them back and a live replica runs them.
  * Three `pixeld serve` processes on one PostgreSQL database: two that live (a, b) and one that dies (doomed).
- *
- * The lease is the attempt deadline (jobs.attemptTimeoutMs) plus a fixed 60 s (LEASE_GRACE_MS in
- * src/jobs/runner.ts), so this file waits a minute whatever the config says: it is on its own so that the
- * rest of the replica tests need not wait with it.
  */
 
-/** The doomed replica's slow jobs: long enough to be killed mid-run, with an attempt deadline just above. */
-const DOOMED_SLOW = { concurrency: 2, latencyMsPerImage: 2_000 };
-const DOOMED_JOBS = { attemptTimeoutMs: 2_500 };
+/** The doomed replica's slow jobs: long enough to be killed mid-run. */
+const DOOMED_SLOW = { concurrency: 2, latencyMsPerImage: 4_000 };
+/**
+ * Its lease (jobs.leaseMs, renewed every third of it while an attempt runs): short, so the test waits little,
+ * yet long enough that a replica started after the kill is up before it runs out.
+ */
+const DOOMED_JOBS = { leaseMs: 10_000 };
 /** Longest lease this file waits out. */
-const MAX_LEASE_WAIT_MS = 70_000;
+const MAX_LEASE_WAIT_MS = 15_000;
 
 let db: TestDatabase;
 let sql: pg.Client;
@@ -78,11 +78,10 @@ describe('a replica SIGKILLed mid-run (child processes on one PostgreSQL databas
     // A replica starting now recovers only its own jobs: the dead one's stay its own until their lease runs out.
     const late = await set.start('late', replicaConfig());
     expect(late.output).not.toMatch(/recovered jobs interrupted/);
-    if (Date.now() < leaseEnds - 200) {
-      const still = await jobRows(sql, dying.map((r) => r.id));
-      for (const row of still.values()) {
-        expect({ status: row.status, ran_by: row.ran_by, attempts: row.attempts }, row.id).toEqual({ status: 'processing', ran_by: 'doomed', attempts: 1 });
-      }
+    const still = await jobRows(sql, dying.map((r) => r.id));
+    expect(Date.now(), 'the late replica was up before the lease ran out').toBeLessThan(leaseEnds);
+    for (const row of still.values()) {
+      expect({ status: row.status, ran_by: row.ran_by, attempts: row.attempts }, row.id).toEqual({ status: 'processing', ran_by: 'doomed', attempts: 1 });
     }
 
     const live = [a, b, late];
@@ -107,5 +106,5 @@ describe('a replica SIGKILLed mid-run (child processes on one PostgreSQL databas
     // …and billed once each, the owner's numbers without a gap or a repeat.
     await expectOneReceiptEach(sql, ids);
     await expectReceiptNumbersContiguous(sql);
-  }, 150_000);
+  }, 60_000);
 });
