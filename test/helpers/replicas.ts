@@ -93,7 +93,20 @@ export function replicaSet(options: ReplicaSetOptions): ReplicaSet {
   };
 }
 
-/** `job completed` log lines of every replica, by job id: which replicas said they completed it. */
+/**
+ * `job completed` log lines of every replica, by job id, once each of `ids` has one (a replica logs the line
+ * after the completion commits, so a poll can see the job completed a moment before its log line arrives),
+ * or after `timeoutMs`.
+ */
+export async function completionLogs(replicas: Iterable<ChildDaemon>, ids: string[], timeoutMs = 5_000): Promise<Map<string, string[]>> {
+  const list = [...replicas];
+  for (const deadline = Date.now() + timeoutMs; ; await new Promise((r) => setTimeout(r, 50))) {
+    const byJob = completionsByJob(list);
+    if (ids.every((id) => byJob.has(id)) || Date.now() > deadline) return byJob;
+  }
+}
+
+/** `job completed` log lines of every replica so far, by job id: which replicas said they completed it. */
 export function completionsByJob(replicas: Iterable<ChildDaemon>): Map<string, string[]> {
   const byJob = new Map<string, string[]>();
   for (const replica of replicas) {

@@ -2,7 +2,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildDaemon } from '../reliability/harness/child-daemon.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/postgres.js';
-import { completionsByJob, replicaSet, type ReplicaSet } from '../helpers/replicas.js';
+import { completionLogs, replicaSet, type ReplicaSet } from '../helpers/replicas.js';
 import {
   ADMIN_TOKEN,
   b64Image,
@@ -25,12 +25,15 @@ import {
 /** The doomed replica's slow jobs: long enough to be killed mid-run. */
 const DOOMED_SLOW = { concurrency: 2, latencyMsPerImage: 4_000 };
 /**
- * Its lease (jobs.leaseMs, renewed every third of it while an attempt runs): short, so the test waits little,
- * yet long enough that a replica started after the kill is up before it runs out.
+ * Every replica's lease (jobs.leaseMs, renewed every third of it while an attempt runs; expired ones are
+ * looked for every half lease): short, so the test waits little, yet long enough that a replica started
+ * after the kill is up before the dead one's runs out.
  */
-const DOOMED_JOBS = { leaseMs: 10_000 };
+const JOBS = { leaseMs: 10_000 };
 /** Longest lease this file waits out. */
 const MAX_LEASE_WAIT_MS = 15_000;
+/** After a lease runs out, a live replica notices within half a lease. */
+const NOTICE_MS = JOBS.leaseMs / 2;
 
 let db: TestDatabase;
 let sql: pg.Client;
@@ -45,9 +48,9 @@ beforeAll(async () => {
   await sql.connect();
   set = replicaSet({ databaseUrl: db.url, env: { PIXELD_TEST_ADMIN_TOKEN: ADMIN_TOKEN } });
   [a, b, doomed] = await Promise.all([
-    set.start('a', replicaConfig()),
-    set.start('b', replicaConfig()),
-    set.start('doomed', replicaConfig({ jobs: DOOMED_JOBS, slow: DOOMED_SLOW })),
+    set.start('a', replicaConfig({ jobs: JOBS })),
+    set.start('b', replicaConfig({ jobs: JOBS })),
+    set.start('doomed', replicaConfig({ jobs: JOBS, slow: DOOMED_SLOW })),
   ]);
 }, 60_000);
 
@@ -76,7 +79,7 @@ describe('a replica SIGKILLed mid-run (child processes on one PostgreSQL databas
     expect(Math.max(...leaseEndOf.values()) - killedAt, "the dead replica's lease must be short enough to wait for here").toBeLessThan(MAX_LEASE_WAIT_MS);
 
     // A replica starting now recovers only its own jobs: the dead one's stay its own until their lease runs out.
-    const late = await set.start('late', replicaConfig());
+    const late = await set.start('late', replicaConfig({ jobs: JOBS }));
     expect(late.output).not.toMatch(/recovered jobs interrupted/);
     const still = await jobRows(sql, dying.map((r) => r.id));
     expect(Date.now(), 'the late replica was up before the lease ran out').toBeLessThan(leaseEnds);
@@ -85,7 +88,7 @@ describe('a replica SIGKILLed mid-run (child processes on one PostgreSQL databas
     }
 
     const live = [a, b, late];
-    const ends = await Promise.all(ids.map((id, i) => pollUntilEnd(live[i % live.length]!, id, MAX_LEASE_WAIT_MS + 20_000)));
+    const ends = await Promise.all(ids.map((id, i) => pollUntilEnd(live[i % live.length]!, id, MAX_LEASE_WAIT_MS + NOTICE_MS + 20_000)));
     for (const end of ends) b64Image(end);
     const rows = await jobRows(sql, ids);
     for (const id of ids) {
@@ -101,7 +104,7 @@ describe('a replica SIGKILLed mid-run (child processes on one PostgreSQL databas
       }
     }
     // Completed once each: one replica logged each completion (the dead one none of those it died running)…
-    const logged = completionsByJob(set.replicas.values());
+    const logged = await completionLogs(set.replicas.values(), ids);
     for (const id of ids) expect(logged.get(id), id).toEqual([rows.get(id)!.ran_by]);
     // …and billed once each, the owner's numbers without a gap or a repeat.
     await expectOneReceiptEach(sql, ids);

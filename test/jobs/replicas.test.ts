@@ -4,7 +4,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ChildDaemon } from '../reliability/harness/child-daemon.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/postgres.js';
-import { completionsByJob, replicaSet, type ReplicaSet } from '../helpers/replicas.js';
+import { completionLogs, replicaSet, type ReplicaSet } from '../helpers/replicas.js';
 import {
   ADMIN_TOKEN,
   PRICE,
@@ -107,7 +107,7 @@ describe('replicas sharing one PostgreSQL database (child processes)', () => {
     expect(startedBy.reduce((a, b) => a + b, 0)).toBe(JOBS);
 
     // Each job's completion logged by one replica only — the one the database says ran it.
-    const logged = completionsByJob(replicas);
+    const logged = await completionLogs(replicas, ids);
     for (const id of ids) expect(logged.get(id), id).toEqual([rows.get(id)!.ran_by]);
 
     await expectOneReceiptEach(sql, ids);
