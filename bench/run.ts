@@ -4,6 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { completionCommitScenario } from './scenarios/completion-commit.js';
 import { memoryScenario } from './scenarios/memory.js';
 import { pollThroughputScenario } from './scenarios/poll-throughput.js';
+import { replicasScenario } from './scenarios/replicas.js';
 import { saturationScenario } from './scenarios/saturation.js';
 import { settlementScenario } from './scenarios/settlement.js';
 import { signingScenario } from './scenarios/signing.js';
@@ -24,6 +25,7 @@ const SCENARIOS: BenchScenario[] = [
   signingScenario,
   completionCommitScenario,
   settlementScenario,
+  replicasScenario,
 ];
 
 async function main(): Promise<void> {
