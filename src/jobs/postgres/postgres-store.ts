@@ -53,6 +53,18 @@ const notifyQueued = (c: Pool | PoolClient, backendId: string) =>
 const addRefs = (c: PoolClient, jobId: string, role: 'input' | 'output', shas: string[]) =>
   c.query('INSERT INTO blob_refs (job_id, sha256, role) SELECT $1, unnest($2::text[]), $3 ON CONFLICT DO NOTHING', [jobId, shas, role]);
 
+const UNFINISHED_OF_MODEL = "SELECT COUNT(*) AS n FROM jobs WHERE model = $1 AND status IN ('pending', 'processing')";
+const PENDING_OF_BACKEND = "SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'";
+
+/**
+ * Counts (`sql`, with `key` as $1) under an advisory transaction lock on `key`: every replica admitting
+ * against the same bound waits here, so the count stays true until this transaction commits.
+ */
+async function lockedCount(c: PoolClient, lockClass: number, key: string, sql: string): Promise<number> {
+  await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [lockClass, key]);
+  return Number((await c.query<{ n: string }>(sql, [key])).rows[0]!.n);
+}
+
 const CANCELLED: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
 
 /** Re-queues or fails interrupted processing jobs (rows locked by the caller), as the policy and the attempts left say. */
@@ -137,21 +149,12 @@ export function postgresJobStore(pool: Pool): JobStore {
           if (existing) return { job: jobFromRow(existing), created: false };
         }
         // Locks in one order everywhere (owner, model, backend), so two creates never wait on each other in a circle.
-        if (limits.maxUnfinishedForModel !== undefined) {
-          await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADVISORY_LOCK.modelAdmission, job.model]);
-          const unfinished = Number(
-            (await c.query<{ n: string }>("SELECT COUNT(*) AS n FROM jobs WHERE model = $1 AND status IN ('pending', 'processing')", [job.model]))
-              .rows[0]!.n,
-          );
-          if (unfinished >= limits.maxUnfinishedForModel) throw new ModelBusyError(limits.maxUnfinishedForModel);
+        const { maxUnfinishedForModel, maxPendingForBackend } = limits;
+        if (maxUnfinishedForModel !== undefined && (await lockedCount(c, ADVISORY_LOCK.modelAdmission, job.model, UNFINISHED_OF_MODEL)) >= maxUnfinishedForModel) {
+          throw new ModelBusyError(maxUnfinishedForModel);
         }
-        if (limits.maxPendingForBackend !== undefined) {
-          await c.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [ADVISORY_LOCK.queueAdmission, job.backendId]);
-          const pending = Number(
-            (await c.query<{ n: string }>("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'", [job.backendId]))
-              .rows[0]!.n,
-          );
-          if (pending >= limits.maxPendingForBackend) throw new QueueFullError(limits.maxPendingForBackend);
+        if (maxPendingForBackend !== undefined && (await lockedCount(c, ADVISORY_LOCK.queueAdmission, job.backendId, PENDING_OF_BACKEND)) >= maxPendingForBackend) {
+          throw new QueueFullError(maxPendingForBackend);
         }
         if (reservation !== undefined) await admit(c, job, reservation);
         const { rows } = await c.query<JobRow>(
@@ -191,11 +194,11 @@ export function postgresJobStore(pool: Pool): JobStore {
     },
 
     async countUnfinishedForModel(model) {
-      return count("SELECT COUNT(*) AS n FROM jobs WHERE model = $1 AND status IN ('pending', 'processing')", [model]);
+      return count(UNFINISHED_OF_MODEL, [model]);
     },
 
     async countPending(backendId) {
-      return count("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'", [backendId]);
+      return count(PENDING_OF_BACKEND, [backendId]);
     },
 
     async countAhead(job) {
