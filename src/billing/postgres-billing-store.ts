@@ -1,6 +1,7 @@
 import type { Pool, PoolClient } from 'pg';
 import { ADVISORY_LOCK, inTransaction } from '../jobs/postgres/pool.js';
-import type { BillingStore, EarningsDay, ReceiptRecord } from './store.js';
+import type { LeafValues } from './leaf.js';
+import type { BillingStore, EarningsDay, ReceiptRecord, RecordedItem } from './store.js';
 import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 
 /**
@@ -84,6 +85,11 @@ export function postgresBillingStore(pool: Pool): BillingStore {
           batch.createdMs,
         ]);
         for (const item of batch.items) {
+          await c.query('INSERT INTO settlement_items (owner, nonce, batch_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING', [
+            item.user.toLowerCase(),
+            item.nonce.toString(),
+            batch.id,
+          ]);
           for (const r of item.receipts) {
             await c.query(
               "UPDATE receipts SET state = 'in_flight', batch_id = $1, root = $2, proof = $3 WHERE job_id = $4 AND state = 'unsettled'",
@@ -155,6 +161,31 @@ export function postgresBillingStore(pool: Pool): BillingStore {
         );
         if ((abandoned.rowCount ?? 0) > 0) await c.query(`UPDATE receipts SET ${RELEASE} WHERE batch_id = $1 AND state = 'in_flight'`, [batchId]);
       });
+    },
+
+    async signedItemsAbove(user, aboveNonce) {
+      const owner = user.toLowerCase();
+      const batches = await rows<BatchRow>(
+        `SELECT * FROM settlement_batches WHERE id IN (SELECT batch_id FROM settlement_items WHERE owner = $1 AND nonce > $2)
+         ORDER BY created_ms, id`,
+        [owner, aboveNonce.toString()],
+      );
+      const found: Array<Omit<RecordedItem, 'leaves'>> = [];
+      for (const batch of batches.map(batchFromRow)) {
+        for (const item of batch.items) {
+          if (item.user.toLowerCase() === owner && item.nonce > aboveNonce) found.push({ batchId: batch.id, batchState: batch.state, item });
+        }
+      }
+      const jobIds = [...new Set(found.flatMap((f) => f.item.receipts.map((r) => r.jobId)))];
+      const leaves = new Map(
+        (await rows<{ job_id: string; leaf: string }>('SELECT job_id, leaf FROM receipts WHERE job_id = ANY($1)', [jobIds])).map((r) => [
+          r.job_id,
+          JSON.parse(r.leaf) as LeafValues,
+        ]),
+      );
+      return found
+        .map((f) => ({ ...f, leaves: f.item.receipts.map((r) => leaves.get(r.jobId)) }))
+        .sort((a, b) => (a.item.nonce < b.item.nonce ? -1 : a.item.nonce > b.item.nonce ? 1 : 0));
     },
 
     async getBatch(batchId) {

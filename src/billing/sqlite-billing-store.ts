@@ -1,7 +1,8 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
 import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
-import type { BatchItem, BillingStore, EarningsDay, ItemResult } from './store.js';
+import type { LeafValues } from './leaf.js';
+import type { BatchItem, BillingStore, EarningsDay, ItemResult, RecordedItem } from './store.js';
 
 /**
  * Billing in the daemon's SQLite file. Amounts are kept as decimal text and summed as bigint in JS:
@@ -46,6 +47,12 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
       "UPDATE receipts SET state = 'in_flight', batch_id = ?, root = ?, proof = ? WHERE job_id = ? AND state = 'unsettled'",
     ),
     batch: db.prepare<[string], BatchRow>('SELECT * FROM settlement_batches WHERE id = ?'),
+    insertItem: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO settlement_items (user, nonce, batch_id) VALUES (?, ?, ?)'),
+    batchesWithItemsAbove: db.prepare<[string, string], BatchRow>(
+      `SELECT * FROM settlement_batches WHERE id IN (SELECT batch_id FROM settlement_items WHERE user = ? AND nonce > ?)
+       ORDER BY created_ms, id`,
+    ),
+    leafOf: db.prepare<[string], { leaf: string }>('SELECT leaf FROM receipts WHERE job_id = ?'),
     recordTx: db.prepare<[string, number, number, string]>(
       `UPDATE settlement_batches SET tx_hashes = json_insert(tx_hashes, '$[#]', ?), wallet_nonce = ?, sent_ms = ?, state = 'sent'
        WHERE id = ? AND state IN ('prepared', 'sent')`,
@@ -92,6 +99,7 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     const stored = itemsToJson(batch.items);
     stmt.insertBatch.run(batch.id, stored, batch.createdMs);
     for (const item of batch.items) {
+      stmt.insertItem.run(item.user.toLowerCase(), seqKey(item.nonce), batch.id);
       for (const r of item.receipts) stmt.claimReceipt.run(batch.id, item.requestsHash, JSON.stringify(r.proof), r.jobId);
     }
   });
@@ -185,6 +193,21 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     },
     async abandonBatch(batchId, note) {
       abandonBatch(batchId, note);
+    },
+    async signedItemsAbove(user, aboveNonce) {
+      const found: RecordedItem[] = [];
+      for (const row of stmt.batchesWithItemsAbove.all(user.toLowerCase(), seqKey(aboveNonce))) {
+        const batch = batchFromRow(row);
+        for (const item of batch.items) {
+          if (item.user.toLowerCase() !== user.toLowerCase() || item.nonce <= aboveNonce) continue;
+          const leaves = item.receipts.map((r) => {
+            const leaf = stmt.leafOf.get(r.jobId)?.leaf;
+            return leaf === undefined ? undefined : (JSON.parse(leaf) as LeafValues);
+          });
+          found.push({ batchId: batch.id, batchState: batch.state, item, leaves });
+        }
+      }
+      return found.sort((a, b) => (a.item.nonce < b.item.nonce ? -1 : a.item.nonce > b.item.nonce ? 1 : 0));
     },
     async getBatch(batchId) {
       const row = stmt.batch.get(batchId);

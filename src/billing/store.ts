@@ -55,6 +55,19 @@ export interface BatchItem {
 
 export type BatchState = 'prepared' | 'sent' | 'confirmed' | 'abandoned';
 
+/**
+ * A batch item as the database records it, with the leaf the receipts table holds for each receipt it
+ * covers. Untrusted: the TEE's settlement signer checks the signature against its key and the leaves
+ * against the signed requestsHash before it takes the item into account.
+ */
+export interface RecordedItem {
+  batchId: string;
+  batchState: BatchState;
+  item: BatchItem;
+  /** In `item.receipts` order; undefined where the receipts table has no row for the job. */
+  leaves: Array<LeafValues | undefined>;
+}
+
 export interface SettlementBatch {
   id: string;
   state: BatchState;
@@ -115,8 +128,8 @@ export interface BillingStore {
   /** The user's receipts numbered in (afterSeq, upToSeq], in any state but `invalid`, lowest first. */
   receiptsInSeqRange(user: string, afterSeq: bigint, upToSeq: bigint): Promise<ReceiptRecord[]>;
   /**
-   * Persists a batch before anything is sent: the batch row and its receipts moved to in_flight with their
-   * roots and proofs. A receipt that is no longer unsettled (or no longer there) is left as it is: the item
+   * Persists a batch before anything is sent: the batch row, each item's user and nonce (what
+   * signedItemsAbove looks up), and its receipts moved to in_flight with their roots and proofs. A receipt that is no longer unsettled (or no longer there) is left as it is: the item
    * was signed over the receipts' own texts, not these rows.
    */
   prepareBatch(batch: { id: string; items: BatchItem[]; createdMs: number }): Promise<void>;
@@ -135,6 +148,13 @@ export interface BillingStore {
    * unsettled (kept, never deleted); the batch becomes confirmed.
    */
   confirmBatch(batchId: string, txHash: string, block: number, results: ItemResult[], nowMs: number): Promise<void>;
+  /**
+   * The user's items with a nonce above `aboveNonce`, in batches of every state (abandoned and confirmed
+   * ones too: an item the chain refused, or one that never reached it, is still signed and could still be
+   * sent), lowest nonce first. An item sent again in a later batch appears once per batch. What another
+   * settler (a replica with its own journal) signed: the signer never signs over those receipts again.
+   */
+  signedItemsAbove(user: string, aboveNonce: bigint): Promise<RecordedItem[]>;
   /** Nothing of the batch reached the chain: its receipts go back to unsettled. */
   abandonBatch(batchId: string, note: string): Promise<void>;
   getBatch(batchId: string): Promise<SettlementBatch | undefined>;

@@ -1,3 +1,4 @@
+import { getAddress } from 'ethers';
 import { beforeEach, describe, expect, it } from 'vitest';
 import type { BillingStore } from '../../src/billing/store.js';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
@@ -300,6 +301,40 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
       await billing.abandonBatch('c', 'too late');
       expect(await billing.getBatch('c')).toMatchObject({ state: 'confirmed', note: undefined });
       expect((await billing.getReceipt(a.jobId))!.state).toBe('settled');
+    });
+
+    it('finds the items recorded for a user above a nonce, in batches of every state, numerically, with their receipts’ leaves', async () => {
+      const [a, b, c] = [await paid(ALICE), await paid(ALICE), await paid(ALICE)];
+      const d = await paid(BOB);
+      const leafOf = async (r: { jobId: string }) => (await billing.getReceipt(r.jobId))!.leaf;
+      await billing.prepareBatch({ id: 'b1', items: [item(ALICE, 9n, [a]), item(BOB, 9n, [d])], createdMs: 1 });
+      await billing.abandonBatch('b1', 'nothing was sent');
+      // The signer writes the user checksummed; the receipts' rows may have it in lower case.
+      await billing.prepareBatch({ id: 'b2', items: [item(getAddress(ALICE), 10n, [a, b])], createdMs: 2 });
+      await billing.confirmBatch('b2', '0xtx', 5, [{ user: getAddress(ALICE), status: 3, unsettledWei: 0n }], 10);
+      await billing.prepareBatch({ id: 'b3', items: [item(ALICE, 2n ** 70n, [c, { jobId: 'job_gone' }])], createdMs: 3 });
+      // The same item sent again in a later batch is found in each.
+      await billing.prepareBatch({ id: 'b4', items: [item(BOB, 9n, [d])], createdMs: 4 });
+
+      const above9 = await billing.signedItemsAbove(getAddress(ALICE), 9n);
+      expect(above9.map((r) => [r.batchId, r.batchState, r.item.nonce])).toEqual([
+        ['b2', 'confirmed', 10n],
+        ['b3', 'prepared', 2n ** 70n],
+      ]);
+      expect(above9[0]!.item).toEqual(item(getAddress(ALICE), 10n, [a, b]));
+      expect(above9[0]!.leaves).toEqual([await leafOf(a), await leafOf(b)]);
+      expect(above9[1]!.leaves).toEqual([await leafOf(c), undefined]);
+      expect((await billing.signedItemsAbove(ALICE, 0n)).map((r) => [r.batchId, r.item.nonce])).toEqual([
+        ['b1', 9n],
+        ['b2', 10n],
+        ['b3', 2n ** 70n],
+      ]);
+      expect((await billing.signedItemsAbove(BOB, 8n)).map((r) => [r.batchId, r.batchState, r.item.user])).toEqual([
+        ['b1', 'abandoned', BOB],
+        ['b4', 'prepared', BOB],
+      ]);
+      expect(await billing.signedItemsAbove(ALICE, 2n ** 70n)).toEqual([]);
+      expect(await billing.signedItemsAbove('0x000000000000000000000000000000000000ca01', 0n)).toEqual([]);
     });
 
     it('marks unsettled receipts the chain shows paid, with the transaction that paid them', async () => {

@@ -1,10 +1,12 @@
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { postgresBillingStore } from '../../src/billing/postgres-billing-store.js';
 import { sqliteBillingStore } from '../../src/billing/sqlite-billing-store.js';
-import { ADVISORY_LOCK } from '../../src/jobs/postgres/pool.js';
+import { migratePostgres, POSTGRES_MIGRATIONS } from '../../src/jobs/postgres/migrations.js';
+import { ADVISORY_LOCK, createPostgresPool } from '../../src/jobs/postgres/pool.js';
 import { postgresJobStore } from '../../src/jobs/postgres/postgres-store.js';
-import { openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
+import { MIGRATIONS, openSqliteDatabase } from '../../src/jobs/sqlite/database.js';
 import { sqliteJobStore } from '../../src/jobs/sqlite/sqlite-store.js';
 import { tempDir } from '../helpers/daemon.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
@@ -28,6 +30,28 @@ describe('sqlite billing store', () => {
   });
 });
 
+/** A batch as an earlier pixeld stored it, before items were indexed by user and nonce. */
+const OLD_BATCH_ITEMS = JSON.stringify([
+  { user: '0x00000000000000000000000000000000000A11cE', nonce: '12', totalFeeWei: '5', requestsHash: '0xr', signature: '0xs', receipts: [{ jobId: 'job_x', proof: [] }] },
+  { user: '0x0000000000000000000000000000000000000b0b', nonce: '3', totalFeeWei: '5', requestsHash: '0xr', signature: '0xs', receipts: [] },
+]);
+
+describe('sqlite schema upgrades', () => {
+  it('indexes the items of batches written before the upgrade, so the signer learns of them', async () => {
+    const file = path.join(tempDir(), 'old.sqlite');
+    const old = new Database(file);
+    for (const sql of MIGRATIONS.slice(0, 7)) old.exec(sql);
+    old.prepare("INSERT INTO settlement_batches (id, state, items, created_ms) VALUES ('old', 'abandoned', ?, 1)").run(OLD_BATCH_ITEMS);
+    old.exec('PRAGMA user_version = 7');
+    old.close();
+
+    const billing = sqliteBillingStore(openSqliteDatabase(file));
+    expect((await billing.signedItemsAbove('0x00000000000000000000000000000000000a11ce', 9n)).map((r) => [r.batchId, r.item.nonce])).toEqual([['old', 12n]]);
+    expect(await billing.signedItemsAbove('0x00000000000000000000000000000000000a11ce', 12n)).toEqual([]);
+    expect((await billing.signedItemsAbove('0x0000000000000000000000000000000000000B0B', 2n)).map((r) => r.item.nonce)).toEqual([3n]);
+  });
+});
+
 let pg: TestDatabase;
 beforeAll(async () => {
   pg = await createTestDatabase();
@@ -40,6 +64,26 @@ describeBillingStoreConformance('postgres', async () => {
   const pool = await pg.pool();
   await truncateAll(pool);
   return { jobs: postgresJobStore(pool), billing: postgresBillingStore(pool) };
+});
+
+describe('postgres schema upgrades', () => {
+  it('indexes the items of batches written before the upgrade, so the signer learns of them', async () => {
+    const fresh = await createTestDatabase();
+    const pool = createPostgresPool({ url: fresh.url, maxConnections: 2 });
+    try {
+      await migratePostgres(pool, POSTGRES_MIGRATIONS.slice(0, 2));
+      await pool.query("INSERT INTO settlement_batches (id, state, items, created_ms) VALUES ('old', 'confirmed', $1, 1)", [OLD_BATCH_ITEMS]);
+      expect((await migratePostgres(pool)).applied.map((m) => m.version)).toEqual(POSTGRES_MIGRATIONS.slice(2).map((m) => m.version));
+
+      const billing = postgresBillingStore(pool);
+      expect((await billing.signedItemsAbove('0x00000000000000000000000000000000000a11ce', 9n)).map((r) => [r.batchId, r.item.nonce])).toEqual([['old', 12n]]);
+      expect(await billing.signedItemsAbove('0x00000000000000000000000000000000000a11ce', 12n)).toEqual([]);
+      expect((await billing.signedItemsAbove('0x0000000000000000000000000000000000000B0B', 2n)).map((r) => r.item.nonce)).toEqual([3n]);
+    } finally {
+      await pool.end();
+      await fresh.drop();
+    }
+  });
 });
 
 describe('postgres billing store across processes', () => {

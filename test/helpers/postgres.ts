@@ -38,6 +38,7 @@ export const TABLES = [
   'receipts',
   'receipt_sequences',
   'settlement_batches',
+  'settlement_items',
   'settlement_blocks',
   'replicas',
   'blob_chunks',

@@ -179,6 +179,24 @@ export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
       );
     `,
   },
+  {
+    version: 3,
+    name: 'settlement items by owner and nonce',
+    sql: `
+      -- Every settlement item ever prepared, by owner (lower-case address) and nonce: the TEE's signer must
+      -- know what any replica signed with the shared key, not only what its own journal saw.
+      CREATE TABLE settlement_items (
+        owner TEXT NOT NULL,
+        nonce NUMERIC(78, 0) NOT NULL,
+        batch_id TEXT NOT NULL,
+        PRIMARY KEY (owner, nonce, batch_id)
+      );
+      INSERT INTO settlement_items (owner, nonce, batch_id)
+      SELECT lower(i->>'user'), (i->>'nonce')::numeric, b.id
+      FROM settlement_batches b, jsonb_array_elements(b.items::jsonb) i
+      ON CONFLICT DO NOTHING;
+    `,
+  },
 ];
 
 export interface AppliedMigration {

@@ -128,6 +128,17 @@ export const MIGRATIONS: readonly string[] = [
   // PostgreSQL, where replicas share the jobs.
   `ALTER TABLE jobs ADD COLUMN submitted_by TEXT;
    ALTER TABLE jobs ADD COLUMN ran_by TEXT;`,
+  // Every settlement item ever prepared, by user and nonce (lower-case address; nonce zero-padded like seq):
+  // the TEE's signer must know what any settler signed with its key, not only what its own journal saw.
+  `CREATE TABLE settlement_items (
+     user TEXT NOT NULL,
+     nonce TEXT NOT NULL,
+     batch_id TEXT NOT NULL,
+     PRIMARY KEY (user, nonce, batch_id)
+   );
+   INSERT OR IGNORE INTO settlement_items (user, nonce, batch_id)
+   SELECT lower(json_extract(i.value, '$.user')), substr('000000000000000000000000000000000000000000000000000000000000000000000000000000' || json_extract(i.value, '$.nonce'), -78), b.id
+   FROM settlement_batches b, json_each(b.items) i;`,
 ];
 
 /** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
@@ -139,6 +150,7 @@ export const MIGRATION_NAMES: readonly string[] = [
   'receipts v2: sequence numbers, signatures, invalid and void states',
   'drop settlement_nonces',
   'jobs record the replica that accepted and the one that ran them',
+  'settlement items by user and nonce',
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */
