@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -60,6 +60,52 @@ describe('the TEE settlement journal', () => {
     const mine = new SettlementJournal(dir, SIGNER);
     expect(mine.floorFor(USER)).toBe(0n);
     expect(mine.outstanding(USER)).toBeUndefined();
+  });
+
+  it('adopts items signed elsewhere beside its own, lowest nonce first, once each, raising the floor', () => {
+    const dir = journalDir();
+    const journal = new SettlementJournal(dir, SIGNER);
+    journal.recordSigned([item(5n)]);
+    const elsewhere = { ...item(3n), signature: '0x03' };
+    journal.adopt(USER, [elsewhere, item(5n)], 0n);
+    journal.adopt(USER.toLowerCase(), [elsewhere], 8n);
+    const reopened = new SettlementJournal(dir, SIGNER);
+    expect(reopened.outstandingItems(USER)).toEqual([elsewhere, item(5n)]);
+    expect(reopened.outstanding(USER)).toEqual(elsewhere);
+    expect(reopened.floorFor(USER)).toBe(8n);
+    // Nothing new is signed while any of them is outstanding.
+    expect(() => reopened.recordSigned([item(9n)])).toThrow(/already has an outstanding item/);
+    reopened.observeChainNonce(USER, 3n);
+    expect(reopened.outstandingItems(USER)).toEqual([item(5n)]);
+  });
+
+  it('retires an item for good: no longer offered nor adopted again, still in the floor, forgotten once the chain passes it', () => {
+    const dir = journalDir();
+    const journal = new SettlementJournal(dir, SIGNER);
+    journal.adopt(USER, [item(4n)], 0n);
+    journal.retire(item(4n));
+    journal.adopt(USER, [item(4n)], 0n);
+    const reopened = new SettlementJournal(dir, SIGNER);
+    expect(reopened.outstandingItems(USER)).toEqual([]);
+    expect(reopened.floorFor(USER)).toBe(4n);
+    reopened.recordSigned([item(6n)]);
+    reopened.observeChainNonce(USER, 6n);
+    expect(JSON.parse(readFileSync(path.join(dir, JOURNAL_FILE), 'utf8')).users[USER.toLowerCase()]).toEqual({ signedNonce: '6', outstanding: [] });
+  });
+
+  it('reads a version 1 journal (one outstanding item per user) and writes version 2', () => {
+    const dir = journalDir();
+    const stored = { ...item(7n), nonce: '7', totalFeeWei: '5' };
+    writeFileSync(
+      path.join(dir, JOURNAL_FILE),
+      JSON.stringify({ version: 1, signer: SIGNER, users: { [USER.toLowerCase()]: { signedNonce: '7', outstanding: stored } } }),
+    );
+    const journal = new SettlementJournal(dir, SIGNER);
+    expect(journal.outstandingItems(USER)).toEqual([item(7n)]);
+    journal.observeChainNonce(USER, 8n);
+    expect(JSON.parse(readFileSync(path.join(dir, JOURNAL_FILE), 'utf8'))).toMatchObject({ version: 2, users: { [USER.toLowerCase()]: { signedNonce: '8', outstanding: [] } } });
+    writeFileSync(path.join(dir, JOURNAL_FILE), JSON.stringify({ version: 3, signer: SIGNER, users: {} }));
+    expect(() => new SettlementJournal(dir, SIGNER)).toThrow(/version 3/);
   });
 
   it('fails loudly on a journal it cannot read rather than signing without it', () => {
