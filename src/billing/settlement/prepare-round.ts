@@ -2,6 +2,7 @@ import { isAddress, type TypedDataDomain } from 'ethers';
 import { SETTLEMENT_EIP712 } from '../../chain/serving-contract.js';
 import type { BatchItem, ReceiptRecord } from '../store.js';
 import { readAccounts } from './chain-reads.js';
+import type { RecordedSignedItem, SettlementCandidate } from '../../tee/settlement-signer.js';
 import type { ResolvedSettlerDeps, SettlerDeps } from './types.js';
 
 /**
@@ -57,7 +58,7 @@ export function settlementDomain(deps: Pick<SettlerDeps, 'chain'>): TypedDataDom
 }
 
 export interface PreparedChunk {
-  /** One item per user to send (new, or the journal's outstanding one again). */
+  /** One item per user to send (new, or an outstanding one again: the journal's or one the database records). */
   items: BatchItem[];
   /** Users with nothing to send this round, and why. */
   held: Array<{ user: string; reason: string }>;
@@ -68,7 +69,8 @@ export interface PreparedChunk {
 /**
  * Has the TEE's settlement signer decide and sign one item per user (tee/settlement-signer.ts: leaves,
  * fees and nonces come from the receipts' signed texts, never from these rows), against the accounts as
- * the chain shows them now. Receipts that fail verification are marked `invalid` (an alert), v1 receipts
+ * the chain shows them now and the items the database records as signed above their nonces (by this
+ * settler or another sharing the key; the signer verifies them and logs an ALERT for any it cannot use). Receipts that fail verification are marked `invalid` (an alert), v1 receipts
  * `void`, unless this is a dry run.
  */
 export async function buildItems(
@@ -81,20 +83,48 @@ export async function buildItems(
     deps.providerAddress,
     chunk.map((c) => c.user),
   );
-  const plans = await deps.settlementSigner.plan(
-    chunk.map(({ user, receipts }) => {
-      const account = accounts.get(user.toLowerCase());
-      return {
-        user,
-        chainNonce: account?.nonce ?? 0n,
-        balanceWei: account?.balance ?? 0n,
-        receipts: receipts.map((r) => ({ jobId: r.jobId, receipt: r.receipt })),
-      };
-    }),
-  );
+  const candidates: SettlementCandidate[] = [];
+  for (const { user, receipts } of chunk) {
+    const account = accounts.get(user.toLowerCase());
+    const chainNonce = account?.nonce ?? 0n;
+    // What any settler sharing the key recorded as signed: a replica's journal knows only its own items.
+    const recorded = (await deps.billing.signedItemsAbove(user, chainNonce)).map(
+      ({ batchId, batchState, item, leaves }): RecordedSignedItem => ({
+        source: `batch ${batchId} (${batchState})`,
+        user: item.user,
+        nonce: item.nonce,
+        totalFeeWei: item.totalFeeWei,
+        requestsHash: item.requestsHash,
+        signature: item.signature,
+        receipts: item.receipts.map((r, i) => ({ jobId: r.jobId, leaf: leaves[i] })),
+      }),
+    );
+    candidates.push({
+      user,
+      chainNonce,
+      balanceWei: account?.balance ?? 0n,
+      receipts: receipts.map((r) => ({ jobId: r.jobId, receipt: r.receipt })),
+      recorded,
+    });
+  }
+  const plans = await deps.settlementSigner.plan(candidates);
   const prepared: PreparedChunk = { items: [], held: [], belowNonce: [] };
   const unbillable: Array<{ jobId: string; state: 'invalid' | 'void'; note: string }> = [];
   for (const plan of plans) {
+    for (const alert of plan.itemAlerts) {
+      const what =
+        alert.kind === 'forged'
+          ? 'a settlement item the database records is not signed by this TEE key over its fields; it is ignored'
+          : alert.kind === 'unprovable'
+            ? 'a settlement item signed by this TEE key cannot be matched to its receipts; its nonce counts, it is never sent'
+            : 'a settlement item signed by this TEE key overlaps one that landed first; it is never sent';
+      deps.logger.error(`settlement: ALERT — ${what}`, {
+        user: plan.user,
+        nonce: alert.nonce.toString(),
+        source: alert.source,
+        reason: alert.reason,
+      });
+    }
     const below = plan.rejected.filter((r) => r.kind === 'below-nonce').map((r) => r.jobId);
     if (below.length > 0) prepared.belowNonce.push({ user: plan.user, chainNonce: accounts.get(plan.user.toLowerCase())?.nonce ?? 0n, jobIds: below });
     for (const r of plan.rejected) {

@@ -18,9 +18,10 @@ import type { RoundContext, UserSettlement } from './types.js';
  * Step 6: a batch left open by a crash, an RPC outage or a transaction still pending is settled against
  * the chain — exactly once, nothing lost. The chain decides: a recorded transaction that was mined is
  * applied; a batch whose items consumed their nonces is applied from the transaction that carried
- * them; a batch nothing of which reached the chain is abandoned (receipts unsettled again; its nonces
- * stay used, so the next round signs above them) once nothing of it can still be mined, or re-sent
- * under its own wallet nonce when its transaction merely vanished from the node.
+ * them; a batch nothing of which reached the chain is abandoned (receipts unsettled again; its items
+ * stay signed, to be sent again as they are, and nothing is signed over their receipts) once nothing of
+ * it can still be mined, or re-sent under its own wallet nonce when its transaction merely vanished
+ * from the node.
  */
 
 export interface ReconcileBatchOptions {
@@ -71,8 +72,10 @@ async function reconcileSent(ctx: RoundContext, batch: SettlementBatch, options:
  * For a batch whose transaction is unknown: an item whose nonce the account has reached was (probably)
  * applied — the TEESettlementResult events name the transaction that carried it, whose results apply to
  * the whole batch. If none was applied and nothing from the wallet is pending, nothing of it can still
- * reach the chain: abandon it (its receipts are unsettled again, but the TEE's journal still holds the
- * signed items, so they are only ever sent again as they are — never re-signed under another nonce).
+ * reach the chain: abandon it. Its receipts are unsettled again, but its items stay signed: the journal
+ * of the settler that signed them holds them, and any settler sharing the key finds them in this batch
+ * (the settlement signer verifies the items the database records) — so they are only ever sent again as
+ * they are, never re-signed under another nonce, whichever replica settles next.
  *
  * `atBlock`: the block at which the wallet nonce was seen used. Accounts and events are read at that
  * block or later; a node behind it answers chain_unavailable and the batch waits for the next round,
