@@ -18,6 +18,7 @@ import { createLogger } from '../../src/obs/logger.js';
 import { testConfig } from '../helpers/daemon.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
 import { describeBlobStoreConformance, listed, MULTI_CHUNK_BYTES, sha256Of, streamed } from './blob-store-conformance.js';
+import { jobParams } from '../helpers/job-params.js';
 
 /**
  * Image bytes in PostgreSQL (issue 14): the conformance suite, then what only shows with several replicas —
@@ -160,21 +161,7 @@ describe('the sweeper on PostgreSQL', () => {
     delivery: 'async',
     model: 'm',
     backendId: 'b1',
-    params: {
-      prompt: 'p',
-      n: 1,
-      size: '64x64',
-      quality: 'high',
-      responseFormat: 'b64_json',
-      outputFormat: 'png',
-      outputCompression: undefined,
-      background: 'auto',
-      seed: 1,
-      negativePrompt: undefined,
-      numInferenceSteps: undefined,
-      guidanceScale: undefined,
-      user: undefined,
-    },
+    params: jobParams(),
     inputs: [{ role: 'image', sha256: inputSha256, mediaType: 'image/png', bytes: 1, width: 1, height: 1 }],
     requestSha256: 'a'.repeat(64),
     pricePerImageWei: 0n,

@@ -10,6 +10,7 @@ import { InsufficientBalanceError, ModelBusyError, QueueFullError, type JobStore
 import type { JobSignature } from '../../src/tee/receipt.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
 import { describeJobStoreConformance } from './store-conformance.js';
+import { jobParams } from '../helpers/job-params.js';
 
 /** The replica name the stores are driven as. */
 const REPLICA = 'replica-1';
@@ -40,21 +41,7 @@ function newJob(over: Partial<NewJob> = {}): NewJob {
     delivery: 'async',
     model: 'm',
     backendId: 'gpu',
-    params: {
-      prompt: 'p',
-      n: 2,
-      size: '64x64',
-      quality: 'high',
-      responseFormat: 'b64_json',
-      outputFormat: 'png',
-      outputCompression: undefined,
-      background: 'auto',
-      seed: 1,
-      negativePrompt: undefined,
-      numInferenceSteps: undefined,
-      guidanceScale: undefined,
-      user: undefined,
-    },
+    params: jobParams({ n: 2 }),
     inputs: [],
     requestSha256: 'a'.repeat(64),
     pricePerImageWei: PRICE,

@@ -5,6 +5,7 @@ import { postgresJobStore } from '../../src/jobs/postgres/postgres-store.js';
 import { ReplicaPresence, SignerMismatchError, type ReplicaPresenceOptions } from '../../src/jobs/postgres/replica-presence.js';
 import type { JobStore, NewJob } from '../../src/jobs/store.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
+import { jobParams } from '../helpers/job-params.js';
 
 /** The replicas table: who is alive, one signer for all, and the sync jobs nobody can answer any more. */
 
@@ -47,21 +48,7 @@ const job = (over: Partial<NewJob>): NewJob => ({
   delivery: 'sync',
   model: 'm',
   backendId: 'gpu',
-  params: {
-    prompt: 'p',
-    n: 1,
-    size: '64x64',
-    quality: 'high',
-    responseFormat: 'b64_json',
-    outputFormat: 'png',
-    outputCompression: undefined,
-    background: 'auto',
-    seed: 1,
-    negativePrompt: undefined,
-    numInferenceSteps: undefined,
-    guidanceScale: undefined,
-    user: undefined,
-  },
+  params: jobParams(),
   inputs: [],
   requestSha256: 'a'.repeat(64),
   pricePerImageWei: 0n,

@@ -2,6 +2,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import { QueueFullError, type JobStore, type NewJob, type ReceiptSigning } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
+import { jobParams } from '../helpers/job-params.js';
 
 /** The replica name the stores are driven as. */
 const REPLICA = 'replica-1';
@@ -26,21 +27,7 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       delivery: 'async',
       model: 'm',
       backendId: 'b1',
-      params: {
-        prompt: 'p',
-        n: 2,
-        size: '64x64',
-        quality: 'high',
-        responseFormat: 'b64_json',
-        outputFormat: 'png',
-        outputCompression: undefined,
-        background: 'auto',
-        seed: 1,
-        negativePrompt: undefined,
-        numInferenceSteps: undefined,
-        guidanceScale: undefined,
-        user: undefined,
-      },
+      params: jobParams({ n: 2 }),
       inputs: [],
       requestSha256: 'a'.repeat(64),
       pricePerImageWei: 1_000_000_000_000_000n,
