@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { Response } from 'express';
 import { PixeldError } from '../errors.js';
-import { encodeBase64 } from '../images/base64.js';
+import { base64Length, encodeBase64 } from '../images/base64.js';
 import { BlobNotFoundError, type BlobStore } from '../images/blob-store.js';
 import { formatOf } from '../images/sniff.js';
 import { isExpired, type Job, type JobResult } from '../jobs/model.js';
@@ -15,12 +15,19 @@ import { isExpired, type Job, type JobResult } from '../jobs/model.js';
 
 /** One image's base64 text (ASCII bytes) inside a response body. */
 export class Base64Image {
-  constructor(readonly text: Buffer) {}
+  /**
+   * @param sent called by `sendJson` once the socket is done with `text` (or the body goes nowhere), when
+   * its buffer may be written again; text without it is never written again.
+   */
+  constructor(
+    readonly text: Buffer,
+    readonly sent?: () => void,
+  ) {}
 
   /** Inside `jsonBody`: a marker it replaces with the bytes; anywhere else: the text itself. */
   toJSON(): string {
     if (splicing) {
-      splicing.push(this.text);
+      splicing.push(this);
       return `${MARKER}${splicing.length - 1}`;
     }
     return this.text.toString('latin1');
@@ -28,18 +35,18 @@ export class Base64Image {
 }
 
 /** The images of the body `jsonParts` is writing; set only while its JSON.stringify runs (synchronously). */
-let splicing: Buffer[] | undefined;
+let splicing: Base64Image[] | undefined;
 /** Random per process and never sent, so no other string in a body (a prompt, a warning) can pass for a marker. */
 const MARKER = `pixeld-b64-${randomBytes(12).toString('hex')}-`;
 
 /** JSON.stringify(value) as bytes, with every Base64Image copied in as it is. */
 export function jsonBody(value: unknown): Buffer {
-  return Buffer.concat(jsonParts(value));
+  return Buffer.concat(jsonParts(value).map((part) => (part instanceof Base64Image ? part.text : part)));
 }
 
 /** The same bytes as jsonBody, in pieces: the images' text is not copied again. */
-function jsonParts(value: unknown): Buffer[] {
-  const images: Buffer[] = [];
+function jsonParts(value: unknown): Array<Buffer | Base64Image> {
+  const images: Base64Image[] = [];
   splicing = images;
   let text: string;
   try {
@@ -48,7 +55,7 @@ function jsonParts(value: unknown): Buffer[] {
     splicing = undefined;
   }
   if (images.length === 0) return [Buffer.from(text)];
-  const parts: Buffer[] = [];
+  const parts: Array<Buffer | Base64Image> = [];
   let from = 0;
   images.forEach((image, i) => {
     const at = text.indexOf(`"${MARKER}${i}"`, from);
@@ -62,18 +69,27 @@ function jsonParts(value: unknown): Buffer[] {
 /** res.json for bodies that may hold images. */
 export function sendJson(res: Response, value: unknown): void {
   const parts = jsonParts(value);
+  const bytes = (part: Buffer | Base64Image) => (part instanceof Base64Image ? part.text : part);
   res.setHeader('Content-Type', 'application/json; charset=utf-8');
-  res.setHeader('Content-Length', String(parts.reduce((n, part) => n + part.length, 0)));
-  if (res.req.method === 'HEAD') {
-    res.end();
-    return;
+  res.setHeader('Content-Length', String(parts.reduce((n, part) => n + bytes(part).length, 0)));
+  const head = res.req.method === 'HEAD';
+  for (const part of parts) {
+    const image = part instanceof Base64Image ? part : undefined;
+    if (head) image?.sent?.();
+    // The callback runs once the socket has the bytes, or on an error; on a connection already gone, never.
+    else if (image?.sent) res.write(image.text, image.sent);
+    else res.write(bytes(part));
   }
-  for (const part of parts.slice(0, -1)) res.write(part);
-  res.end(parts.at(-1));
+  res.end();
 }
 
 /** Blobs remembered as read once, oldest forgotten first: 64 bytes of hash each. */
 const READ_ONCE_REMEMBERED = 4096;
+
+/** Spare buffers kept for the text of images read once, and the largest kept: at most 32 MiB. */
+const SPARE_BUFFERS = 4;
+const SPARE_BUFFER_MAX_BYTES = 8 * 1024 * 1024;
+const SPARE_BUFFER_STEP_BYTES = 1024 * 1024;
 
 /** Bytes of base64 text kept for re-reads of finished jobs. @default 32 MiB (about 15 images of 1.5 MB) */
 export const BASE64_CACHE_BYTES = 32 * 1024 * 1024;
@@ -94,12 +110,22 @@ export class Base64Images {
   private readonly readOnce = new Set<string>();
   private bytes = 0;
 
+  /**
+   * Text of images read once, back from the sockets that sent them. A fresh multi-MB buffer per answer
+   * cost the kernel a zeroed page per 4 KiB (npm start maps every block of 1 MiB and more on its own) and
+   * drew V8's full collections, which count new buffers against the heap's limit (issue 14's sync path).
+   */
+  private readonly spareBuffers: Buffer[] = [];
+
   constructor(
     private readonly blobs: BlobStore,
     private readonly maxBytes: number = BASE64_CACHE_BYTES,
   ) {}
 
-  /** Rejects with BlobNotFoundError when the blob is gone. */
+  /**
+   * Rejects with BlobNotFoundError when the blob is gone. The text of an image read for the first time
+   * lies in a reused buffer: send it once, with `sendJson`.
+   */
   async get(sha256: string): Promise<Base64Image> {
     const cached = this.entries.get(sha256);
     if (cached) {
@@ -107,20 +133,38 @@ export class Base64Images {
       this.entries.set(sha256, cached);
       return new Base64Image(cached);
     }
-    let load = this.loading.get(sha256);
-    if (!load) {
-      load = this.blobs.read(sha256).then(encodeBase64);
+    const loading = this.loading.get(sha256);
+    if (loading) return new Base64Image(await loading);
+    if (this.readOnce.delete(sha256)) {
+      // Read before: this text is kept, and shared with whoever asks for it while it loads.
+      const load = this.blobs.read(sha256).then((bytes) => encodeBase64(bytes));
       this.loading.set(sha256, load);
-      const readBefore = this.readOnce.delete(sha256);
-      if (!readBefore) this.rememberRead(sha256);
       void load.then(
-        (text) => {
-          if (readBefore) this.keep(sha256, text);
-        },
+        (text) => this.keep(sha256, text),
         () => undefined,
       ).finally(() => this.loading.delete(sha256));
+      return new Base64Image(await load);
     }
-    return new Base64Image(await load);
+    this.rememberRead(sha256);
+    const bytes = await this.blobs.read(sha256);
+    const buffer = this.spareBuffer(base64Length(bytes.length));
+    let givenBack = false;
+    return new Base64Image(encodeBase64(bytes, buffer), () => {
+      if (givenBack) return;
+      givenBack = true;
+      this.giveBack(buffer);
+    });
+  }
+
+  private spareBuffer(length: number): Buffer {
+    const at = this.spareBuffers.findIndex((buffer) => buffer.length >= length);
+    if (at >= 0) return this.spareBuffers.splice(at, 1)[0]!;
+    // Rounded up, so that the next image, a little larger, fits too.
+    return Buffer.allocUnsafeSlow(Math.ceil(length / SPARE_BUFFER_STEP_BYTES) * SPARE_BUFFER_STEP_BYTES);
+  }
+
+  private giveBack(buffer: Buffer): void {
+    if (this.spareBuffers.length < SPARE_BUFFERS && buffer.length <= SPARE_BUFFER_MAX_BYTES) this.spareBuffers.push(buffer);
   }
 
   private rememberRead(sha256: string): void {

@@ -11,15 +11,22 @@ const ENCODE_SLICE_BYTES = 48 * 1024;
 /** Base64 characters per slice when decoding: a multiple of 4, so each slice decodes on its own. */
 const DECODE_SLICE_CHARS = 64 * 1024;
 
-/** The base64 text of `bytes` (standard alphabet, padded), as ASCII bytes. */
-export function encodeBase64(bytes: Uint8Array): Buffer {
+/** Bytes of base64 text for `byteLength` bytes (standard alphabet, padded). */
+export function base64Length(byteLength: number): number {
+  return Math.ceil(byteLength / 3) * 4;
+}
+
+/**
+ * The base64 text of `bytes` (standard alphabet, padded), as ASCII bytes: written at the start of `into`
+ * when given (at least base64Length long), else into a buffer of its own.
+ */
+export function encodeBase64(bytes: Uint8Array, into: Buffer = Buffer.allocUnsafe(base64Length(bytes.byteLength))): Buffer {
   const source = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = Buffer.allocUnsafe(Math.ceil(source.length / 3) * 4);
   let written = 0;
   for (let from = 0; from < source.length; from += ENCODE_SLICE_BYTES) {
-    written += out.write(source.toString('base64', from, Math.min(from + ENCODE_SLICE_BYTES, source.length)), written, 'latin1');
+    written += into.write(source.toString('base64', from, Math.min(from + ENCODE_SLICE_BYTES, source.length)), written, 'latin1');
   }
-  return out;
+  return into.subarray(0, written);
 }
 
 /** Whitespace that servers wrap base64 with; where it appears, slices would not line up with 4-char groups. */

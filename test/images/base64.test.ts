@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeBase64, encodeBase64 } from '../../src/images/base64.js';
+import { base64Length, decodeBase64, encodeBase64 } from '../../src/images/base64.js';
 
 describe('encodeBase64 / decodeBase64', () => {
   it('match Buffer’s own base64 for any bytes, across slice boundaries (property)', () => {
@@ -27,5 +27,14 @@ describe('encodeBase64 / decodeBase64', () => {
     const whole = randomBytes(100_000);
     const view = whole.subarray(10, 99_990);
     expect(encodeBase64(view).toString('latin1')).toBe(Buffer.from(view).toString('base64'));
+  });
+
+  it('encode into the start of a buffer given, as long as the text or longer, leaving the rest alone', () => {
+    const bytes = randomBytes(100_001);
+    const into = Buffer.alloc(base64Length(bytes.length) + 10, '#');
+    const text = encodeBase64(bytes, into);
+    expect(text.buffer).toBe(into.buffer);
+    expect(text.toString('latin1')).toBe(bytes.toString('base64'));
+    expect(into.subarray(text.length).toString('latin1')).toBe('#'.repeat(10));
   });
 });
