@@ -111,6 +111,20 @@ export function readRss(pid: number): { rss: number; hwm: number } {
   return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
 }
 
+/** What /proc counts CPU time in (USER_HZ, 100 on Linux): 10 ms. */
+const MS_PER_CLOCK_TICK = 10;
+
+/**
+ * CPU time used so far, user and system, in ms: by a whole process (all its threads), or with `tid` by one
+ * of its threads. To 10 ms: measure over seconds.
+ */
+export function cpuTimeMs(pid: number, tid?: number): number {
+  const stat = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8');
+  // The fields after the command name, which may hold spaces; utime and stime are the 14th and 15th of all.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) * MS_PER_CLOCK_TICK;
+}
+
 /** Resets VmHWM to the current RSS (Linux clear_refs "5"); false where the kernel does not allow it. */
 export function resetPeakRss(pid: number): boolean {
   try {
