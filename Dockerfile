@@ -78,4 +78,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:' + (process.env.PORT || 8080) + '/healthz', { signal: AbortSignal.timeout(4000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
 # node runs as PID 1 and handles SIGTERM itself (graceful stop: running jobs are re-queued for the next start).
-CMD ["node", "dist/cli.js", "serve"]
+CMD ["node", "--initial-old-space-size=128", "dist/cli.js", "serve"]
