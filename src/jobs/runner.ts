@@ -264,10 +264,13 @@ export class JobRunner {
     // The lease is renewed for as long as this attempt runs, completion and failure records included: a
     // replica that dies stops renewing, and its job goes to another replica `leaseMs` later. A renewal the
     // store refuses means the job is no longer ours (cancelled, or re-leased after a stall): stop at once.
+    // Once the outcome is being written, that write's own lease check decides (a renewal racing the
+    // completion's commit is refused because the job just ended, not because it was taken).
+    let writingOutcome = false;
     const renewal = setInterval(() => {
       store.extendLease(job.id, job.leaseToken, now() + jobs.leaseMs).then(
         (held) => {
-          if (!held && !controller.signal.aborted) {
+          if (!held && !writingOutcome && !controller.signal.aborted) {
             log.warn('attempt aborted: the job\'s lease was lost (cancelled, or taken over after a stall)');
             controller.abort(new DOMException('the job\'s lease was lost', 'AbortError'));
           }
@@ -285,6 +288,7 @@ export class JobRunner {
       const result = await this.produce(job, backend, controller.signal, deadlineMs, slot);
       const signing = { seqFloor: this.deps.receiptSeqFloor?.(job.owner) ?? 0n, sign: (seq: bigint) => this.sign(job, result, seq) };
       const finishedMs = now();
+      writingOutcome = true;
       if (await store.complete(job.id, job.leaseToken, result, signing, finishedMs, finishedMs + jobs.resultTtlMs)) {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
         this.counters.jobsCompleted += 1;
@@ -299,6 +303,7 @@ export class JobRunner {
         log.info('job finished after it was cancelled or re-leased; result dropped');
       }
     } catch (err) {
+      writingOutcome = true;
       await this.recordFailure(job, err, controller.signal, log);
     } finally {
       if (slot.held) this.releaseSlot(job.backendId);
