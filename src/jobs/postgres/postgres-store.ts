@@ -239,6 +239,11 @@ export function postgresJobStore(pool: Pool): JobStore {
         )).rows[0];
         // Not signed at all when the lease is gone (cancelled, or re-leased to another attempt).
         if (job?.status !== 'processing' || job.lease_token !== leaseToken) return false;
+        // What needs no sequence number is written before the owner's row is locked: every statement after
+        // that lock makes the owner's next completion, on any replica, wait longer.
+        await c.query("DELETE FROM blob_refs WHERE job_id = $1 AND role = 'input'", [id]);
+        if (result.images.length > 0) await addRefs(c, id, 'output', result.images.map((i) => i.sha256));
+        await c.query(`SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || $1::text)`, [id]);
         // The owner's row stays locked to the commit: the next completion of this owner, on any replica,
         // waits here and gets the number after this one.
         const { rows } = await c.query<{ seq: string }>(
@@ -255,9 +260,6 @@ export function postgresJobStore(pool: Pool): JobStore {
            WHERE id = $6`,
           [JSON.stringify(result), result.images.length, JSON.stringify(signature), nowMs, expiresMs, id],
         );
-        await c.query("DELETE FROM blob_refs WHERE job_id = $1 AND role = 'input'", [id]);
-        if (result.images.length > 0) await addRefs(c, id, 'output', result.images.map((i) => i.sha256));
-        await c.query(`SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || $1::text)`, [id]);
         // The receipt is written with the completion, or not at all (billing.md): delivered images only.
         const r = signature.receipt;
         if (BigInt(r.fee_wei) > 0n) {
