@@ -68,6 +68,14 @@ export function postgresBillingStore(pool: Pool): BillingStore {
       return found.map(receiptFromOwnerRow);
     },
 
+    async receiptsOf(user, page) {
+      const found = await rows<OwnerReceiptRow>(
+        'SELECT * FROM receipts WHERE owner = $1 AND seq IS NOT NULL AND seq > $2 AND created >= $3 ORDER BY seq LIMIT $4',
+        [user, page.afterSeq.toString(), page.sinceCreated, page.limit],
+      );
+      return found.map(receiptFromOwnerRow);
+    },
+
     async receiptsInSeqRange(user, afterSeq, upToSeq) {
       const found = await rows<OwnerReceiptRow>(
         "SELECT * FROM receipts WHERE owner = $1 AND seq > $2 AND seq <= $3 AND state <> 'invalid' ORDER BY seq",

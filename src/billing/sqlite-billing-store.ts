@@ -36,6 +36,9 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     inSeqRange: db.prepare<[string, string, string], ReceiptRow>(
       "SELECT * FROM receipts WHERE user = ? AND seq > ? AND seq <= ? AND state <> 'invalid' ORDER BY seq",
     ),
+    pageOf: db.prepare<[string, string, number, number], ReceiptRow>(
+      'SELECT * FROM receipts WHERE user = ? AND seq IS NOT NULL AND seq > ? AND created >= ? ORDER BY seq LIMIT ?',
+    ),
     unbillable: db.prepare<[string, string, string]>("UPDATE receipts SET state = ?, note = ? WHERE job_id = ? AND state = 'unsettled'"),
     paidOnChain: db.prepare(
       `UPDATE receipts SET state = @state, root = @root, proof = @proof, settled_tx = @tx, settled_block = @block,
@@ -172,6 +175,9 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     },
     async unsettledReceipts(user, limit) {
       return stmt.unsettledOf.all(user, limit).map(receiptFromRow);
+    },
+    async receiptsOf(user, page) {
+      return stmt.pageOf.all(user, seqKey(page.afterSeq), page.sinceCreated, page.limit).map(receiptFromRow);
     },
     async receiptsInSeqRange(user, afterSeq, upToSeq) {
       return stmt.inSeqRange.all(user, seqKey(afterSeq), seqKey(upToSeq)).map(receiptFromRow);

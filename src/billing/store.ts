@@ -125,6 +125,12 @@ export interface BillingStore {
   usersWithUnsettled(): Promise<Array<{ user: string; feeWei: bigint; receipts: number }>>;
   /** The user's unsettled receipts, lowest sequence number first. */
   unsettledReceipts(user: string, limit: number): Promise<ReceiptRecord[]>;
+  /**
+   * A page of the owner's numbered receipts (v2, every state), lowest sequence number first: those numbered
+   * above `afterSeq` and created at or after `sinceCreated` (unix seconds), at most `limit`. What
+   * GET /v1/receipts serves; v1 receipts (no sequence number, never charged) are not listed.
+   */
+  receiptsOf(user: string, page: { afterSeq: bigint; sinceCreated: number; limit: number }): Promise<ReceiptRecord[]>;
   /** The user's receipts numbered in (afterSeq, upToSeq], in any state but `invalid`, lowest first. */
   receiptsInSeqRange(user: string, afterSeq: bigint, upToSeq: bigint): Promise<ReceiptRecord[]>;
   /**

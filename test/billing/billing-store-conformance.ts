@@ -206,6 +206,29 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
       expect(await billing.receiptsInSeqRange(BOB, 0n, 100n)).toEqual([]);
     });
 
+    it('pages an owner’s receipts by sequence number (9 < 10), from a creation time, in every state', async () => {
+      const r9 = await paid(ALICE, { floor: 8n, created: JAN_1 });
+      const r10 = await paid(ALICE, { created: JAN_1 + DAY });
+      const r11 = await paid(ALICE, { created: JAN_1 + 2 * DAY });
+      const r12 = await paid(ALICE, { created: JAN_1 + 3 * DAY });
+      await paid(BOB, { created: JAN_1 + DAY });
+      const router = await paid('router-x', { created: JAN_1 });
+      await billing.markUnbillable([{ jobId: r11.jobId, state: 'invalid', note: 'edited' }]);
+      const seqs = async (user: string, page: { afterSeq: bigint; sinceCreated: number; limit: number }) =>
+        (await billing.receiptsOf(user, page)).map((r) => r.seq);
+      expect(await seqs(ALICE, { afterSeq: 0n, sinceCreated: 0, limit: 2 })).toEqual([9n, 10n]);
+      expect(await seqs(ALICE, { afterSeq: 10n, sinceCreated: 0, limit: 2 })).toEqual([11n, 12n]);
+      expect(await seqs(ALICE, { afterSeq: 12n, sinceCreated: 0, limit: 2 })).toEqual([]);
+      expect(await seqs(ALICE, { afterSeq: 0n, sinceCreated: JAN_1 + DAY, limit: 10 })).toEqual([10n, 11n, 12n]);
+      const page = await billing.receiptsOf(ALICE, { afterSeq: 10n, sinceCreated: 0, limit: 1 });
+      expect(page.map((r) => [r.jobId, r.state, r.note])).toEqual([[r11.jobId, 'invalid', 'edited']]);
+      expect((await billing.receiptsOf('router-x', { afterSeq: 0n, sinceCreated: 0, limit: 10 })).map((r) => [r.jobId, r.state])).toEqual([
+        [router.jobId, 'offchain'],
+      ]);
+      expect(await seqs(BOB, { afterSeq: 0n, sinceCreated: JAN_1 + 2 * DAY, limit: 10 })).toEqual([]);
+      expect([r9.seq, r10.seq, r12.seq]).toEqual([9n, 10n, 12n]);
+    });
+
     it('marks only unsettled receipts invalid or void, with the reason', async () => {
       const a = await paid(ALICE);
       const b = await paid(ALICE);
