@@ -7,6 +7,7 @@
 export type ErrorType =
   | 'invalid_request_error'
   | 'authentication_error'
+  | 'permission_error'
   | 'not_found_error'
   | 'conflict_error'
   | 'rate_limit_error'
@@ -50,6 +51,7 @@ export const ERROR_CODES = {
   idempotency_key_reused: { status: 409, type: 'conflict_error', retryable: false },
   invalid_api_key: { status: 401, type: 'authentication_error', retryable: false },
   invalid_admin_token: { status: 401, type: 'authentication_error', retryable: false },
+  forbidden: { status: 403, type: 'permission_error', retryable: false },
   insufficient_credits: { status: 402, type: 'insufficient_credits', retryable: false },
   chain_unavailable: { status: 503, type: 'server_error', retryable: true },
   database_unavailable: { status: 503, type: 'server_error', retryable: true },

@@ -144,6 +144,49 @@ describe('receipts', () => {
     expect((await fetch(`${d.url}/v1/user/${users[7]!.address}/unsettledfee`, { headers: { authorization: other } })).status).toBe(404);
   });
 
+  it('lists the caller’s own receipts in pages, lowest sequence first, from a time; anyone else’s user is 403', async () => {
+    const d = await daemon();
+    const me = users[7]!;
+    const authorization = await auth(me);
+    const jobIds: string[] = [];
+    for (let i = 0; i < 3; i += 1) jobIds.push((await generate(d.url, authorization, { n: 1 })).res.headers.get('zg-res-key')!);
+    await generate(d.url, await auth(users[6]!), { n: 1 });
+    await generate(d.url, `Bearer ${API_KEY}`, { n: 1 });
+    const list = async (query: string, authz = authorization) => {
+      const res = await fetch(`${d.url}/v1/receipts${query}`, { headers: { authorization: authz } });
+      return { status: res.status, body: (await res.json()) as Record<string, any> };
+    };
+    const first = await list(`?user=${me.address.toLowerCase()}&limit=2`);
+    expect(first.status).toBe(200);
+    expect(first.body).toMatchObject({ object: 'list', has_more: true, next_after: '2' });
+    expect(first.body.data.map((r: any) => [r.job_id, r.seq, r.state])).toEqual([
+      [jobIds[0], '1', 'unsettled'],
+      [jobIds[1], '2', 'unsettled'],
+    ]);
+    const r0 = first.body.data[0];
+    expect(recoverAddress(hashMessage(r0.receipt.text), r0.receipt.signature)).toBe(d.daemon.tee.address);
+    expect(r0.leaf.values).toEqual(receiptLeaf(r0.receipt));
+    expect(r0.settlement).toBeNull();
+    const second = await list('?limit=2&after=2');
+    expect(second.body).toMatchObject({ has_more: false, next_after: null });
+    expect(second.body.data.map((r: any) => r.job_id)).toEqual([jobIds[2]]);
+    const created = r0.receipt.created as number;
+    expect((await list(`?since=${created + 3600}`)).body.data).toEqual([]);
+    expect((await list(`?since=${new Date((created - 60) * 1000).toISOString()}`)).body.data).toHaveLength(3);
+
+    const other = await list(`?user=${users[6]!.address}`);
+    expect(other.status).toBe(403);
+    expect(other.body.error).toMatchObject({ code: 'forbidden', type: 'permission_error', param: 'user' });
+    expect((await list('?user=router-x')).status).toBe(403);
+    expect((await list('?limit=0')).status).toBe(400);
+    expect((await list('?after=x')).status).toBe(400);
+    expect((await fetch(`${d.url}/v1/receipts`)).status).toBe(401);
+
+    const router = await list('', `Bearer ${API_KEY}`);
+    expect(router.body.data.map((r: any) => [r.receipt.user, r.state, r.leaf])).toEqual([['router-x', 'offchain', null]]);
+    expect((await list(`?user=${me.address}`, `Bearer ${API_KEY}`)).status).toBe(403);
+  });
+
   it('keeps API-key routers’ receipts off chain, and free models bill nothing', async () => {
     const d = await daemon();
     const viaKey = await generate(d.url, `Bearer ${API_KEY}`, { n: 1 });
