@@ -28,6 +28,10 @@ verify options:
   --collateral <file>  --pccs <url>            Quote collateral to verify offline, or the PCCS to fetch it from
   --now <unix seconds>                         Time the collateral must be valid at (default: now)
   --allow-insecure                             Accept a dev-mode daemon (nothing attested) and check the rest
+  --measurements <file>                        Expected {mrtd, rtmr0..3, composeHash, appId} (JSON, hex)
+  --expect-mrtd <hex>  --expect-rtmr0..3 <hex> Expected registers; any difference fails
+  --expect-compose-hash <hex> --expect-app-id <hex>  dstack: checked in the event log replayed to the quote
+  Unpinned measurements pass only with a warning: nothing then proves which code ran.
   Exit status 0 only when every check passes.
 
 register options:

@@ -2,6 +2,8 @@ import { createHash } from 'node:crypto';
 import { getAddress } from 'ethers';
 import { newNonce, reportDataOf, type AttestationReport } from './attestation.js';
 import { receiptFieldsOf, receiptText, recoverTextSigner, zeroGText, type ReceiptJson, type TeeLabel } from './receipt.js';
+import { appIdentityOf, parseEventLog, replayEventLog, type DstackAppIdentity } from './dstack-event-log.js';
+import { compareRegisters, parseMeasurements, REGISTERS, type ExpectedMeasurements } from './measurements.js';
 import { verifyTdxQuote, type VerifiedTdxQuote } from './verify-quote.js';
 
 /**
@@ -26,6 +28,12 @@ export interface VerifyJobInput {
   expectedModel?: string;
   /** Fail unless the attested signer is this address (e.g. the on-chain `teeSignerAddress`). */
   expectedSigner?: string;
+  /**
+   * What the quote must measure (measurements.ts documents the file shape): any register that differs fails.
+   * Under dstack, `composeHash` and `appId` are checked against the event log after it replays to the
+   * quote's RTMRs. Nothing pinned: the quote passes with a warning that nothing proves which code ran.
+   */
+  expectedMeasurements?: ExpectedMeasurements;
   /** Accept a dev-mode daemon (nothing attested) and check the rest; the `tee` check becomes a warning. */
   allowInsecure?: boolean;
   /** Quote collateral (parsed JSON), to verify offline; else it is fetched from `pccsUrl`. */
@@ -67,6 +75,13 @@ export interface VerificationReport {
   tee: string | undefined;
   /** The verified quote, when there was one and it verified. */
   quote: VerifiedTdxQuote | undefined;
+  /**
+   * What no expected value covered (`mrtd`, `rtmr0`…`rtmr3`; under dstack a pinned `composeHash` with a
+   * replayed event log covers `rtmr3`). Every register when nothing was pinned; empty when all were.
+   */
+  unpinned: string[];
+  /** dstack: the app named by the event log, when it replayed to the quote's registers. */
+  dstackApp: DstackAppIdentity | undefined;
 }
 
 /** `GET /v1/signature/{id}` */
@@ -104,6 +119,8 @@ interface Attested {
 export async function verifyJob(input: VerifyJobInput): Promise<VerificationReport> {
   const nonce = (input.nonce ?? newNonce()).toLowerCase();
   if (!HEX64.test(nonce)) throw new TypeError('nonce must be 64 hex characters (32 bytes)');
+  // Normalised (0x dropped, lower case) and checked before anything is fetched: a malformed pin throws.
+  const expected = parseMeasurements(input.expectedMeasurements ?? {}, 'expectedMeasurements');
   const ctx = {
     base: input.baseUrl.replace(/\/+$/, ''),
     doFetch: input.fetch ?? globalThis.fetch,
@@ -113,6 +130,7 @@ export async function verifyJob(input: VerifyJobInput): Promise<VerificationRepo
 
   const attested = await checkAttestation(checks, ctx, nonce, input);
   const quote = attested && !isInsecure(attested.report) ? await checkQuote(checks, attested, input) : undefined;
+  const measured = checkMeasurements(checks, attested?.report, quote, expected);
   await checkSignature(checks, ctx, attested?.report, input);
 
   return {
@@ -123,6 +141,8 @@ export async function verifyJob(input: VerifyJobInput): Promise<VerificationRepo
     signingAddress: attested?.report.signing_address,
     tee: attested?.report.tee,
     quote,
+    unpinned: measured.unpinned,
+    dstackApp: measured.app,
   };
 }
 
@@ -234,6 +254,109 @@ async function checkQuote(checks: Checks, attested: Attested, input: VerifyJobIn
     `quote report_data does not match the binding and nonce: the quote has ${quote.reportData.toString('hex')}, expected ${expectedReportData.toString('hex')}`,
   );
   return quote;
+}
+
+/**
+ * The quote's registers against the expected values, and under dstack the event log: replayed into
+ * RTMR0..3 and compared with the quote, then read for the app's identity. Only then are the compose hash
+ * and app id it names worth comparing.
+ */
+function checkMeasurements(
+  checks: Checks,
+  report: AttestationReport | undefined,
+  quote: VerifiedTdxQuote | undefined,
+  expected: ExpectedMeasurements,
+): { unpinned: string[]; app: DstackAppIdentity | undefined } {
+  const all: string[] = [...REGISTERS];
+  const pinnedKeys = Object.entries(expected).filter(([, v]) => v !== undefined).map(([k]) => k);
+  if (!quote) {
+    // Dev mode, or a quote that failed (its own check says why): nothing measured to compare with.
+    if (pinnedKeys.length > 0 && report !== undefined && isInsecure(report)) {
+      checks.fail('measurements', `expected ${pinnedKeys.join(', ')}, but a dev-mode daemon has no quote and measures nothing`);
+    }
+    return { unpinned: all, app: undefined };
+  }
+  for (const c of compareRegisters(quote, expected)) {
+    if (c.ok) checks.pass(c.register, c.detail);
+    else checks.fail(c.register, c.detail);
+  }
+
+  let app: DstackAppIdentity | undefined;
+  if (report?.tee === 'dstack') app = checkDstackEventLog(checks, report, quote, expected);
+  else {
+    for (const key of ['composeHash', 'appId'] as const) {
+      if (expected[key] !== undefined) checks.fail(key === 'composeHash' ? 'compose hash' : 'app id', `expected ${expected[key]}, but tee "${report?.tee}" has no dstack event log to name it`);
+    }
+  }
+
+  const composePinned = app !== undefined && expected.composeHash !== undefined;
+  const unpinned = REGISTERS.filter((r) => expected[r] === undefined && !(r === 'rtmr3' && composePinned));
+  if (unpinned.length === REGISTERS.length && !composePinned) {
+    checks.pass(
+      'measurements',
+      'NOT PINNED: no expected measurements were given, so nothing proves which code ran — only that a genuine TDX machine holds the key ' +
+        '(give --measurements or --expect-mrtd/--expect-rtmr0..3, and under dstack --expect-compose-hash)',
+      true,
+    );
+  } else if (unpinned.length > 0) {
+    checks.pass(
+      'measurements',
+      `PARTLY PINNED: ${unpinned.map((r) => r.toUpperCase()).join(', ')} not compared with expected values, so whatever they measure is not proven`,
+      true,
+    );
+  } else {
+    checks.pass('measurements', `pinned: ${[...REGISTERS.filter((r) => expected[r] !== undefined), ...(composePinned ? ['compose hash'] : [])].join(', ')}`);
+  }
+  return { unpinned, app };
+}
+
+function checkDstackEventLog(checks: Checks, report: AttestationReport, quote: VerifiedTdxQuote, expected: ExpectedMeasurements): DstackAppIdentity | undefined {
+  const failExpected = (why: string) => {
+    if (expected.composeHash !== undefined) checks.fail('compose hash', `expected ${expected.composeHash}, but ${why}`);
+    if (expected.appId !== undefined) checks.fail('app id', `expected ${expected.appId}, but ${why}`);
+  };
+  if (report.event_log === null || report.event_log === '') {
+    checks.fail('event log', 'a dstack report without an event log: the app it ran cannot be named');
+    failExpected('there is no event log');
+    return undefined;
+  }
+  let app: DstackAppIdentity;
+  let replayed: string[];
+  try {
+    const events = parseEventLog(report.event_log);
+    replayed = replayEventLog(events);
+    app = appIdentityOf(events);
+  } catch (err) {
+    checks.fail('event log', (err as Error).message);
+    failExpected('the event log is unusable');
+    return undefined;
+  }
+  const inQuote = [quote.rtMr0, quote.rtMr1, quote.rtMr2, quote.rtMr3].map((r) => r.toLowerCase());
+  const differing = replayed.map((r, i) => ({ i, r })).filter(({ i, r }) => r !== inQuote[i]);
+  if (differing.length > 0) {
+    checks.fail('event log', `replay mismatch: ${differing.map(({ i, r }) => `RTMR${i} replays to ${r}, the quote has ${inQuote[i]}`).join('; ')}`);
+    failExpected('the event log does not replay to the quote');
+    return undefined;
+  }
+  checks.pass('event log', 'replays to the quote’s RTMR0..3');
+  checks.check(
+    'dstack app',
+    app.composeHash !== undefined && app.appId !== undefined,
+    `app id ${app.appId}, compose hash ${app.composeHash}, instance id ${app.instanceId ?? 'none'}`,
+    `the event log lacks ${[app.appId === undefined ? 'app-id' : '', app.composeHash === undefined ? 'compose-hash' : ''].filter(Boolean).join(' and ')}`,
+  );
+  if (expected.composeHash !== undefined) {
+    checks.check(
+      'compose hash',
+      app.composeHash === expected.composeHash,
+      `${app.composeHash}, as expected`,
+      `compose hash differs: expected ${expected.composeHash}, the event log has ${app.composeHash ?? 'none'}`,
+    );
+  }
+  if (expected.appId !== undefined) {
+    checks.check('app id', app.appId === expected.appId, `${app.appId}, as expected`, `app id differs: expected ${expected.appId}, the event log has ${app.appId ?? 'none'}`);
+  }
+  return app;
 }
 
 async function checkSignature(checks: Checks, ctx: FetchContext, report: AttestationReport | undefined, input: VerifyJobInput): Promise<void> {

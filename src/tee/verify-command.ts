@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isAddress } from 'ethers';
+import { MeasurementsError, normaliseMeasurement, parseMeasurements, type ExpectedMeasurements } from './measurements.js';
 import { verifyJob, type VerificationCheck, type VerificationReport, type VerifyJobInput } from './verifier.js';
 
 /** `pixeld verify`: the verifier library behind a command line, one verdict line per check. */
@@ -9,6 +10,8 @@ export const VERIFY_USAGE = `Usage: pixeld verify --url <daemon> --job <id> --re
                      (--response <file> | --image <file> [--image <file> ...])
                      [--model <id>] [--signer <0x...>] [--collateral <file>] [--pccs <url>]
                      [--now <unix seconds>] [--allow-insecure]
+                     [--measurements <file>] [--expect-mrtd <hex>] [--expect-rtmr0..3 <hex>]
+                     [--expect-compose-hash <hex>] [--expect-app-id <hex>]
 
 Checks that the attested TEE behind <daemon> signed exactly these bytes for job <id>.
 
@@ -24,6 +27,15 @@ Checks that the attested TEE behind <daemon> signed exactly these bytes for job 
   --pccs <url>          PCCS for the collateral (default: https://pccs.phala.network)
   --now <unix seconds>  Time the collateral must be valid at (default: now)
   --allow-insecure      Accept a dev-mode daemon (nothing is attested) and check the rest
+
+Which code ran (without these, a genuine quote passes with a warning: nothing proves which code ran):
+  --measurements <file> JSON {"mrtd","rtmr0".."rtmr3","composeHash","appId"} (hex, each optional)
+  --expect-mrtd <hex>   MRTD the quote must carry (96 hex characters)
+  --expect-rtmr0 <hex> … --expect-rtmr3 <hex>   RTMR0..3 the quote must carry
+  --expect-compose-hash <hex>  dstack: the app's compose hash (64 hex), read from the event log
+                        after it replays to the quote's RTMRs
+  --expect-app-id <hex> dstack: the app id (40 hex), from the same event log
+  A value given both in the file and as a flag must agree.
 
 Exit status: 0 when every check passes, 1 when any fails, 2 on bad arguments.
 `;
@@ -77,7 +89,10 @@ function finalLine(report: VerificationReport): string {
   }
   const warnings = report.checks.filter((c) => c.warning).length;
   const status = report.quote ? `, TCB ${report.quote.status}` : '';
-  return `verified: job ${report.jobId} was signed by ${report.signingAddress}, attested by ${report.tee}${status}${warnings > 0 ? ` (${warnings} warning(s) above)` : ''}`;
+  const verdict = `verified: job ${report.jobId} was signed by ${report.signingAddress}, attested by ${report.tee}${status}${warnings > 0 ? ` (${warnings} warning(s) above)` : ''}`;
+  if (report.unpinned.length === 5) return `${verdict}\nWARNING: measurements NOT PINNED — nothing proves which code ran on that machine`;
+  if (report.unpinned.length > 0) return `${verdict}\nWARNING: ${report.unpinned.map((r) => r.toUpperCase()).join(', ')} not pinned — what they measure is not proven`;
+  return verdict;
 }
 
 function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help' {
@@ -99,6 +114,14 @@ function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help'
         pccs: { type: 'string' },
         now: { type: 'string' },
         'allow-insecure': { type: 'boolean' },
+        measurements: { type: 'string' },
+        'expect-mrtd': { type: 'string' },
+        'expect-rtmr0': { type: 'string' },
+        'expect-rtmr1': { type: 'string' },
+        'expect-rtmr2': { type: 'string' },
+        'expect-rtmr3': { type: 'string' },
+        'expect-compose-hash': { type: 'string' },
+        'expect-app-id': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -131,7 +154,37 @@ function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help'
     collateral: values.collateral !== undefined ? parseJsonFile(values.collateral, '--collateral') : undefined,
     pccsUrl: values.pccs,
     nowSeconds,
+    expectedMeasurements: expectedMeasurementsOf(values),
   };
+}
+
+const EXPECT_FLAGS: Array<[flag: string, key: keyof ExpectedMeasurements]> = [
+  ['expect-mrtd', 'mrtd'],
+  ['expect-rtmr0', 'rtmr0'],
+  ['expect-rtmr1', 'rtmr1'],
+  ['expect-rtmr2', 'rtmr2'],
+  ['expect-rtmr3', 'rtmr3'],
+  ['expect-compose-hash', 'composeHash'],
+  ['expect-app-id', 'appId'],
+];
+
+function expectedMeasurementsOf(values: Record<string, unknown>): ExpectedMeasurements {
+  try {
+    const file = values.measurements as string | undefined;
+    const expected = file === undefined ? {} : parseMeasurements(parseJsonFile(file, '--measurements'), `--measurements ${file}`);
+    for (const [flag, key] of EXPECT_FLAGS) {
+      if (values[flag] === undefined) continue;
+      const value = normaliseMeasurement(key, values[flag], `--${flag}`);
+      if (expected[key] !== undefined && expected[key] !== value) {
+        throw new UsageError(`--${flag} ${value} contradicts ${key} ${expected[key]} in --measurements ${file}`);
+      }
+      expected[key] = value;
+    }
+    return expected;
+  } catch (err) {
+    if (err instanceof MeasurementsError) throw new UsageError(err.message);
+    throw err;
+  }
 }
 
 function readInput(file: string, option: string): Buffer {

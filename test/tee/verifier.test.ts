@@ -309,10 +309,18 @@ describe('verifyJob against a TDX daemon', () => {
       const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
       return { status: 'UpToDate', advisoryIds: [], reportData: Buffer.from(td.reportData), mrTd: hex(td.mrTd), rtMr0: hex(td.rtMr0), rtMr1: hex(td.rtMr1), rtMr2: hex(td.rtMr2), rtMr3: hex(td.rtMr3), collateralSource: 'offline' };
     };
-    const report = await verify(d, job, { verifyQuote: trusting, expectedModel: MODEL, expectedSigner: d.daemon.tee.address });
+    // Every register pinned to the sample quote's own values (splicing report_data leaves them untouched) …
+    const td = Quote.parse(SAMPLE_QUOTE).report.asTd10()!;
+    const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+    const expectedMeasurements = { mrtd: hex(td.mrTd), rtmr0: hex(td.rtMr0), rtmr1: hex(td.rtMr1), rtmr2: hex(td.rtMr2), rtmr3: hex(td.rtMr3) };
+    const report = await verify(d, job, { verifyQuote: trusting, expectedModel: MODEL, expectedSigner: d.daemon.tee.address, expectedMeasurements });
     expect(failed(report)).toEqual([]);
     expect(report.ok).toBe(true);
     expect(report.checks.filter((c) => c.warning)).toEqual([]);
+    // … and without the pins the same quote passes only with the warning that nothing proves which code ran.
+    const unpinned = await verify(d, job, { verifyQuote: trusting });
+    expect(unpinned.ok).toBe(true);
+    expect(unpinned.checks.filter((c) => c.warning).map((c) => c.name)).toEqual(['measurements']);
     expect(detail(report, 'receipt tee')).toBe("'tdx', as attested");
     expect(detail(report, 'quote report_data')).toBe('the hardware signed sha256(binding) ‖ our nonce');
   });
