@@ -8,6 +8,8 @@ Commands:
   serve            Run the daemon (the default when no command is given)
   verify           Check a job's images and signatures against the daemon's attestation
                    (pixeld verify --help for details)
+  verify-charge    Check an on-chain settlement against the receipts behind it
+                   (pixeld verify-charge --help for details)
   register         Register or update this provider's service on chain (pixeld register --help)
   service          Show the on-chain service and how it compares with the local config
   settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
@@ -69,6 +71,7 @@ const COMMANDS: Record<string, CommandRunner> = {
     return serve({ configPath: values.config });
   },
   verify: async (argv) => (await import('./tee/verify-command.js')).runVerifyCommand(argv),
+  'verify-charge': async (argv) => (await import('./commands/verify-charge.js')).runVerifyChargeCli(argv),
   register: async (argv) => (await import('./commands/register.js')).runRegisterCli(argv),
   service: async (argv) => (await import('./commands/service.js')).runServiceCli(argv),
   settle: async (argv) => (await import('./commands/settle.js')).runSettleCli(argv),
