@@ -5,9 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyCharge, type ChargeCheck, type ReceiptInput } from '../../src/billing/verify-charge.js';
 import { verifyChargeCommand } from '../../src/commands/verify-charge.js';
 import type { ReceiptJson } from '../../src/tee/receipt.js';
-import { as, mined, settlementDomain, signSettlement } from '../chain/anvil.js';
+import { as, mined, registerAcknowledgedService, settlementDomain, signSettlement } from '../chain/anvil.js';
 import { tempDir, type TestDaemon } from '../helpers/daemon.js';
-import { bearer, completedJob, fundedUsers, setupBillingChain, startBillingDaemon, type BillingChain } from './fixture.js';
+import { PRICE, bearer, completedJob, fundedUsers, setupBillingChain, startBillingDaemon, type BillingChain } from './fixture.js';
 
 /**
  * verify-charge end to end: real jobs through the daemon, a real settlement round on anvil running the
@@ -210,5 +210,21 @@ describe('pixeld verify-charge', () => {
     const down = await run({ receiptsFile: file, rpc: 'http://127.0.0.1:9' });
     expect(down.code).toBe(1);
     expect(down.err[0]).toContain('the chain could not be read at http://127.0.0.1:9');
+  });
+});
+
+describe('the TEE signer is the one the contract held at the transaction’s block', () => {
+  it('still verifies after the service moved to another acknowledged signer, and refuses receipts by the new one', async () => {
+    const next = new Wallet(Wallet.createRandom().privateKey);
+    await registerAcknowledgedService(c.serving, c.owner, c.provider, next.address, { model: 'ref', outputPrice: PRICE });
+    expect((await c.serving.getService(c.provider.address)).teeSignerAddress).toBe(next.address);
+    const result = await verifyCharge({ provider: c.anvil.provider }, { txHash, user: alice.address, receipts: aliceReceipts as ReceiptInput[] });
+    expect(result.ok).toBe(true);
+    expect(byName(result.checks)['tee signer']!.detail).toContain(c.teeKey.address);
+    const receipts = bare(aliceReceipts);
+    receipts[0]!.signature = next.signMessageSync(receipts[0]!.text);
+    const byNext = await verifyCharge({ provider: c.anvil.provider }, { txHash, user: alice.address, receipts });
+    expect(byNext.ok).toBe(false);
+    expect(byName(byNext.checks).receipts!.detail).toContain(`signed by ${next.address}, not by the TEE signer ${c.teeKey.address}`);
   });
 });
