@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
-import { getAddress } from 'ethers';
+import { computeAddress, getAddress, hashMessage, SigningKey } from 'ethers';
 import { newNonce, reportDataOf, type AttestationReport } from './attestation.js';
 import { receiptFieldsOf, receiptText, recoverTextSigner, zeroGText, type ReceiptJson, type TeeLabel } from './receipt.js';
+import { kmsRootAddressOf, kmsRootOfKeyProvider, recoverKmsChain } from './dstack-kms-chain.js';
+import { DSTACK_KEY_PURPOSE } from './dstack-key.js';
 import { appIdentityOf, parseEventLog, replayEventLog, type DstackAppIdentity } from './dstack-event-log.js';
 import { compareRegisters, parseMeasurements, REGISTERS, type ExpectedMeasurements } from './measurements.js';
 import { verifyTdxQuote, type VerifiedTdxQuote } from './verify-quote.js';
@@ -34,6 +36,11 @@ export interface VerifyJobInput {
    * quote's RTMRs. Nothing pinned: the quote passes with a warning that nothing proves which code ran.
    */
   expectedMeasurements?: ExpectedMeasurements;
+  /**
+   * dstack: the KMS root (address or secp256k1 public key) the key's signature chain must lead to. Without
+   * it, the root the measured OS named in its key-provider event is the one trusted.
+   */
+  expectedKmsRoot?: string;
   /** Accept a dev-mode daemon (nothing attested) and check the rest; the `tee` check becomes a warning. */
   allowInsecure?: boolean;
   /** Quote collateral (parsed JSON), to verify offline; else it is fetched from `pccsUrl`. */
@@ -131,7 +138,8 @@ export async function verifyJob(input: VerifyJobInput): Promise<VerificationRepo
   const attested = await checkAttestation(checks, ctx, nonce, input);
   const quote = attested && !isInsecure(attested.report) ? await checkQuote(checks, attested, input) : undefined;
   const measured = checkMeasurements(checks, attested?.report, quote, expected);
-  await checkSignature(checks, ctx, attested?.report, input);
+  const signed = await checkSignature(checks, ctx, attested?.report, input);
+  checkKmsChain(checks, attested?.report, measured.app, signed, input.expectedKmsRoot);
 
   return {
     ok: checks.list.length > 0 && checks.list.every((c) => c.ok),
@@ -359,16 +367,17 @@ function checkDstackEventLog(checks: Checks, report: AttestationReport, quote: V
   return app;
 }
 
-async function checkSignature(checks: Checks, ctx: FetchContext, report: AttestationReport | undefined, input: VerifyJobInput): Promise<void> {
+/** The signature body, when it could be read (the KMS chain check recovers the signing key's public key from it). */
+async function checkSignature(checks: Checks, ctx: FetchContext, report: AttestationReport | undefined, input: VerifyJobInput): Promise<SignatureBody | undefined> {
   const got = await getJson(ctx, `/v1/signature/${encodeURIComponent(input.jobId)}`);
   if (!got.ok) {
     checks.fail('signature body', got.error);
-    return;
+    return undefined;
   }
   const problem = signatureProblem(got.body);
   if (problem) {
     checks.fail('signature body', `malformed signature body: ${problem}`);
-    return;
+    return undefined;
   }
   const body = got.body as SignatureBody;
   const receipt = body.receipt;
@@ -472,6 +481,79 @@ async function checkSignature(checks: Checks, ctx: FetchContext, report: Attesta
     fee === owed,
     `${fee} wei = ${input.images.length} × ${price} wei`,
     `signed fee_wei ${fee}, but ${input.images.length} image(s) × ${price} wei = ${owed}`,
+  );
+  return body;
+}
+
+/**
+ * dstack: the KMS signature chain served with the report must lead from the attested signing key, through
+ * an app key issued to the app the event log names, to a trusted KMS root (expectedKmsRoot, else the root
+ * the measured key-provider event names). A chain made for another app, or for another key, leads elsewhere.
+ */
+function checkKmsChain(
+  checks: Checks,
+  report: AttestationReport | undefined,
+  app: DstackAppIdentity | undefined,
+  signed: SignatureBody | undefined,
+  expectedKmsRoot: string | undefined,
+): void {
+  const name = 'kms chain';
+  if (report?.tee !== 'dstack' || app === undefined || app.appId === undefined) {
+    if (expectedKmsRoot !== undefined) checks.fail(name, `expected KMS root ${expectedKmsRoot}, but no dstack app was verified to check a chain for`);
+    return;
+  }
+  const chain = report.kms_signature_chain ?? [];
+  if (chain.length === 0) {
+    if (expectedKmsRoot !== undefined) checks.fail(name, `expected KMS root ${expectedKmsRoot}, but the report serves no KMS signature chain`);
+    else checks.pass(name, `none served: nothing shows the KMS derived the key for app ${app.appId} (the quote still binds it to this CVM)`, true);
+    return;
+  }
+  if (signed === undefined) {
+    checks.fail(name, 'no signature to recover the signing key’s public key from');
+    return;
+  }
+  let derivedPublicKey: string;
+  try {
+    derivedPublicKey = SigningKey.recoverPublicKey(hashMessage(signed.receipt.text), signed.receipt.signature);
+  } catch (err) {
+    checks.fail(name, `cannot recover the signing key’s public key from the receipt signature: ${(err as Error).message}`);
+    return;
+  }
+  if (!sameAddress(computeAddress(derivedPublicKey), report.signing_address)) {
+    checks.fail(name, `the receipt was not signed by the attested signer ${report.signing_address}: no public key to check the chain with`);
+    return;
+  }
+  let root;
+  try {
+    root = recoverKmsChain({ chain, purpose: DSTACK_KEY_PURPOSE, derivedPublicKey, appId: app.appId });
+  } catch (err) {
+    checks.fail(name, (err as Error).message);
+    return;
+  }
+  const trusted: Array<{ what: string; address: string }> = [];
+  try {
+    if (expectedKmsRoot !== undefined) trusted.push({ what: 'the expected KMS root', address: kmsRootAddressOf(expectedKmsRoot) });
+  } catch (err) {
+    checks.fail(name, (err as Error).message);
+    return;
+  }
+  const measuredRoot = kmsRootOfKeyProvider(app.keyProvider);
+  if (measuredRoot !== undefined) trusted.push({ what: 'the KMS root in the measured key-provider event', address: computeAddress(`0x${measuredRoot}`) });
+  if (trusted.length === 0) {
+    checks.fail(
+      name,
+      `the chain leads to KMS root ${root.kmsRootAddress}, but nothing trusted names the KMS: the key-provider event (${app.keyProvider ?? 'none'}) ` +
+        'names no secp256k1 KMS root; give the expected KMS root',
+    );
+    return;
+  }
+  const wrong = trusted.filter((t) => !sameAddress(t.address, root.kmsRootAddress));
+  checks.check(
+    name,
+    wrong.length === 0,
+    `KMS root ${root.kmsRootAddress} (${trusted.map((t) => t.what).join(' and ')}) issued app ${app.appId} the key that derived ${report.signing_address}`,
+    `the key was not derived for app ${app.appId} by the trusted KMS: the chain leads to root ${root.kmsRootAddress}, ` +
+      wrong.map((t) => `${t.what} is ${t.address}`).join('; '),
   );
 }
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { isAddress } from 'ethers';
+import { kmsRootAddressOf } from './dstack-kms-chain.js';
 import { MeasurementsError, normaliseMeasurement, parseMeasurements, type ExpectedMeasurements } from './measurements.js';
 import { verifyJob, type VerificationCheck, type VerificationReport, type VerifyJobInput } from './verifier.js';
 
@@ -11,7 +12,7 @@ export const VERIFY_USAGE = `Usage: pixeld verify --url <daemon> --job <id> --re
                      [--model <id>] [--signer <0x...>] [--collateral <file>] [--pccs <url>]
                      [--now <unix seconds>] [--allow-insecure]
                      [--measurements <file>] [--expect-mrtd <hex>] [--expect-rtmr0..3 <hex>]
-                     [--expect-compose-hash <hex>] [--expect-app-id <hex>]
+                     [--expect-compose-hash <hex>] [--expect-app-id <hex>] [--expect-kms-root <key>]
 
 Checks that the attested TEE behind <daemon> signed exactly these bytes for job <id>.
 
@@ -35,6 +36,8 @@ Which code ran (without these, a genuine quote passes with a warning: nothing pr
   --expect-compose-hash <hex>  dstack: the app's compose hash (64 hex), read from the event log
                         after it replays to the quote's RTMRs
   --expect-app-id <hex> dstack: the app id (40 hex), from the same event log
+  --expect-kms-root <address | public key>   dstack: the KMS root the key's signature chain must lead
+                        to (default: the root the measured key-provider event names)
   A value given both in the file and as a flag must agree.
 
 Exit status: 0 when every check passes, 1 when any fails, 2 on bad arguments.
@@ -122,6 +125,7 @@ function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help'
         'expect-rtmr3': { type: 'string' },
         'expect-compose-hash': { type: 'string' },
         'expect-app-id': { type: 'string' },
+        'expect-kms-root': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -141,6 +145,13 @@ function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help'
     nowSeconds = Number(values.now);
     if (!/^\d+(\.\d+)?$/.test(values.now) || !Number.isFinite(nowSeconds)) throw new UsageError(`--now must be Unix seconds, got "${values.now}"`);
   }
+  if (values['expect-kms-root'] !== undefined) {
+    try {
+      kmsRootAddressOf(values['expect-kms-root']);
+    } catch (err) {
+      throw new UsageError(`--expect-kms-root: ${(err as Error).message}`);
+    }
+  }
   if (values.pccs !== undefined && !/^https?:\/\/[^/]/.test(values.pccs)) throw new UsageError(`--pccs must be an http(s) URL, got "${values.pccs}"`);
 
   return {
@@ -155,6 +166,7 @@ function parseVerifyArgs(argv: string[]): Omit<VerifyJobInput, 'fetch'> | 'help'
     pccsUrl: values.pccs,
     nowSeconds,
     expectedMeasurements: expectedMeasurementsOf(values),
+    expectedKmsRoot: values['expect-kms-root'],
   };
 }
 
