@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Wallet, ZeroHash } from 'ethers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyCharge, type ChargeCheck, type ReceiptInput } from '../../src/billing/verify-charge.js';
-import { verifyChargeCommand } from '../../src/commands/verify-charge.js';
+import { runVerifyChargeCli, verifyChargeCommand } from '../../src/commands/verify-charge.js';
 import type { ReceiptJson } from '../../src/tee/receipt.js';
 import { as, mined, registerAcknowledgedService, settlementDomain, signSettlement } from '../chain/anvil.js';
 import { tempDir, type TestDaemon } from '../helpers/daemon.js';
@@ -196,6 +196,18 @@ describe('pixeld verify-charge', () => {
     expect(parsed.ok).toBe(false);
     expect(parsed.item.nonce).toBe('3');
     expect(parsed.checks.filter((x) => !x.ok).map((x) => x.name)).toEqual(['requestsHash', 'nonce', 'totalFee']);
+  });
+
+  it('parses its command line: a receipts file of bare receipts passes; --rpc, --tx and --user are required', async () => {
+    const file = path.join(tempDir(), 'bare.json');
+    writeFileSync(file, JSON.stringify(bare(aliceReceipts)));
+    const out: string[] = [];
+    const io = { stdout: (l: string) => out.push(l), stderr: (l: string) => out.push(l), isTTY: false, env: {} };
+    expect(await runVerifyChargeCli(['--rpc', c.anvil.rpcUrl, '--tx', txHash, '--user', alice.address.toLowerCase(), '--receipts', file], io)).toBe(0);
+    expect(out.at(-1)).toBe('charge verified: every check passed');
+    out.length = 0;
+    expect(await runVerifyChargeCli(['--tx', txHash, '--user', alice.address, '--receipts', file], io)).toBe(2);
+    expect(out[0]).toContain('--rpc, --tx and --user are required');
   });
 
   it('refuses bad arguments and a daemon it cannot read from with exit 2', async () => {
