@@ -10,6 +10,8 @@ Commands:
                    (pixeld verify --help for details)
   verify-charge    Check an on-chain settlement against the receipts behind it
                    (pixeld verify-charge --help for details)
+  measurements     The compose hash a verifier should pin for a dstack app-compose.json
+                   (pixeld measurements --help)
   register         Register or update this provider's service on chain (pixeld register --help)
   service          Show the on-chain service and how it compares with the local config
   settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
@@ -33,6 +35,7 @@ verify options:
   --measurements <file>                        Expected {mrtd, rtmr0..3, composeHash, appId} (JSON, hex)
   --expect-mrtd <hex>  --expect-rtmr0..3 <hex> Expected registers; any difference fails
   --expect-compose-hash <hex> --expect-app-id <hex>  dstack: checked in the event log replayed to the quote
+  --expect-kms-root <address|key>              dstack: the KMS root the key's signature chain must lead to
   Unpinned measurements pass only with a warning: nothing then proves which code ran.
   Exit status 0 only when every check passes.
 
@@ -72,6 +75,7 @@ const COMMANDS: Record<string, CommandRunner> = {
   },
   verify: async (argv) => (await import('./tee/verify-command.js')).runVerifyCommand(argv),
   'verify-charge': async (argv) => (await import('./commands/verify-charge.js')).runVerifyChargeCli(argv),
+  measurements: async (argv) => (await import('./tee/measurements-command.js')).runMeasurementsCommand(argv),
   register: async (argv) => (await import('./commands/register.js')).runRegisterCli(argv),
   service: async (argv) => (await import('./commands/service.js')).runServiceCli(argv),
   settle: async (argv) => (await import('./commands/settle.js')).runSettleCli(argv),
