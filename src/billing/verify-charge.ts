@@ -84,6 +84,8 @@ export async function verifyCharge(deps: VerifyChargeDeps, params: VerifyChargeP
   }
   const contractAddress = getAddress(tx.to!);
   const block = mined.blockNumber;
+  // The contract's domain uses block.chainid: the chain's id, whatever the transaction's type recorded.
+  const { chainId } = await deps.provider.getNetwork();
 
   // 2. The user's item.
   const items = (parsed!.args[0] as Array<{ user: string; provider: string; totalFee: bigint; requestsHash: string; nonce: bigint; signature: string }>).filter((i) =>
@@ -114,7 +116,7 @@ export async function verifyCharge(deps: VerifyChargeDeps, params: VerifyChargeP
   const client: ChainClient = {
     provider: deps.provider as ChainClient['provider'],
     serving: new Contract(contractAddress, SERVING_ABI, deps.provider),
-    chainId: Number(tx.chainId),
+    chainId: Number(chainId),
     servingAddress: contractAddress,
     close: () => undefined,
   };
@@ -135,7 +137,7 @@ export async function verifyCharge(deps: VerifyChargeDeps, params: VerifyChargeP
   }
 
   // 4. The item's EIP-712 signature.
-  const domain: TypedDataDomain = { name: SETTLEMENT_EIP712.domain.name, version: SETTLEMENT_EIP712.domain.version, chainId: tx.chainId, verifyingContract: contractAddress };
+  const domain: TypedDataDomain = { name: SETTLEMENT_EIP712.domain.name, version: SETTLEMENT_EIP712.domain.version, chainId, verifyingContract: contractAddress };
   let recovered: string;
   try {
     recovered = verifyTypedData(domain, SETTLEMENT_EIP712.types, { requestsHash: item.requestsHash, nonce: item.nonce, provider: item.provider, user, totalFee: item.totalFeeWei }, raw.signature);
