@@ -1,10 +1,12 @@
+import { randomBytes } from 'node:crypto';
 import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Wallet, ZeroHash } from 'ethers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { verifyCharge, type ChargeCheck, type ReceiptInput } from '../../src/billing/verify-charge.js';
 import { runVerifyChargeCli, verifyChargeCommand } from '../../src/commands/verify-charge.js';
-import type { ReceiptJson } from '../../src/tee/receipt.js';
+import { buildUserTree, receiptLeaf } from '../../src/billing/leaf.js';
+import { signJob, type ReceiptJson } from '../../src/tee/receipt.js';
 import { as, mined, registerAcknowledgedService, settlementDomain, signSettlement } from '../chain/anvil.js';
 import { tempDir, type TestDaemon } from '../helpers/daemon.js';
 import { PRICE, bearer, completedJob, fundedUsers, setupBillingChain, startBillingDaemon, type BillingChain } from './fixture.js';
@@ -136,6 +138,39 @@ describe('verifyCharge', () => {
     expect(result.ok).toBe(false);
     expect(checks.item!.detail).toContain('INVALID_SIGNATURE: not charged');
     expect(checks['item signature']).toMatchObject({ ok: false, detail: `the EIP-712 signature recovers to ${other.address}, not the TEE signer ${c.teeKey.address}` });
+  });
+
+  it('reports a PARTIAL charge with what was taken, and passes when the receipts match the item', async () => {
+    const [dave] = (await fundedUsers(c, 1, 3n * PRICE)) as [Wallet];
+    const key = { signer: c.teeKey, address: c.teeKey.address, teeLabel: 'tdx' as const };
+    const receipts = [1n, 2n].map(
+      (seq) =>
+        signJob(key, {
+          provider: c.provider.address,
+          job: `job_${randomBytes(16).toString('hex')}`,
+          model: 'ref',
+          user: dave.address,
+          seq,
+          requestSha256: 'ab'.repeat(32),
+          imageSha256: ['cd'.repeat(32), 'ef'.repeat(32)],
+          pricePerImageWei: PRICE,
+          feeWei: 2n * PRICE,
+          created: 1_795_300_000,
+        }).receipt,
+    );
+    const { root } = buildUserTree(receipts.map(receiptLeaf));
+    const { chainId } = await c.anvil.provider.getNetwork();
+    const item = await signSettlement(c.teeKey, settlementDomain(chainId, c.serving.target as string), {
+      user: dave.address,
+      provider: c.provider.address,
+      totalFee: 4n * PRICE,
+      requestsHash: root,
+      nonce: 2n,
+    });
+    const sent = await mined(as(c.serving, c.provider).settleFeesWithTEE([item]));
+    const result = await check(dave, receipts, sent.hash);
+    expect(result.checks.filter((x) => !x.ok)).toEqual([]);
+    expect(byName(result.checks).item!.detail).toContain(`PARTIAL: charged ${3n * PRICE} wei, ${PRICE} wei not owed`);
   });
 
   it('fails for a user with no item, and for a transaction that is not a settlement', async () => {
