@@ -502,7 +502,12 @@ function checkKmsChain(
     if (expectedKmsRoot !== undefined) checks.fail(name, `expected KMS root ${expectedKmsRoot}, but no dstack app was verified to check a chain for`);
     return;
   }
-  const chain = report.kms_signature_chain ?? [];
+  const served: unknown = report.kms_signature_chain ?? [];
+  if (!Array.isArray(served) || !served.every(isString)) {
+    checks.fail(name, 'kms_signature_chain must be an array of hex strings');
+    return;
+  }
+  const chain = served as string[];
   if (chain.length === 0) {
     if (expectedKmsRoot !== undefined) checks.fail(name, `expected KMS root ${expectedKmsRoot}, but the report serves no KMS signature chain`);
     else checks.pass(name, `none served: nothing shows the KMS derived the key for app ${app.appId} (the quote still binds it to this CVM)`, true);

@@ -174,6 +174,13 @@ describe('verifyJob: the dstack KMS signature chain (built chain, real event log
     expect(kms(given)?.detail).toContain('(the expected KMS root)');
   });
 
+  it('fails a chain served in another shape than an array of hex strings', async () => {
+    const derived = Wallet.createRandom();
+    const report = await verifyWith({ derived, chain: 'ab'.repeat(65) as unknown as string[], eventLog: eventLogNaming(undefined) });
+    expect(failed(report)).toEqual(['kms chain']);
+    expect(kms(report)?.detail).toBe('kms_signature_chain must be an array of hex strings');
+  });
+
   it('warns when no chain is served', async () => {
     const derived = Wallet.createRandom();
     const report = await verifyWith({ derived, chain: [], eventLog: eventLogNaming(undefined) });
