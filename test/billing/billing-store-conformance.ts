@@ -4,6 +4,7 @@ import type { BillingStore } from '../../src/billing/store.js';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import type { JobStore, NewJob } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
+import { jobParams } from '../helpers/job-params.js';
 
 /** The replica name the stores are driven as. */
 const REPLICA = 'replica-1';
@@ -41,21 +42,7 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
       delivery: 'async',
       model: 'm',
       backendId: 'gpu',
-      params: {
-        prompt: 'p',
-        n,
-        size: '64x64',
-        quality: 'high',
-        responseFormat: 'b64_json',
-        outputFormat: 'png',
-        outputCompression: undefined,
-        background: 'auto',
-        seed: 1,
-        negativePrompt: undefined,
-        numInferenceSteps: undefined,
-        guidanceScale: undefined,
-        user: undefined,
-      },
+      params: jobParams({ n }),
       inputs: [],
       requestSha256: 'a'.repeat(64),
       pricePerImageWei: PRICE,

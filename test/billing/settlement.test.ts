@@ -1,6 +1,6 @@
 import { rmSync } from 'node:fs';
 import { ZeroHash, parseEther, type Wallet } from 'ethers';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { verifyLeaf, type LeafValues } from '../../src/billing/leaf.js';
 import { acknowledgeService, revokeServiceAcknowledgement, settlementDomain, signSettlement } from '../chain/anvil.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
@@ -19,12 +19,12 @@ import {
   mined,
   receiptOf,
   settlementEventsFor,
-  setupBillingChain,
   standaloneSettler,
   startBillingDaemon,
   type BillingChain,
   type StandaloneSettler,
 } from './fixture.js';
+import { useBillingChain } from './chain-hooks.js';
 
 /**
  * Settlement rounds against a real chain: anvil running the project's InferenceServing, receipts made
@@ -32,26 +32,7 @@ import {
  */
 
 let c: BillingChain;
-let snapshot: string;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  c = await setupBillingChain();
-}, 60_000);
-
-afterAll(async () => {
-  await c?.anvil.stop();
-});
-
-beforeEach(async () => {
-  snapshot = await c.anvil.snapshot();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  await c.anvil.setAutomine(true);
-  await c.anvil.revert(snapshot);
-});
+const cleanups = useBillingChain((chain) => (c = chain));
 
 async function daemon(options: Parameters<typeof startBillingDaemon>[1] = {}): Promise<TestDaemon> {
   const d = await startBillingDaemon(c, options);

@@ -2,7 +2,7 @@ import { rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { Wallet } from 'ethers';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { SettlerDeps } from '../../src/billing/settlement/types.js';
 import { JOURNAL_FILE } from '../../src/tee/settlement-journal.js';
 import { tempDir, type TestDaemon } from '../helpers/daemon.js';
@@ -15,12 +15,12 @@ import {
   itemsSent,
   mined,
   settlementEventsFor,
-  setupBillingChain,
   standaloneSettler,
   startBillingDaemon,
   type BillingChain,
   type StandaloneSettler,
 } from './fixture.js';
+import { useBillingChain } from './chain-hooks.js';
 
 /**
  * Settlers that share the TEE key but not the journal — replicas under dstack (one derived key, a journal
@@ -36,25 +36,7 @@ import {
  */
 
 let c: BillingChain;
-let snapshot: string;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  c = await setupBillingChain();
-}, 60_000);
-
-afterAll(async () => {
-  await c?.anvil.stop();
-});
-
-beforeEach(async () => {
-  snapshot = await c.anvil.snapshot();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  await c.anvil.revert(snapshot);
-});
+const cleanups = useBillingChain((chain) => (c = chain));
 
 async function daemon(): Promise<TestDaemon> {
   const d = await startBillingDaemon(c);

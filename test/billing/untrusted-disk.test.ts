@@ -2,7 +2,7 @@ import { copyFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { Wallet } from 'ethers';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { TestDaemon } from '../helpers/daemon.js';
 import { startRpcProxy } from '../helpers/rpc-proxy.js';
 import {
@@ -13,12 +13,12 @@ import {
   generate,
   itemsSent,
   settlementEventsFor,
-  setupBillingChain,
   standaloneSettler,
   startBillingDaemon,
   type BillingChain,
   type BillingDaemonOptions,
 } from './fixture.js';
+import { useBillingChain } from './chain-hooks.js';
 
 /**
  * The operator who is paid controls the disk (tdx mode): whatever it does to the database, the amount
@@ -28,26 +28,7 @@ import {
  */
 
 let c: BillingChain;
-let snapshot: string;
-const cleanups: Array<() => Promise<void> | void> = [];
-
-beforeAll(async () => {
-  c = await setupBillingChain();
-}, 60_000);
-
-afterAll(async () => {
-  await c?.anvil.stop();
-});
-
-beforeEach(async () => {
-  snapshot = await c.anvil.snapshot();
-});
-
-afterEach(async () => {
-  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
-  await c.anvil.setAutomine(true);
-  await c.anvil.revert(snapshot);
-});
+const cleanups = useBillingChain((chain) => (c = chain));
 
 async function daemon(dataDir?: string, config?: BillingDaemonOptions['config']): Promise<TestDaemon> {
   const d = await startBillingDaemon(c, { dataDir, config });
