@@ -12,12 +12,39 @@
 # HOST, PORT and PIXELD_DATA_DIR below override the file; keep the data dir on the /data volume.
 # No config file or secret is baked into the image (.dockerignore keeps config/pixeld.yaml out).
 
-ARG NODE_IMAGE=node:20-bookworm-slim
+#
+# Reproducible build (see README, "Docker"): the same commit gives the same image digest as far as the
+# toolchain allows, when built with BuildKit (buildx ≥ 0.13) as
+#
+#   docker buildx build --build-arg SOURCE_DATE_EPOCH=$(git log -1 --format=%ct) \
+#     --output type=oci,dest=pixeld.oci.tar,rewrite-timestamp=true .
+#   pixeld measurements --oci pixeld.oci.tar
+#
+# What makes it so: the base image pinned by digest (below); dependencies locked (`npm ci` installs exactly
+# package-lock.json, integrity-checked); SOURCE_DATE_EPOCH, which BuildKit uses for the image config's
+# timestamps and, with rewrite-timestamp=true, clamps every file's mtime in the layers to.
+# What can still vary (not checked here — there is no Docker engine on the machines this was written on):
+#  - native modules: better-sqlite3's install script downloads a prebuilt binary (not covered by the
+#    lockfile's integrity hashes) and, when none matches, compiles one with the apt-installed g++, whose
+#    version `apt-get update` takes from the Debian mirror on the day of the build;
+#  - anything a RUN step writes with the current time and does not take from SOURCE_DATE_EPOCH;
+#  - buildx's provenance attestation (on by default for OCI output) records the build; pass
+#    --provenance=false to compare image digests across builders, or compare the platform manifest digest
+#    `pixeld measurements --oci` prints.
+
+# node:20-bookworm-slim, pinned by digest (the multi-platform index). Refresh it deliberately, not by
+# accident: `docker buildx imagetools inspect node:20-bookworm-slim` prints the current digest; put it here
+# and rebuild. This digest is the one public Dockerfiles pin for node:20-bookworm-slim (= node:20-slim;
+# node 20.20.2, per a Dockerfile pinning it as node:20.20.2-slim), and public BuildKit logs show it resolving;
+# it could not be checked against the registry from the machine it was written on.
+ARG NODE_IMAGE=node:20-bookworm-slim@sha256:2cf067cfed83d5ea958367df9f966191a942351a2df77d6f0193e162b5febfc0
 
 # ---------------------------------------------------------------------------------------------------
 # Build: compile TypeScript, then drop the dev dependencies. Native modules (better-sqlite3, sharp) are
 # installed here, on the same base image as the runtime stage, so their binaries match it.
 FROM ${NODE_IMAGE} AS build
+# Declared so RUN steps see it (BuildKit itself reads the build arg either way).
+ARG SOURCE_DATE_EPOCH
 
 # better-sqlite3 downloads a prebuilt binary when one matches; these build it from source when none does.
 RUN apt-get update \
@@ -40,6 +67,10 @@ RUN npm prune --omit=dev --ignore-scripts --no-audit --no-fund \
 # ---------------------------------------------------------------------------------------------------
 # Runtime: compiled JS and production node_modules only; no compiler, no npm install, no root.
 FROM ${NODE_IMAGE} AS runtime
+# useradd writes a password-change date (days since 1970) into /etc/shadow; recent shadow-utils take it
+# from SOURCE_DATE_EPOCH when set instead of today's date (not verified here for bookworm's version: if two
+# builds on different days differ, this line is the first place to look).
+ARG SOURCE_DATE_EPOCH
 
 ENV NODE_ENV=production \
     HOST=0.0.0.0 \

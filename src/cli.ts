@@ -10,7 +10,8 @@ Commands:
                    (pixeld verify --help for details)
   verify-charge    Check an on-chain settlement against the receipts behind it
                    (pixeld verify-charge --help for details)
-  measurements     The compose hash a verifier should pin for a dstack app-compose.json
+  measurements     The compose hash a verifier should pin for a dstack app-compose.json, and
+                   the image digest of a Docker build (an OCI layout)
                    (pixeld measurements --help)
   register         Register or update this provider's service on chain (pixeld register --help)
   service          Show the on-chain service and how it compares with the local config
