@@ -3,6 +3,7 @@ import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import type { Express } from 'express';
+import { Registry } from 'prom-client';
 import sharp from 'sharp';
 import { AdminToken } from './auth/admin-token.js';
 import { ApiKeyRing } from './auth/api-keys.js';
@@ -32,6 +33,7 @@ import { createSettlementTriggers, validateSettlementCron, type SettlementTrigge
 import type { InterruptedJobPolicy, JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
 import { createLogger, type Logger } from './obs/logger.js';
+import { DaemonMetrics } from './obs/metrics.js';
 import { Readiness } from './obs/readiness.js';
 import { AttestationService } from './tee/attestation.js';
 import { TeeError, type TeeKeyProvider } from './tee/key-provider.js';
@@ -125,6 +127,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     ? new Map([...options.backends].filter(([id]) => localBackends.some((b) => b.id === id)))
     : new Map(localBackends.map((b) => [b.id, createBackend(b, { logger })]));
   const journal = new SettlementJournal(tee.journalDir, tee.address);
+  // Its own registry (not prom-client's global one): two daemons in one process (tests) never share metrics.
+  const metrics = new DaemonMetrics(new Registry());
   // From the config, not the backend objects: this replica may not run the backend (concurrency 0) whose
   // job it recovers after another replica died.
   const interruptedJobPolicy: InterruptedJobPolicy = (job) =>
@@ -145,6 +149,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     maxOutputPixels: 4 * config.limits.maxInputPixels,
     logger,
     now,
+    onAttemptEnd: (backendId, outcome, ms) => metrics.observeAttempt(backendId, outcome, ms),
   });
   const presence = stores.replicaPresence({
     info: { id: replicaId, version: PIXELD_VERSION, signer: tee.address, backends: [...backends.keys()] },
@@ -244,6 +249,14 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
   });
+  metrics.watch({
+    store,
+    billing,
+    runner,
+    settler,
+    backendIds: config.backends.map((b) => b.id),
+    info: { version: PIXELD_VERSION, signer: tee.address, teeMode: tee.mode, replica: replicaId },
+  });
   const app = createApp({
     config,
     catalog,
@@ -261,6 +274,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     now,
     startedAtSeconds: Math.floor(now() / 1000),
     admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler, replicaId, presence },
+    metrics,
   });
   let server: Server | undefined;
 

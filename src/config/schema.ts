@@ -410,6 +410,17 @@ export const configSchema = z
       .strict()
       .refine((a) => a.tokenSha256 === undefined || a.tokenEnv === undefined, { message: 'set tokenSha256 or tokenEnv, not both' })
       .prefault({}),
+    metrics: z
+      .object({
+        /**
+         * Who may read `GET /metrics` (Prometheus text): `admin` — only with the admin token, like /v1/admin/*;
+         * `open` — anyone who reaches the port (a scraper on a private network).
+         * @default 'admin'
+         */
+        access: z.enum(['open', 'admin']).default('admin'),
+      })
+      .strict()
+      .prefault({}),
     chain: z
       .object({
         /** JSON-RPC endpoint of the 0G chain (or any EVM chain with InferenceServing). */

@@ -22,6 +22,8 @@ import { attestationRoutes } from './routes/attestation.js';
 import { billingRoutes } from './routes/billing.js';
 import { imageRoutes } from './routes/images.js';
 import { jobRoutes } from './routes/jobs.js';
+import { metricsRoutes } from './routes/metrics.js';
+import type { DaemonMetrics } from '../obs/metrics.js';
 import { serviceInfoRoutes } from './routes/service-info.js';
 
 declare module 'express-serve-static-core' {
@@ -55,6 +57,8 @@ export interface AppDeps {
   startedAtSeconds: number;
   /** The admin token and what /v1/admin/* reads and drives. */
   admin: AdminDeps;
+  /** The Prometheus registry `GET /metrics` serves, and the HTTP histogram each request is observed in. */
+  metrics: DaemonMetrics;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -73,12 +77,12 @@ export function createApp(deps: AppDeps): Express {
     // A UUIDv4 of our own, the form theRouter documents for the ids its users quote in support tickets.
     req.requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     res.setHeader('x-request-id', req.requestId);
-    if (logRequests) {
-      const started = Date.now();
-      res.on('finish', () => {
-        deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms: Date.now() - started });
-      });
-    }
+    const started = Date.now();
+    res.on('finish', () => {
+      const ms = Date.now() - started;
+      deps.metrics.observeRequest(req.method, routeLabel(req), res.statusCode, ms);
+      if (logRequests) deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms });
+    });
     next();
   });
 
@@ -97,7 +101,19 @@ export function createApp(deps: AppDeps): Express {
   app.use(billingRoutes(deps));
   // The provider's own routes: the admin token, never a caller's credentials.
   app.use(adminRoutes(deps));
+  app.use(metricsRoutes(deps));
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));
   return app;
+}
+
+/**
+ * The matched route's pattern (`/v1/jobs/:id`), never the raw path: job ids and file tokens would make a
+ * label value per request. Requests no route answered (refused by auth before routing, 404s) are `unmatched`.
+ */
+function routeLabel(req: express.Request): string {
+  const route = (req as { route?: { path?: unknown } }).route;
+  if (route === undefined || route.path === undefined) return 'unmatched';
+  const path = Array.isArray(route.path) ? route.path.map(String).join('|') : String(route.path);
+  return `${req.baseUrl}${path}`;
 }

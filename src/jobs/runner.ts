@@ -39,7 +39,15 @@ export interface RunnerDeps {
   maxOutputPixels: number;
   logger: Logger;
   now: () => number;
+  /** Told when an attempt ends, with how it ended and how long it ran (metrics). */
+  onAttemptEnd?: (backendId: string, outcome: AttemptOutcome, ms: number) => void;
 }
+
+/**
+ * How an attempt ended: its job completed (`dropped` when it had meanwhile been cancelled or re-leased),
+ * will be retried, failed for good, was cancelled, or was given back by a clean shutdown.
+ */
+export type AttemptOutcome = 'completed' | 'dropped' | 'retried' | 'failed' | 'cancelled' | 'released';
 
 /** How often the runner looks for work it was not told about (backoff timers, recovered jobs). */
 const IDLE_POLL_MS = 500;
@@ -282,6 +290,7 @@ export class JobRunner {
     this.counters.attemptsStarted += 1;
     // The pump took a call slot for this job's first call; produce() gives it back when the call ends.
     const slot = { held: true };
+    let outcome: AttemptOutcome | undefined;
     try {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
       log.debug('attempt started');
@@ -293,6 +302,7 @@ export class JobRunner {
         this.recordDuration(job.backendId, (finishedMs - startedMs) / Math.max(1, result.images.length));
         this.counters.jobsCompleted += 1;
         this.counters.imagesDelivered += result.images.length;
+        outcome = 'completed';
         log.info('job completed', {
           images: result.images.length,
           requested: job.params.n,
@@ -300,12 +310,14 @@ export class JobRunner {
           ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
         });
       } else {
+        outcome = 'dropped';
         log.info('job finished after it was cancelled or re-leased; result dropped');
       }
     } catch (err) {
       writingOutcome = true;
-      await this.recordFailure(job, err, controller.signal, log);
+      outcome = await this.recordFailure(job, err, controller.signal, log);
     } finally {
+      if (outcome !== undefined) this.deps.onAttemptEnd?.(job.backendId, outcome, now() - startedMs);
       if (slot.held) this.releaseSlot(job.backendId);
       clearTimeout(deadline);
       clearInterval(renewal);
@@ -320,15 +332,14 @@ export class JobRunner {
    * lease and the write is tried again with a growing wait rather than escaping as an unhandled rejection
    * (which would end the process); nothing is lost. On stop it is left to the next start's recovery.
    */
-  private async recordFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<void> {
+  private async recordFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<AttemptOutcome | undefined> {
     for (let waitMs = RECORD_RETRY_FIRST_MS; ; waitMs = Math.min(2 * waitMs, RECORD_RETRY_MAX_MS)) {
       try {
-        await this.handleFailure(job, err, signal, log);
-        return;
+        return await this.handleFailure(job, err, signal, log);
       } catch (writeErr) {
         if (this.stopped) {
           log.error('could not record the attempt before stopping; the job is recovered at the next start', { error: String(writeErr) });
-          return;
+          return undefined;
         }
         this.counters.recordRetries += 1;
         log.error('could not record the attempt; trying again', { error: String(writeErr), retryInMs: waitMs });
@@ -337,20 +348,20 @@ export class JobRunner {
     }
   }
 
-  private async handleFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<void> {
+  private async handleFailure(job: ClaimedJob, err: unknown, signal: AbortSignal, log: Logger): Promise<AttemptOutcome> {
     const { store, jobs, now } = this.deps;
     const reason: unknown = signal.aborted ? signal.reason : undefined;
     if (reason instanceof DOMException && reason.name === 'AbortError') {
       this.counters.attemptsCancelled += 1;
       log.info('attempt aborted: job cancelled');
-      return;
+      return 'cancelled';
     }
     if (reason instanceof PixeldError && reason.code === 'shutting_down') {
       // A clean stop is not the job's fault: it goes back to the queue without spending an attempt.
       await store.releaseClaim(job.id, job.leaseToken, now());
       this.counters.attemptsReleased += 1;
       log.info('attempt aborted: shutting down; job returned to the queue');
-      return;
+      return 'released';
     }
     // A write that failed for lack of space (an image file, the completion itself) is retried like a busy backend.
     const failure = classify(storageError(err), reason, jobs.attemptTimeoutMs);
@@ -361,12 +372,13 @@ export class JobRunner {
       this.counters.attemptsRetried += 1;
       setTimeout(() => this.wake(job.backendId), backoff).unref();
       log.warn('attempt failed; will retry', { code: failure.error.code, message: failure.error.message, retryInMs: backoff, details: failure.details });
-      return;
+      return 'retried';
     }
     await store.fail(job.id, job.leaseToken, failure.error, finishedMs, finishedMs + jobs.resultTtlMs);
     this.counters.jobsFailed += 1;
     const level = failure.error.code === 'internal_error' ? 'error' : 'warn';
     log.log(level, 'job failed', { code: failure.error.code, message: failure.error.message, details: failure.details, attempts: job.attempts });
+    return 'failed';
   }
 
   private async produce(

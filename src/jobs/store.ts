@@ -1,5 +1,5 @@
 import type { JobSignature } from '../tee/receipt.js';
-import type { Job, JobError, JobResult } from './model.js';
+import type { Job, JobError, JobResult, JobStatus } from './model.js';
 
 /** What the HTTP layer hands the store; the store fills in the lifecycle fields. */
 export type NewJob = Partial<Pick<Job, 'submittedBy'>> &
@@ -118,6 +118,8 @@ export interface JobStore {
   countUnfinishedForModel(model: string): Promise<number>;
   /** Pending jobs waiting for this backend. */
   countPending(backendId: string): Promise<number>;
+  /** Jobs the store holds, counted by status and model (every status and model with at least one job). */
+  countByStatusAndModel(): Promise<Array<{ status: JobStatus; model: string; count: number }>>;
   /** Pending jobs of the same backend that will be claimed before this one. */
   countAhead(job: Job): Promise<number>;
   /**

@@ -97,6 +97,7 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.database).toEqual(defaults.database);
     expect(config.auth).toEqual(defaults.auth);
     expect(config.admin).toEqual(defaults.admin);
+    expect(config.metrics).toEqual(defaults.metrics);
     expect(config.log).toEqual(defaults.log);
     expect(config.tee).toEqual(defaults.tee);
     expect(config.provider).toEqual(defaults.provider);

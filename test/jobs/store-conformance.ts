@@ -93,6 +93,21 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(afterTtl.job.id).not.toBe(first.id);
     });
 
+    it('counts jobs by status and model', async () => {
+      expect(await store.countByStatusAndModel()).toEqual([]);
+      const a = newJob();
+      await store.create(a, 0);
+      await store.create(newJob(), 0);
+      await store.create(newJob({ model: 'm2', backendId: 'b2' }), 0);
+      const claimed = await store.claimNext('b1', REPLICA, T0 + 1, 1000);
+      expect(claimed!.id).toBe(a.id);
+      expect(await store.countByStatusAndModel()).toEqual([
+        { status: 'pending', model: 'm', count: 1 },
+        { status: 'pending', model: 'm2', count: 1 },
+        { status: 'processing', model: 'm', count: 1 },
+      ]);
+    });
+
     it('claims FIFO per backend, honours runAfterMs, and counts the queue', async () => {
       const a = newJob();
       const b = newJob();

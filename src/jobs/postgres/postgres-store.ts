@@ -2,7 +2,7 @@ import { isAddress } from 'ethers';
 import type { Pool, PoolClient } from 'pg';
 import { receiptLeaf } from '../../billing/leaf.js';
 import { jobFromRow, type JobRow } from '../job-row.js';
-import { newToken, type JobError } from '../model.js';
+import { newToken, type JobError, type JobStatus } from '../model.js';
 import {
   InsufficientBalanceError,
   ModelBusyError,
@@ -199,6 +199,13 @@ export function postgresJobStore(pool: Pool): JobStore {
 
     async countPending(backendId) {
       return count(PENDING_OF_BACKEND, [backendId]);
+    },
+
+    async countByStatusAndModel() {
+      const { rows } = await pool.query<{ status: JobStatus; model: string; n: string }>(
+        'SELECT status, model, COUNT(*) AS n FROM jobs GROUP BY status, model ORDER BY status, model',
+      );
+      return rows.map((r) => ({ status: r.status, model: r.model, count: Number(r.n) }));
     },
 
     async countAhead(job) {

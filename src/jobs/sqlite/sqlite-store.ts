@@ -2,7 +2,7 @@ import type Database from 'better-sqlite3';
 import { isAddress } from 'ethers';
 import { receiptLeaf } from '../../billing/leaf.js';
 import { jobFromRow, type JobRow } from '../job-row.js';
-import { newToken, type Job, type JobError, type JobResult } from '../model.js';
+import { newToken, type Job, type JobError, type JobResult, type JobStatus } from '../model.js';
 import {
   InsufficientBalanceError,
   ModelBusyError,
@@ -44,6 +44,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       "SELECT COUNT(*) AS n FROM jobs WHERE model = ? AND status IN ('pending', 'processing')",
     ),
     countPending: db.prepare<[string], { n: number }>("SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending'"),
+    countByStatusAndModel: db.prepare<[], { status: JobStatus; model: string; n: number }>(
+      'SELECT status, model, COUNT(*) AS n FROM jobs GROUP BY status, model ORDER BY status, model',
+    ),
     countAhead: db.prepare<[string, number], { n: number }>(
       "SELECT COUNT(*) AS n FROM jobs WHERE backend_id = ? AND status = 'pending' AND seq < ?",
     ),
@@ -300,6 +303,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     },
     async countPending(backendId) {
       return stmt.countPending.get(backendId)!.n;
+    },
+    async countByStatusAndModel() {
+      return stmt.countByStatusAndModel.all().map((r) => ({ status: r.status, model: r.model, count: r.n }));
     },
     async countAhead(job) {
       const seq = stmt.seqOf.get(job.id);
