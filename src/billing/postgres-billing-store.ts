@@ -1,8 +1,8 @@
 import type { Pool, PoolClient } from 'pg';
 import { ADVISORY_LOCK, inTransaction } from '../jobs/postgres/pool.js';
 import type { LeafValues } from './leaf.js';
-import type { BillingStore, EarningsDay, ReceiptRecord, RecordedItem } from './store.js';
-import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import type { BillingStore, ReceiptRecord, RecordedItem } from './store.js';
+import { batchFromRow, earningsByDayFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 
 /**
  * Billing in PostgreSQL (schema: jobs/postgres/migrations.ts), on the pool the job store uses. Amounts are
@@ -284,29 +284,9 @@ export function postgresBillingStore(pool: Pool): BillingStore {
            SUM(fee_wei)::text AS fee, COUNT(*) AS receipts, SUM(images) AS images
          FROM receipts GROUP BY 1, 2`,
       );
-      const days = new Map<string, EarningsDay>();
-      for (const row of found) {
-        const d = days.get(row.day) ?? {
-          day: row.day,
-          receipts: 0,
-          images: 0,
-          settledWei: 0n,
-          partialWei: 0n,
-          unsettledWei: 0n,
-          offchainWei: 0n,
-          unbillableWei: 0n,
-        };
-        const fee = BigInt(row.fee);
-        d.receipts += Number(row.receipts);
-        d.images += Number(row.images);
-        if (row.state === 'settled') d.settledWei += fee;
-        else if (row.state === 'partial') d.partialWei += fee;
-        else if (row.state === 'offchain') d.offchainWei += fee;
-        else if (row.state === 'invalid' || row.state === 'void') d.unbillableWei += fee;
-        else d.unsettledWei += fee;
-        days.set(row.day, d);
-      }
-      return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
+      return earningsByDayFrom(
+        found.map((r) => ({ day: r.day, state: r.state, feeWei: BigInt(r.fee), receipts: Number(r.receipts), images: Number(r.images) })),
+      );
     },
   };
 }

@@ -1,8 +1,8 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
-import { batchFromRow, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import { batchFromRow, earningsByDayFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 import type { LeafValues } from './leaf.js';
-import type { BatchItem, BillingStore, EarningsDay, ItemResult, RecordedItem } from './store.js';
+import type { BatchItem, BillingStore, ItemResult, RecordedItem } from './store.js';
 
 /**
  * Billing in the daemon's SQLite file. Amounts are kept as decimal text and summed as bigint in JS:
@@ -241,29 +241,9 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
       stmt.unblock.run(user);
     },
     async earningsByDay() {
-      const days = new Map<string, EarningsDay>();
-      for (const row of stmt.earnings.all()) {
-        const d = days.get(row.day) ?? {
-          day: row.day,
-          receipts: 0,
-          images: 0,
-          settledWei: 0n,
-          partialWei: 0n,
-          unsettledWei: 0n,
-          offchainWei: 0n,
-          unbillableWei: 0n,
-        };
-        const fee = BigInt(row.fee_wei);
-        d.receipts += 1;
-        d.images += row.images;
-        if (row.state === 'settled') d.settledWei += fee;
-        else if (row.state === 'partial') d.partialWei += fee;
-        else if (row.state === 'offchain') d.offchainWei += fee;
-        else if (row.state === 'invalid' || row.state === 'void') d.unbillableWei += fee;
-        else d.unsettledWei += fee;
-        days.set(row.day, d);
-      }
-      return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
+      return earningsByDayFrom(
+        stmt.earnings.all().map((r) => ({ day: r.day, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
+      );
     },
   };
 }

@@ -1,6 +1,6 @@
 import type { ReceiptJson } from '../tee/receipt.js';
 import type { LeafValues } from './leaf.js';
-import type { BatchItem, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
+import type { BatchItem, EarningsDay, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
 
 /**
  * Receipts and settlement batches as both stores keep them: JSON as text, amounts as decimal strings (wei
@@ -108,4 +108,39 @@ export function resultsToJson(results: readonly ItemResult[]): string {
 
 function resultsFromJson(text: string): ItemResult[] {
   return (JSON.parse(text) as StoredResult[]).map((r) => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }));
+}
+
+/** Receipts of one UTC day in one state, as each store groups them (SQLite: one receipt per row). */
+export interface EarningsRow {
+  day: string;
+  state: string;
+  feeWei: bigint;
+  receipts: number;
+  images: number;
+}
+
+/** Folds grouped receipt rows into one line per UTC day, oldest first. */
+export function earningsByDayFrom(rows: Iterable<EarningsRow>): EarningsDay[] {
+  const days = new Map<string, EarningsDay>();
+  for (const row of rows) {
+    const d = days.get(row.day) ?? {
+      day: row.day,
+      receipts: 0,
+      images: 0,
+      settledWei: 0n,
+      partialWei: 0n,
+      unsettledWei: 0n,
+      offchainWei: 0n,
+      unbillableWei: 0n,
+    };
+    d.receipts += row.receipts;
+    d.images += row.images;
+    if (row.state === 'settled') d.settledWei += row.feeWei;
+    else if (row.state === 'partial') d.partialWei += row.feeWei;
+    else if (row.state === 'offchain') d.offchainWei += row.feeWei;
+    else if (row.state === 'invalid' || row.state === 'void') d.unbillableWei += row.feeWei;
+    else d.unsettledWei += row.feeWei;
+    days.set(row.day, d);
+  }
+  return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
 }
