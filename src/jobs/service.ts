@@ -89,12 +89,15 @@ export class JobService {
         maxPendingForBackend: this.deps.maxQueuedJobs.get(backendId),
         maxUnfinishedForModel: request.model.maxInFlight,
       };
-      // Refused before the uploads are stored; the insert checks again, atomically with the other replicas'.
-      if (limits.maxPendingForBackend !== undefined && (await store.countPending(backendId)) >= limits.maxPendingForBackend) {
-        throw await this.admissionRefusal(new QueueFullError(limits.maxPendingForBackend), request);
-      }
-      if ((await store.countUnfinishedForModel(request.model.id)) >= request.model.maxInFlight) {
-        throw await this.admissionRefusal(new ModelBusyError(request.model.maxInFlight), request);
+      // The insert checks the bounds, atomically with the other replicas'. A request with uploads is checked
+      // once before too, so a full queue costs no storing of its images.
+      if (temps.length > 0) {
+        if (limits.maxPendingForBackend !== undefined && (await store.countPending(backendId)) >= limits.maxPendingForBackend) {
+          throw await this.admissionRefusal(new QueueFullError(limits.maxPendingForBackend), request);
+        }
+        if ((await store.countUnfinishedForModel(request.model.id)) >= request.model.maxInFlight) {
+          throw await this.admissionRefusal(new ModelBusyError(request.model.maxInFlight), request);
+        }
       }
       const inputs: JobInput[] = [];
       for (const [i, image] of temps.entries()) {
