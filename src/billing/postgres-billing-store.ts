@@ -2,7 +2,7 @@ import type { Pool, PoolClient } from 'pg';
 import { ADVISORY_LOCK, inTransaction } from '../jobs/postgres/pool.js';
 import type { LeafValues } from './leaf.js';
 import type { BillingStore, ReceiptRecord, RecordedItem } from './store.js';
-import { batchFromRow, earningsByDayFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import { batchFromRow, earningsByDayFrom, earningsByUserFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 
 /**
  * Billing in PostgreSQL (schema: jobs/postgres/migrations.ts), on the pool the job store uses. Amounts are
@@ -285,8 +285,22 @@ export function postgresBillingStore(pool: Pool): BillingStore {
          FROM receipts GROUP BY 1, 2`,
       );
       return earningsByDayFrom(
-        found.map((r) => ({ day: r.day, state: r.state, feeWei: BigInt(r.fee), receipts: Number(r.receipts), images: Number(r.images) })),
+        found.map((r) => ({ key: r.day, state: r.state, feeWei: BigInt(r.fee), receipts: Number(r.receipts), images: Number(r.images) })),
       );
+    },
+
+    async earningsByUser(limit) {
+      const found = await rows<{ owner: string; state: string; fee: string; receipts: string; images: string }>(
+        'SELECT owner, state, SUM(fee_wei)::text AS fee, COUNT(*) AS receipts, SUM(images) AS images FROM receipts GROUP BY 1, 2',
+      );
+      return earningsByUserFrom(
+        found.map((r) => ({ key: r.owner, state: r.state, feeWei: BigInt(r.fee), receipts: Number(r.receipts), images: Number(r.images) })),
+        limit,
+      );
+    },
+
+    async recentBatches(limit) {
+      return (await rows<BatchRow>('SELECT * FROM settlement_batches ORDER BY created_ms DESC, id DESC LIMIT $1', [limit])).map(batchFromRow);
     },
   };
 }

@@ -1,6 +1,6 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
-import { batchFromRow, earningsByDayFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import { batchFromRow, earningsByDayFrom, earningsByUserFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
 import type { LeafValues } from './leaf.js';
 import type { BatchItem, BillingStore, ItemResult, RecordedItem } from './store.js';
 
@@ -96,6 +96,10 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     earnings: db.prepare<[], { day: string; state: string; fee_wei: string; images: number }>(
       "SELECT strftime('%Y-%m-%d', created, 'unixepoch') AS day, state, fee_wei, images FROM receipts",
     ),
+    earningsOfUsers: db.prepare<[], { user: string; state: string; fee_wei: string; images: number }>(
+      'SELECT user, state, fee_wei, images FROM receipts',
+    ),
+    recentBatches: db.prepare<[number], BatchRow>('SELECT * FROM settlement_batches ORDER BY created_ms DESC, id DESC LIMIT ?'),
   };
 
   const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }) => {
@@ -242,8 +246,17 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
     },
     async earningsByDay() {
       return earningsByDayFrom(
-        stmt.earnings.all().map((r) => ({ day: r.day, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
+        stmt.earnings.all().map((r) => ({ key: r.day, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
       );
+    },
+    async earningsByUser(limit) {
+      return earningsByUserFrom(
+        stmt.earningsOfUsers.all().map((r) => ({ key: r.user, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
+        limit,
+      );
+    },
+    async recentBatches(limit) {
+      return stmt.recentBatches.all(limit).map(batchFromRow);
     },
   };
 }

@@ -97,9 +97,8 @@ export interface UserBlock {
   sinceMs: number;
 }
 
-export interface EarningsDay {
-  /** UTC day, YYYY-MM-DD, of the receipt's creation. */
-  day: string;
+/** Receipts and their fees, split by settlement state. */
+export interface EarningsTotals {
   receipts: number;
   images: number;
   settledWei: bigint;
@@ -108,6 +107,15 @@ export interface EarningsDay {
   offchainWei: bigint;
   /** `invalid` and `void` receipts: never charged. */
   unbillableWei: bigint;
+}
+
+export interface EarningsDay extends EarningsTotals {
+  /** UTC day, YYYY-MM-DD, of the receipt's creation. */
+  day: string;
+}
+
+export interface UserEarnings extends EarningsTotals {
+  user: string;
 }
 
 /**
@@ -177,4 +185,11 @@ export interface BillingStore {
   getUserBlock(user: string): Promise<UserBlock | undefined>;
   unblockUser(user: string): Promise<void>;
   earningsByDay(): Promise<EarningsDay[]>;
+  /**
+   * Receipts per user (every receipt ever written), the `limit` users with the largest fees first (fees
+   * of every state summed; ties by user).
+   */
+  earningsByUser(limit: number): Promise<UserEarnings[]>;
+  /** The newest `limit` batches, every state, newest first (createdMs, then id). */
+  recentBatches(limit: number): Promise<SettlementBatch[]>;
 }

@@ -1,6 +1,6 @@
 import type { ReceiptJson } from '../tee/receipt.js';
 import type { LeafValues } from './leaf.js';
-import type { BatchItem, EarningsDay, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch } from './store.js';
+import type { BatchItem, EarningsDay, EarningsTotals, ItemResult, ReceiptRecord, ReceiptState, SettlementBatch, UserEarnings } from './store.js';
 
 /**
  * Receipts and settlement batches as both stores keep them: JSON as text, amounts as decimal strings (wei
@@ -110,21 +110,21 @@ function resultsFromJson(text: string): ItemResult[] {
   return (JSON.parse(text) as StoredResult[]).map((r) => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }));
 }
 
-/** Receipts of one UTC day in one state, as each store groups them (SQLite: one receipt per row). */
+/** Receipts of one group (a UTC day, a user) in one state, as each store groups them (SQLite: one receipt per row). */
 export interface EarningsRow {
-  day: string;
+  /** The group: a day or a user. */
+  key: string;
   state: string;
   feeWei: bigint;
   receipts: number;
   images: number;
 }
 
-/** Folds grouped receipt rows into one line per UTC day, oldest first. */
-export function earningsByDayFrom(rows: Iterable<EarningsRow>): EarningsDay[] {
-  const days = new Map<string, EarningsDay>();
+/** Folds grouped receipt rows into one line per group, by the state of their receipts. */
+function earningsByKey(rows: Iterable<EarningsRow>): Map<string, EarningsTotals> {
+  const groups = new Map<string, EarningsTotals>();
   for (const row of rows) {
-    const d = days.get(row.day) ?? {
-      day: row.day,
+    const g = groups.get(row.key) ?? {
       receipts: 0,
       images: 0,
       settledWei: 0n,
@@ -133,14 +133,29 @@ export function earningsByDayFrom(rows: Iterable<EarningsRow>): EarningsDay[] {
       offchainWei: 0n,
       unbillableWei: 0n,
     };
-    d.receipts += row.receipts;
-    d.images += row.images;
-    if (row.state === 'settled') d.settledWei += row.feeWei;
-    else if (row.state === 'partial') d.partialWei += row.feeWei;
-    else if (row.state === 'offchain') d.offchainWei += row.feeWei;
-    else if (row.state === 'invalid' || row.state === 'void') d.unbillableWei += row.feeWei;
-    else d.unsettledWei += row.feeWei;
-    days.set(row.day, d);
+    g.receipts += row.receipts;
+    g.images += row.images;
+    if (row.state === 'settled') g.settledWei += row.feeWei;
+    else if (row.state === 'partial') g.partialWei += row.feeWei;
+    else if (row.state === 'offchain') g.offchainWei += row.feeWei;
+    else if (row.state === 'invalid' || row.state === 'void') g.unbillableWei += row.feeWei;
+    else g.unsettledWei += row.feeWei;
+    groups.set(row.key, g);
   }
-  return [...days.values()].sort((a, b) => a.day.localeCompare(b.day));
+  return groups;
+}
+
+/** One line per UTC day (rows keyed by day), oldest first. */
+export function earningsByDayFrom(rows: Iterable<EarningsRow>): EarningsDay[] {
+  return [...earningsByKey(rows)].map(([day, totals]) => ({ day, ...totals })).sort((a, b) => a.day.localeCompare(b.day));
+}
+
+/** One line per user (rows keyed by user), the `limit` largest total fees first, ties by user. */
+export function earningsByUserFrom(rows: Iterable<EarningsRow>, limit: number): UserEarnings[] {
+  const fee = (e: EarningsTotals) => e.settledWei + e.partialWei + e.unsettledWei + e.offchainWei + e.unbillableWei;
+  const byFeeDescending = (a: UserEarnings, b: UserEarnings) => {
+    const diff = fee(b) - fee(a);
+    return diff > 0n ? 1 : diff < 0n ? -1 : a.user.localeCompare(b.user);
+  };
+  return [...earningsByKey(rows)].map(([user, totals]) => ({ user, ...totals })).sort(byFeeDescending).slice(0, limit);
 }

@@ -409,5 +409,50 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
         { day: '2026-01-02', receipts: 2, images: 4, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 3n * PRICE, unbillableWei: PRICE },
       ]);
     });
+
+    it('adds up earnings per user and settlement state, the largest total fees first, exactly beyond 2^64', async () => {
+      const carol = '0x00000000000000000000000000000000000ca201';
+      const s = await paid(ALICE, { images: 2 });
+      await paid(ALICE, { images: 1, feeWei: 2n ** 70n });
+      const v = await paid(ALICE, { images: 1 });
+      await paid(BOB, { images: 4 });
+      await paid('router-x', { images: 1 });
+      await paid(carol, { images: 1 });
+      await billing.markPaidOnChain([{ jobId: s.jobId, root: '0x', proof: [] }], 'settled', { txHash: '0x1', block: 1, nowMs: 1, note: '' });
+      await billing.markUnbillable([{ jobId: v.jobId, state: 'invalid', note: 'x' }]);
+      const totals = { partialWei: 0n, offchainWei: 0n, unbillableWei: 0n };
+      expect(await billing.earningsByUser(10)).toEqual([
+        { user: ALICE, receipts: 3, images: 4, ...totals, settledWei: 2n * PRICE, unsettledWei: 2n ** 70n, unbillableWei: PRICE },
+        { user: BOB, receipts: 1, images: 4, ...totals, settledWei: 0n, unsettledWei: 4n * PRICE },
+        // Equal totals: by user.
+        { user: carol, receipts: 1, images: 1, ...totals, settledWei: 0n, unsettledWei: PRICE },
+        { user: 'router-x', receipts: 1, images: 1, ...totals, settledWei: 0n, unsettledWei: 0n, offchainWei: PRICE },
+      ]);
+      expect((await billing.earningsByUser(2)).map((e) => e.user)).toEqual([ALICE, BOB]);
+      expect(await billing.earningsByUser(0)).toEqual([]);
+    });
+
+    it('lists the newest batches first, in every state, up to the limit', async () => {
+      const a = await paid(ALICE);
+      const b = await paid(BOB);
+      await billing.prepareBatch({ id: 'b-old', items: [item(ALICE, 1n, [a])], createdMs: 10 });
+      await billing.recordBatchTx('b-old', '0xtx1', 1, 11);
+      await billing.confirmBatch('b-old', '0xtx1', 7, [{ user: ALICE, status: 0, unsettledWei: 0n }], 12);
+      await billing.prepareBatch({ id: 'b-mid', items: [item(BOB, 1n, [b])], createdMs: 20 });
+      await billing.abandonBatch('b-mid', 'nothing was sent');
+      // Same creation time: the larger id is newer.
+      await billing.prepareBatch({ id: 'b-new-1', items: [item(BOB, 2n, [b])], createdMs: 30 });
+      await billing.prepareBatch({ id: 'b-new-2', items: [], createdMs: 30 });
+      expect((await billing.recentBatches(10)).map((x) => [x.id, x.state])).toEqual([
+        ['b-new-2', 'prepared'],
+        ['b-new-1', 'prepared'],
+        ['b-mid', 'abandoned'],
+        ['b-old', 'confirmed'],
+      ]);
+      const [, , , old] = await billing.recentBatches(4);
+      expect(old).toEqual(await billing.getBatch('b-old'));
+      expect(old).toMatchObject({ txHashes: ['0xtx1'], block: 7, items: [{ user: ALICE, nonce: 1n }] });
+      expect((await billing.recentBatches(1)).map((x) => x.id)).toEqual(['b-new-2']);
+    });
   });
 }
