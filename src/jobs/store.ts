@@ -102,6 +102,53 @@ export interface ReceiptSigning {
   sign(seq: bigint): JobSignature;
 }
 
+/** Which jobs `listJobs` returns. */
+export interface JobListFilter {
+  /** Any of these statuses; every status when absent. */
+  statuses?: readonly JobStatus[];
+  /** Exactly this `Job.owner`. */
+  owner?: string;
+  model?: string;
+  /** Paging, newest first: only jobs strictly older than this (createdMs, then id as the tie-break). */
+  before?: { createdMs: number; id: string };
+  /** 1 to MAX_JOB_LIST_LIMIT. */
+  limit: number;
+}
+
+export const MAX_JOB_LIST_LIMIT = 500;
+
+/** The store refuses a page size it would not serve in one query; the CLI checks it first with a friendlier message. */
+export function checkJobListLimit(limit: number): void {
+  if (!Number.isInteger(limit) || limit < 1 || limit > MAX_JOB_LIST_LIMIT) {
+    throw new RangeError(`a job list limit is a whole number from 1 to ${MAX_JOB_LIST_LIMIT}, not ${limit}`);
+  }
+}
+
+/** Milliseconds, nearest-rank percentiles (the ⌈p·n⌉-th smallest), so every value is one a job really took. */
+export interface DurationSummary {
+  p50: number;
+  p95: number;
+  max: number;
+}
+
+/** What finished in one time slice (`jobActivity`). */
+export interface JobActivityBucket {
+  /** The slice's start, a multiple of the bucket length. */
+  startMs: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  /** Images delivered by the jobs that succeeded. */
+  images: number;
+  /** finishedMs − startedMs (the last attempt) of the jobs that succeeded; null when none did. */
+  runMs: DurationSummary | null;
+  /** finishedMs − createdMs (queue wait and every attempt) of the same jobs; null when none did. */
+  totalMs: DurationSummary | null;
+}
+
+/** The most buckets one `jobActivity` call returns: a chart has no use for more. */
+export const MAX_ACTIVITY_BUCKETS = 10_000;
+
 export interface JobStore {
   /**
    * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
@@ -120,6 +167,14 @@ export interface JobStore {
   countPending(backendId: string): Promise<number>;
   /** Jobs the store holds, counted by status and model (every status and model with at least one job). */
   countByStatusAndModel(): Promise<Array<{ status: JobStatus; model: string; count: number }>>;
+  /** Jobs matching the filter, newest first (createdMs descending, then id descending). */
+  listJobs(filter: JobListFilter): Promise<Job[]>;
+  /**
+   * Jobs that finished (completed, failed or cancelled) from `sinceMs` to `nowMs`, bucketed by finishedMs
+   * into slices of `bucketMs`: every bucket from the one holding sinceMs to the one holding nowMs is
+   * present, oldest first, with zeros when nothing finished in it.
+   */
+  jobActivity(sinceMs: number, nowMs: number, bucketMs: number): Promise<JobActivityBucket[]>;
   /** Pending jobs of the same backend that will be claimed before this one. */
   countAhead(job: Job): Promise<number>;
   /**

@@ -44,6 +44,7 @@ export const TABLES = [
   'blob_chunks',
   'blobs',
   'rate_limit_buckets',
+  'job_events',
 ];
 
 /** Empties every pixeld table (the schema stays): a fresh store for the next test. */

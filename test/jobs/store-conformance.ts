@@ -340,5 +340,158 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(await store.recentPerImageMs('b1', 10)).toEqual([200, 300]);
       expect(await store.recentPerImageMs('b2', 10)).toEqual([]);
     });
+
+    /** Runs one job of backend b1 to completion: created, started and finished at the given times. */
+    const completeAt = async (createdMs: number, startedMs: number, finishedMs: number, images = 1, over: Partial<NewJob> = {}) => {
+      const job = newJob({ createdMs, ...over });
+      await store.create(job, 0);
+      const claimed = (await store.claimNext(job.backendId, REPLICA, startedMs, 60_000))!;
+      expect(claimed.id).toBe(job.id);
+      const shas = Array.from({ length: images }, (_, i) => `${job.id}-${i}`);
+      expect(await store.complete(job.id, claimed.leaseToken, result(shas), SIGNING, finishedMs, finishedMs + 99_999)).toBe(true);
+      return job.id;
+    };
+    const failAt = async (createdMs: number, finishedMs: number) => {
+      const job = newJob({ createdMs });
+      await store.create(job, 0);
+      const claimed = (await store.claimNext('b1', REPLICA, createdMs, 60_000))!;
+      await store.fail(job.id, claimed.leaseToken, { code: 'upstream_error', message: 'x' }, finishedMs, finishedMs + 99_999);
+      return job.id;
+    };
+
+    it('lists jobs newest first, by status, owner and model', async () => {
+      // Two jobs created in the same millisecond: the id breaks the tie, descending.
+      const oldest = await failAt(T0, T0 + 1);
+      const [tieLow, tieHigh] = [`job_${'1'.repeat(32)}`, `job_${'2'.repeat(32)}`];
+      await store.create(newJob({ id: tieHigh, createdMs: T0 + 10 }), 0);
+      await store.create(newJob({ id: tieLow, createdMs: T0 + 10 }), 0);
+      const bobs = newJob({ owner: 'bob', model: 'm2', backendId: 'b2', createdMs: T0 + 20 });
+      await store.create(bobs, 0);
+      const newest = newJob({ createdMs: T0 + 30 });
+      await store.create(newest, 0);
+
+      const ids = async (filter: Parameters<JobStore['listJobs']>[0]) => (await store.listJobs(filter)).map((j) => j.id);
+      expect(await ids({ limit: 10 })).toEqual([newest.id, bobs.id, tieHigh, tieLow, oldest]);
+      expect(await ids({ limit: 2 })).toEqual([newest.id, bobs.id]);
+      expect(await ids({ statuses: ['failed'], limit: 10 })).toEqual([oldest]);
+      expect(await ids({ statuses: ['failed', 'pending'], owner: 'alice', limit: 10 })).toEqual([newest.id, tieHigh, tieLow, oldest]);
+      expect(await ids({ owner: 'bob', limit: 10 })).toEqual([bobs.id]);
+      expect(await ids({ model: 'm2', limit: 10 })).toEqual([bobs.id]);
+      expect(await ids({ model: 'm2', owner: 'alice', limit: 10 })).toEqual([]);
+      expect(await ids({ statuses: [], limit: 10 })).toEqual([]);
+      // Whole jobs, as get() reads them.
+      expect((await store.listJobs({ owner: 'bob', limit: 1 }))[0]).toEqual(await store.get(bobs.id));
+      await expect(store.listJobs({ limit: 0 })).rejects.toThrow(/from 1 to 500/);
+      await expect(store.listJobs({ limit: 501 })).rejects.toThrow(/from 1 to 500/);
+    });
+
+    it('pages through jobs with a (createdMs, id) cursor without gaps or repeats', async () => {
+      const created: string[] = [];
+      // Seven jobs over three milliseconds, several sharing one: ties fall across page boundaries.
+      for (const ms of [T0, T0, T0 + 1, T0 + 1, T0 + 1, T0 + 2, T0 + 2]) {
+        const job = newJob({ createdMs: ms });
+        await store.create(job, 0);
+        created.push(job.id);
+      }
+      const all = (await store.listJobs({ limit: 500 })).map((j) => j.id);
+      expect(new Set(all)).toEqual(new Set(created));
+      const seen: string[] = [];
+      let before: { createdMs: number; id: string } | undefined;
+      for (;;) {
+        const page = await store.listJobs({ limit: 2, before });
+        if (page.length === 0) break;
+        expect(page.length).toBeLessThanOrEqual(2);
+        seen.push(...page.map((j) => j.id));
+        const last = page[page.length - 1]!;
+        before = { createdMs: last.createdMs, id: last.id };
+      }
+      expect(seen).toEqual(all);
+      // The same walk within one status and owner.
+      const statusPage = await store.listJobs({ statuses: ['pending'], owner: 'alice', limit: 3, before: { createdMs: T0 + 1, id: all[3]! } });
+      expect(statusPage.map((j) => j.id)).toEqual(all.slice(4, 7));
+    });
+
+    it('buckets finished jobs by finish time, with every bucket of the window present', async () => {
+      const BUCKET = 1000;
+      const since = T0 + 500; // not on a bucket edge: the first bucket starts at T0
+      const now = T0 + 3_200;
+      await completeAt(T0, T0 + 100, since - 1); // before the window
+      await completeAt(T0, T0 + 100, since, 2); // on its first millisecond
+      await failAt(T0, T0 + 999); // the last millisecond of the first bucket
+      await completeAt(T0, T0 + 500, T0 + 1000, 3); // the first millisecond of the second bucket
+      const toCancel = newJob();
+      await store.create(toCancel, 0);
+      await store.cancel(toCancel.id, T0 + 1999, T0 + 5000);
+      await completeAt(T0 + 3000, T0 + 3100, now); // the window's last millisecond
+      await completeAt(T0 + 3000, T0 + 3100, now + 1); // after it
+      await store.create(newJob(), 0); // unfinished: never counted
+
+      const activity = await store.jobActivity(since, now, BUCKET);
+      expect(activity).toEqual([
+        {
+          startMs: T0,
+          succeeded: 1,
+          failed: 1,
+          cancelled: 0,
+          images: 2,
+          runMs: { p50: 400, p95: 400, max: 400 },
+          totalMs: { p50: 500, p95: 500, max: 500 },
+        },
+        {
+          startMs: T0 + 1000,
+          succeeded: 1,
+          failed: 0,
+          cancelled: 1,
+          images: 3,
+          runMs: { p50: 500, p95: 500, max: 500 },
+          totalMs: { p50: 1000, p95: 1000, max: 1000 },
+        },
+        { startMs: T0 + 2000, succeeded: 0, failed: 0, cancelled: 0, images: 0, runMs: null, totalMs: null },
+        {
+          startMs: T0 + 3000,
+          succeeded: 1,
+          failed: 0,
+          cancelled: 0,
+          images: 1,
+          runMs: { p50: 100, p95: 100, max: 100 },
+          totalMs: { p50: 200, p95: 200, max: 200 },
+        },
+      ]);
+      // A window inside one bucket is that one bucket; nothing finished: zeros.
+      expect(await store.jobActivity(T0 + 2100, T0 + 2200, BUCKET)).toEqual([
+        { startMs: T0 + 2000, succeeded: 0, failed: 0, cancelled: 0, images: 0, runMs: null, totalMs: null },
+      ]);
+      await expect(store.jobActivity(now, since, BUCKET)).rejects.toThrow(/after now/);
+      await expect(store.jobActivity(since, now, 0)).rejects.toThrow(/bucket of at least 1 ms/);
+      await expect(store.jobActivity(0, 20_000_000, 1)).rejects.toThrow(/at most 10000/);
+    });
+
+    it('summarises run and total times as nearest-rank percentiles of the jobs that succeeded', async () => {
+      // Twenty jobs in one bucket, run times 10..200 ms and totals 1010..1200 ms, finished out of order.
+      const runs = Array.from({ length: 20 }, (_, i) => (i + 1) * 10);
+      const order = [7, 19, 0, 13, 4, 16, 2, 11, 18, 5, 9, 1, 15, 8, 3, 17, 6, 14, 10, 12];
+      for (const i of order) {
+        const finished = T0 + 5_000 + i;
+        await completeAt(finished - runs[i]! - 1000, finished - runs[i]!, finished);
+      }
+      // A slow failure does not move the success percentiles.
+      await failAt(T0, T0 + 5_500);
+      const [bucket] = await store.jobActivity(T0 + 5_000, T0 + 5_999, 10_000);
+      // n = 20: p50 is the 10th smallest, p95 the 19th.
+      expect(bucket).toEqual({
+        startMs: T0,
+        succeeded: 20,
+        failed: 1,
+        cancelled: 0,
+        images: 20,
+        runMs: { p50: 100, p95: 190, max: 200 },
+        totalMs: { p50: 1100, p95: 1190, max: 1200 },
+      });
+      // n = 21 after one more: p50 the 11th, p95 the 20th (⌈19.95⌉).
+      await completeAt(T0 + 5_000, T0 + 5_000 + 995, T0 + 5_000 + 995 + 5);
+      const [again] = await store.jobActivity(T0 + 5_000, T0 + 5_999, 10_000);
+      expect(again!.runMs).toEqual({ p50: 100, p95: 190, max: 200 });
+      expect(again!.totalMs).toEqual({ p50: 1100, p95: 1190, max: 1200 });
+    });
   });
 }

@@ -197,6 +197,33 @@ export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
       ON CONFLICT DO NOTHING;
     `,
   },
+  {
+    version: 4,
+    name: 'job history: events per job, indexes for listing jobs and their activity',
+    sql: `
+      -- Listing newest first, for everyone or one owner (paging walks these from a (created_ms, id) cursor).
+      CREATE INDEX jobs_created ON jobs (created_ms, id);
+      CREATE INDEX jobs_owner_created ON jobs (owner, created_ms, id);
+      -- Activity per time slice reads the index of finished jobs alone.
+      DROP INDEX jobs_finished;
+      CREATE INDEX jobs_finished ON jobs (finished_ms) INCLUDE (status, started_ms, created_ms, images_delivered)
+        WHERE finished_ms IS NOT NULL;
+      -- Each job's events, numbered per job from the counter on its row: the transition's own UPDATE bumps
+      -- it and its RETURNING feeds the insert, so two replicas never write one number. "type" has no CHECK:
+      -- a new kind of event needs no migration.
+      ALTER TABLE jobs ADD COLUMN last_event_seq INTEGER NOT NULL DEFAULT 0;
+      CREATE TABLE job_events (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        at_ms BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        replica TEXT,
+        detail TEXT NOT NULL,
+        PRIMARY KEY (job_id, seq)
+      );
+    `,
+  },
 ];
 
 export interface AppliedMigration {

@@ -1,6 +1,7 @@
 import { isAddress } from 'ethers';
 import type { Pool, PoolClient } from 'pg';
 import { receiptLeaf } from '../../billing/leaf.js';
+import { activityBuckets, checkActivityWindow, jobActivityQuery, listJobsQuery, postgresParams, type ActivityRow } from '../job-queries.js';
 import { jobFromRow, type JobRow } from '../job-row.js';
 import { newToken, type JobError, type JobStatus } from '../model.js';
 import {
@@ -206,6 +207,19 @@ export function postgresJobStore(pool: Pool): JobStore {
         'SELECT status, model, COUNT(*) AS n FROM jobs GROUP BY status, model ORDER BY status, model',
       );
       return rows.map((r) => ({ status: r.status, model: r.model, count: Number(r.n) }));
+    },
+
+    async listJobs(filter) {
+      const params = postgresParams();
+      const sql = listJobsQuery(filter, params);
+      return sql === undefined ? [] : (await pool.query<JobRow>(sql, params.values)).rows.map(jobFromRow);
+    },
+
+    async jobActivity(sinceMs, nowMs, bucketMs) {
+      checkActivityWindow(sinceMs, nowMs, bucketMs);
+      const params = postgresParams();
+      const { rows } = await pool.query<ActivityRow>(jobActivityQuery(sinceMs, nowMs, bucketMs, params), params.values);
+      return activityBuckets(rows, sinceMs, nowMs, bucketMs);
     },
 
     async countAhead(job) {

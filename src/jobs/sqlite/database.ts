@@ -139,6 +139,27 @@ export const MIGRATIONS: readonly string[] = [
    INSERT OR IGNORE INTO settlement_items (user, nonce, batch_id)
    SELECT lower(json_extract(i.value, '$.user')), substr('000000000000000000000000000000000000000000000000000000000000000000000000000000' || json_extract(i.value, '$.nonce'), -78), b.id
    FROM settlement_batches b, json_each(b.items) i;`,
+  // Job history: listing newest first (per owner too); activity per time slice read from the index of
+  // finished jobs alone (it covers what jobActivity reads, images delivered included, as on PostgreSQL);
+  // and each job's events, numbered per job from the counter on its row (an event is written in the same
+  // transaction as the transition it records). `type` has no CHECK: a new kind of event needs no migration.
+  `ALTER TABLE jobs ADD COLUMN images_delivered INTEGER;
+   UPDATE jobs SET images_delivered = json_array_length(result, '$.images') WHERE status = 'completed' AND result IS NOT NULL;
+   DROP INDEX jobs_finished;
+   CREATE INDEX jobs_finished ON jobs (finished_ms, status, started_ms, created_ms, images_delivered) WHERE finished_ms IS NOT NULL;
+   ALTER TABLE jobs ADD COLUMN last_event_seq INTEGER NOT NULL DEFAULT 0;
+   CREATE INDEX jobs_created ON jobs (created_ms, id);
+   CREATE INDEX jobs_owner_created ON jobs (owner, created_ms, id);
+   CREATE TABLE job_events (
+     job_id TEXT NOT NULL,
+     seq INTEGER NOT NULL,
+     at_ms INTEGER NOT NULL,
+     type TEXT NOT NULL,
+     attempt INTEGER NOT NULL,
+     replica TEXT,
+     detail TEXT NOT NULL,
+     PRIMARY KEY (job_id, seq)
+   ) WITHOUT ROWID;`,
 ];
 
 /** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
@@ -151,6 +172,7 @@ export const MIGRATION_NAMES: readonly string[] = [
   'drop settlement_nonces',
   'jobs record the replica that accepted and the one that ran them',
   'settlement items by user and nonce',
+  'job history: events per job, images delivered, indexes for listing jobs and their activity',
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */

@@ -1,6 +1,7 @@
 import type Database from 'better-sqlite3';
 import { isAddress } from 'ethers';
 import { receiptLeaf } from '../../billing/leaf.js';
+import { activityBuckets, checkActivityWindow, jobActivityQuery, listJobsQuery, sqliteParams, type ActivityRow } from '../job-queries.js';
 import { jobFromRow, type JobRow } from '../job-row.js';
 import { newToken, type Job, type JobError, type JobResult, type JobStatus } from '../model.js';
 import {
@@ -61,8 +62,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     extendLease: db.prepare<[number, string, string]>(
       "UPDATE jobs SET lease_expires_ms = ? WHERE id = ? AND lease_token = ? AND status = 'processing'",
     ),
-    complete: db.prepare<[string, string, number, number, number, string, string]>(
-      `UPDATE jobs SET status = 'completed', result = ?, signature = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
+    complete: db.prepare<[string, number, string, number, number, number, string, string]>(
+      `UPDATE jobs SET status = 'completed', result = ?, images_delivered = ?, signature = ?, finished_ms = ?, updated_ms = ?, expires_ms = ?,
          lease_token = NULL, lease_expires_ms = NULL, error = NULL
        WHERE id = ? AND lease_token = ? AND status = 'processing'`,
     ),
@@ -192,7 +193,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     const seq = (last > signing.seqFloor ? last : signing.seqFloor) + 1n;
     const signature = signing.sign(seq);
     const changed =
-      stmt.complete.run(JSON.stringify(result), JSON.stringify(signature), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
+      stmt.complete.run(JSON.stringify(result), result.images.length, JSON.stringify(signature), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
     if (changed) {
       stmt.setSeq.run(owner, seq.toString());
       stmt.dropRefs.run(id, 'input');
@@ -306,6 +307,17 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     },
     async countByStatusAndModel() {
       return stmt.countByStatusAndModel.all().map((r) => ({ status: r.status, model: r.model, count: r.n }));
+    },
+    async listJobs(filter) {
+      const params = sqliteParams();
+      const sql = listJobsQuery(filter, params);
+      return sql === undefined ? [] : db.prepare<unknown[], JobRow>(sql).all(...params.values).map(jobFromRow);
+    },
+    async jobActivity(sinceMs, nowMs, bucketMs) {
+      checkActivityWindow(sinceMs, nowMs, bucketMs);
+      const params = sqliteParams();
+      const sql = jobActivityQuery(sinceMs, nowMs, bucketMs, params);
+      return activityBuckets(db.prepare<unknown[], ActivityRow>(sql).all(...params.values), sinceMs, nowMs, bucketMs);
     },
     async countAhead(job) {
       const seq = stmt.seqOf.get(job.id);
