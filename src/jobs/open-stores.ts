@@ -1,5 +1,6 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import { postgresBillingStore } from '../billing/postgres-billing-store.js';
 import { sqliteBillingStore } from '../billing/sqlite-billing-store.js';
 import type { BillingStore } from '../billing/store.js';
@@ -10,10 +11,10 @@ import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
 import { FileBlobStore } from '../images/file-blob-store.js';
 import { PostgresBlobStore } from '../images/postgres-blob-store.js';
-import { migratePostgres } from './postgres/migrations.js';
+import { migratePostgres, POSTGRES_MIGRATIONS } from './postgres/migrations.js';
 import { createPostgresPool, redactDatabaseUrl } from './postgres/pool.js';
 import { postgresJobStore } from './postgres/postgres-store.js';
-import { MIGRATION_NAMES, openSqliteDatabase } from './sqlite/database.js';
+import { MIGRATION_NAMES, MIGRATIONS, openSqliteDatabase } from './sqlite/database.js';
 import { sqliteJobStore } from './sqlite/sqlite-store.js';
 import type { JobEvents } from './job-events.js';
 import { listenForJobEvents, type JobNotifications } from './postgres/job-notifications.js';
@@ -146,6 +147,47 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
     replicaPresence: () => undefined,
     close: () => jobs.close(),
   };
+}
+
+export interface SchemaStatus {
+  kind: StoreKind;
+  /** The SQLite file, or the PostgreSQL URL without its password. */
+  location: string;
+  /** The schema version the database is at (0: no database, or an empty one). */
+  version: number;
+  /** The version this pixeld migrates to. */
+  latest: number;
+  /** Whether the SQLite file exists (always true for PostgreSQL, whose database must exist to be read). */
+  exists: boolean;
+}
+
+/**
+ * The database's schema version, read without changing anything: no file is created, no migration
+ * applied, no lock taken (`pixeld doctor`). Rejects when the database cannot be reached.
+ */
+export async function readSchemaStatus(config: StoreConfig): Promise<SchemaStatus> {
+  if (storeKind(config) === 'postgres') {
+    const url = config.database.url!;
+    const pool = createPostgresPool({ url, maxConnections: 1, connectTimeoutMs: config.database.connectTimeoutMs });
+    try {
+      const location = redactDatabaseUrl(url);
+      const latest = POSTGRES_MIGRATIONS.at(-1)?.version ?? 0;
+      const table = await pool.query<{ t: string | null }>("SELECT to_regclass('schema_migrations')::text AS t");
+      if (table.rows[0]?.t == null) return { kind: 'postgres', location, version: 0, latest, exists: true };
+      const { rows } = await pool.query<{ v: number | null }>('SELECT max(version) AS v FROM schema_migrations');
+      return { kind: 'postgres', location, version: rows[0]?.v ?? 0, latest, exists: true };
+    } finally {
+      await pool.end();
+    }
+  }
+  const file = sqliteFile(config);
+  if (!existsSync(file)) return { kind: 'sqlite', location: file, version: 0, latest: MIGRATIONS.length, exists: false };
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  try {
+    return { kind: 'sqlite', location: file, version: db.pragma('user_version', { simple: true }) as number, latest: MIGRATIONS.length, exists: true };
+  } finally {
+    db.close();
+  }
 }
 
 async function initialised(blobs: FileBlobStore | PostgresBlobStore): Promise<BlobStore> {

@@ -47,6 +47,20 @@ export function validateSettlementCron(expression: string): boolean {
   return cron.validate(expression);
 }
 
+/**
+ * When the schedule next starts a round, as the daemon's task computes it (node-cron, this process's time
+ * zone); undefined for an expression node-cron refuses. The task is made only to ask, and destroyed at once.
+ */
+export function nextScheduledRound(expression: string): Date | undefined {
+  if (!cron.validate(expression)) return undefined;
+  const task = cron.createTask(expression, () => undefined);
+  try {
+    return task.getNextRuns(1)[0];
+  } finally {
+    void task.destroy();
+  }
+}
+
 export function createSettlementTriggers(deps: SettlementTriggersDeps): SettlementTriggers {
   const { settler, logger, billingConfig } = deps;
   let task: ScheduledTask | undefined;
