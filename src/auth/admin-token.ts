@@ -1,5 +1,5 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import type { Request, RequestHandler } from 'express';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../config/load.js';
 import { PixeldError } from '../errors.js';
@@ -31,12 +31,26 @@ export class AdminToken {
     // Both sides are 32-byte digests, so the comparison takes the same time whatever was presented.
     return timingSafeEqual(this.digest, sha256(presented));
   }
+
+  /**
+   * A key for `purpose` (HMAC of the purpose under the token's sha256): every replica given the same token
+   * derives the same key without sharing anything else, and the key reveals neither the token nor its
+   * digest. Undefined when no token is configured.
+   */
+  derivedKey(purpose: string): Buffer | undefined {
+    return this.digest && createHmac('sha256', this.digest).update(purpose, 'utf8').digest();
+  }
+}
+
+/** The token of an `Authorization: Bearer <token>` header; undefined without one. */
+export function bearerTokenOf(req: Request): string | undefined {
+  return /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '')?.[1];
 }
 
 /** 401 `invalid_admin_token` unless the request carries `Authorization: Bearer <admin token>`. */
 export function requireAdmin(token: AdminToken): RequestHandler {
   return (req, _res, next) => {
-    const presented = /^Bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? '')?.[1];
+    const presented = bearerTokenOf(req);
     if (!token.configured) {
       next(new PixeldError('invalid_admin_token', 'the admin routes are closed: set admin.tokenSha256 or admin.tokenEnv to open them'));
       return;

@@ -109,6 +109,11 @@ export class AttestationService {
     this.freshPerClient = new TokenBuckets(Math.min(perClient, deps.freshReportsPerMinute), deps.now);
   }
 
+  /** When the cached nonce-less report was made (unix ms); undefined until one is asked for. */
+  get cachedReportMs(): number | undefined {
+    return this.cached?.atMs;
+  }
+
   /**
    * With a nonce: a fresh quote, within the client's and everyone's allowance; the same nonce again within
    * SAME_NONCE_REUSE_MS gets the same report, at no cost. Without: the cached report (report_data ends in
