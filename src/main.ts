@@ -32,7 +32,7 @@ import { Settler } from './billing/settlement/settler.js';
 import { createSettlementTriggers, validateSettlementCron, type SettlementTriggers } from './billing/settlement/triggers.js';
 import type { InterruptedJobPolicy, JobStore } from './jobs/store.js';
 import { Sweeper } from './jobs/sweeper.js';
-import { createLogger, type Logger } from './obs/logger.js';
+import { createLogger, resolveLogFormat, type Logger } from './obs/logger.js';
 import { DaemonMetrics } from './obs/metrics.js';
 import { Readiness } from './obs/readiness.js';
 import { AttestationService } from './tee/attestation.js';
@@ -175,6 +175,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     jobs: config.jobs,
     maxQueuedJobs: new Map(config.backends.map((b) => [b.id, b.maxQueuedJobs])),
     logger,
+    logPrompts: config.log.prompts,
     now,
   });
   const rateLimitBuckets = stores.rateLimitBuckets(config.rateLimits, now);
@@ -365,7 +366,9 @@ export async function serve(options: ServeOptions): Promise<number> {
     throw err;
   }
   const { config, source } = loaded;
-  const logger = createLogger({ level: config.log.level, format: process.stdout.isTTY ? 'pretty' : 'json' });
+  // Colour codes only where a terminal shows them, whatever log.format says: a file or a pipe gets plain text.
+  const terminal = Boolean(process.stdout.isTTY);
+  const logger = createLogger({ level: config.log.level, format: resolveLogFormat(config.log.format, terminal), colors: terminal });
   for (const warning of developmentWarnings(config)) logger.warn(warning);
   let daemon: Daemon;
   try {

@@ -84,6 +84,7 @@ function applyEnvOverrides(input: ConfigInput, env: NodeJS.ProcessEnv): void {
   if (env.PIXELD_DATA_DIR) input.dataDir = env.PIXELD_DATA_DIR;
   if (env.PIXELD_DATABASE_URL) input.database = { ...(input.database ?? {}), url: env.PIXELD_DATABASE_URL };
   if (env.PIXELD_LOG_LEVEL) input.log = { ...(input.log ?? {}), level: env.PIXELD_LOG_LEVEL as 'info' };
+  if (env.PIXELD_LOG_FORMAT) input.log = { ...(input.log ?? {}), format: env.PIXELD_LOG_FORMAT as 'auto' };
 }
 
 function envInteger(name: string, value: string): number {

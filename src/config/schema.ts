@@ -443,7 +443,15 @@ export const configSchema = z
       .strict()
       .prefault({}),
     log: z
-      .object({ level: z.enum(['error', 'warn', 'info', 'debug']).default('info') })
+      .object({
+        level: z.enum(['error', 'warn', 'info', 'debug']).default('info'),
+        /** json: one JSON object per line; pretty: readable lines, coloured on a terminal; auto: pretty on a terminal. */
+        format: z.enum(['auto', 'json', 'pretty']).default('auto'),
+        /** One info line per HTTP request (health probes and /metrics at debug). */
+        requests: z.boolean().default(true),
+        /** Whether a job's prompt (and negative prompt) is written into its queued line: users' text, off by default. */
+        prompts: z.boolean().default(false),
+      })
       .strict()
       .prefault({}),
     limits: z

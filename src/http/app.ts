@@ -62,6 +62,8 @@ export interface AppDeps {
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
+/** Routes polled by probes and scrapers, logged at debug. */
+const PROBE_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
 export function createApp(deps: AppDeps): Express {
   const app = express();
@@ -69,9 +71,10 @@ export function createApp(deps: AppDeps): Express {
   app.set('trust proxy', deps.config.server.trustProxy);
   app.set('etag', false);
 
-  // winston formats a line (timestamp, JSON) before its transports drop it by level: only ask for the
-  // per-request line when it will be written.
-  const logRequests = deps.logger.isDebugEnabled();
+  // winston formats a line (timestamp, JSON) before its transports drop it by level: only build a
+  // request line when it will be written. Probes and scrapes come every few seconds: debug, not info.
+  const logRequests = deps.config.log.requests && deps.logger.isInfoEnabled();
+  const logProbes = deps.config.log.requests && deps.logger.isDebugEnabled();
   app.use((req, res, next) => {
     const incoming = req.headers['x-request-id'];
     // A UUIDv4 of our own, the form theRouter documents for the ids its users quote in support tickets.
@@ -80,8 +83,10 @@ export function createApp(deps: AppDeps): Express {
     const started = Date.now();
     res.on('finish', () => {
       const ms = Date.now() - started;
-      deps.metrics.observeRequest(req.method, routeLabel(req), res.statusCode, ms);
-      if (logRequests) deps.logger.debug('request', { requestId: req.requestId, method: req.method, path: req.path, status: res.statusCode, ms });
+      const route = routeLabel(req);
+      deps.metrics.observeRequest(req.method, route, res.statusCode, ms);
+      const probe = PROBE_ROUTES.has(route);
+      if (probe ? logProbes : logRequests) deps.logger.log(probe ? 'debug' : 'info', 'request', requestLine(req, res, route, ms));
     });
     next();
   });
@@ -116,4 +121,30 @@ function routeLabel(req: express.Request): string {
   if (route === undefined || route.path === undefined) return 'unmatched';
   const path = Array.isArray(route.path) ? route.path.map(String).join('|') : String(route.path);
   return `${req.baseUrl}${path}`;
+}
+
+/**
+ * One request's log fields. The path never carries its query string (a caller may put anything there) nor
+ * a file token (the capability to fetch a url result): a `:token` segment of the route stays `:token`.
+ */
+function requestLine(req: express.Request, res: express.Response, route: string, ms: number): Record<string, unknown> {
+  const length = res.getHeader('content-length');
+  return {
+    requestId: req.requestId,
+    method: req.method,
+    route,
+    path: route.includes(':token') ? withoutToken(req.path, route) : req.path,
+    status: res.statusCode,
+    ms,
+    bytes: length === undefined ? undefined : Number(length),
+    owner: req.owner,
+  };
+}
+
+function withoutToken(path: string, route: string): string {
+  const pattern = route.split('/');
+  return path
+    .split('/')
+    .map((segment, i) => (pattern[i] === ':token' ? ':token' : segment))
+    .join('/');
 }

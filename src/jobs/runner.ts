@@ -11,7 +11,7 @@ import type { TeeKeyProvider } from '../tee/key-provider.js';
 import { signJob, type JobSignature } from '../tee/receipt.js';
 import type { JobEvents } from './job-events.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
-import type { ClaimedJob, InterruptedJobPolicy, JobStore } from './store.js';
+import type { ClaimedJob, InterruptedJobPolicy, JobStore, RecoveredJobs } from './store.js';
 
 export interface RunnerDeps {
   store: JobStore;
@@ -120,8 +120,10 @@ export class JobRunner {
       now(),
       now() + jobs.resultTtlMs,
     );
-    if (recovered.requeued + recovered.failed + recovered.cancelled > 0) {
-      logger.warn('recovered jobs interrupted by the last shutdown', recovered);
+    const counts = { requeued: recovered.requeued.length, failed: recovered.failed.length, cancelled: recovered.cancelled.length };
+    if (counts.requeued + counts.failed + counts.cancelled > 0) {
+      logger.warn('recovered jobs interrupted by the last shutdown', counts);
+      logRecoveredJobs(logger, recovered, 'restart');
     }
     for (const backendId of this.deps.backends.keys()) {
       const samples = await store.recentPerImageMs(backendId, DURATION_SAMPLES);
@@ -293,7 +295,7 @@ export class JobRunner {
     let outcome: AttemptOutcome | undefined;
     try {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
-      log.debug('attempt started');
+      log.info('job started', { replica: this.deps.replicaId, model: job.model, n: job.params.n });
       const result = await this.produce(job, backend, controller.signal, deadlineMs, slot);
       const signing = { seqFloor: this.deps.receiptSeqFloor?.(job.owner) ?? 0n, sign: (seq: bigint) => this.sign(job, result, seq) };
       const finishedMs = now();
@@ -353,7 +355,8 @@ export class JobRunner {
     const reason: unknown = signal.aborted ? signal.reason : undefined;
     if (reason instanceof DOMException && reason.name === 'AbortError') {
       this.counters.attemptsCancelled += 1;
-      log.info('attempt aborted: job cancelled');
+      // The cancel itself is logged where it happened ('job cancelled'); this only says the attempt stopped.
+      log.debug('attempt aborted: job cancelled');
       return 'cancelled';
     }
     if (reason instanceof PixeldError && reason.code === 'shutting_down') {
@@ -371,13 +374,14 @@ export class JobRunner {
       await store.retryLater(job.id, job.leaseToken, failure.error, finishedMs + backoff, finishedMs);
       this.counters.attemptsRetried += 1;
       setTimeout(() => this.wake(job.backendId), backoff).unref();
-      log.warn('attempt failed; will retry', { code: failure.error.code, message: failure.error.message, retryInMs: backoff, details: failure.details });
+      // `error`, not `message`: winston would append a meta `message` to the line's own, which stays fixed for jq.
+      log.warn('attempt failed; will retry', { code: failure.error.code, error: failure.error.message, retryInMs: backoff, details: failure.details });
       return 'retried';
     }
     await store.fail(job.id, job.leaseToken, failure.error, finishedMs, finishedMs + jobs.resultTtlMs);
     this.counters.jobsFailed += 1;
     const level = failure.error.code === 'internal_error' ? 'error' : 'warn';
-    log.log(level, 'job failed', { code: failure.error.code, message: failure.error.message, details: failure.details, attempts: job.attempts });
+    log.log(level, 'job failed', { code: failure.error.code, error: failure.error.message, details: failure.details, attempts: job.attempts });
     return 'failed';
   }
 
@@ -520,6 +524,16 @@ export class JobRunner {
     samples.unshift(perImageMs);
     if (samples.length > DURATION_SAMPLES) samples.length = DURATION_SAMPLES;
     this.perImageMs.set(backendId, samples);
+  }
+}
+
+/**
+ * One `job recovered` line per job a recovery touched, so each job's own lines tell the whole story: `restart`
+ * for jobs the last shutdown interrupted, `lease expired` for jobs whose replica stopped answering.
+ */
+export function logRecoveredJobs(logger: Logger, recovered: RecoveredJobs & { cancelled?: string[] }, cause: 'restart' | 'lease expired'): void {
+  for (const outcome of ['requeued', 'failed', 'cancelled'] as const) {
+    for (const jobId of recovered[outcome] ?? []) logger.warn('job recovered', { jobId, outcome, cause });
   }
 }
 

@@ -25,6 +25,8 @@ export interface JobServiceDeps {
   /** Pending jobs each backend may hold before submits get 429. */
   maxQueuedJobs: ReadonlyMap<string, number>;
   logger: Logger;
+  /** log.prompts: whether a job's queued line carries its prompt (users' text). */
+  logPrompts: boolean;
   now: () => number;
 }
 
@@ -35,6 +37,15 @@ export interface SubmitOptions {
   delivery: 'sync' | 'async';
   idempotencyKey: string | undefined;
   baseUrl: string;
+  /** The request that submits the job, named in its queued line. */
+  requestId: string;
+}
+
+export interface CancelOptions {
+  /** The request that cancels the job, named in its cancelled line. */
+  requestId: string;
+  /** Why, when not the caller's own cancel (a sync caller that went away, a shutdown). */
+  reason?: string;
 }
 
 /** Seconds a poll is told to wait, whatever the estimate says. */
@@ -148,7 +159,10 @@ export class JobService {
           'this Idempotency-Key was already used for a different request; use a new key for a new request',
         );
       }
-      if (outcome.created) this.deps.events.queued(backendId);
+      if (outcome.created) {
+        this.logQueued(outcome.job, options.requestId);
+        this.deps.events.queued(backendId);
+      }
       return outcome;
     } finally {
       // Uploads still in the temp dir were not taken into the blob store (an error happened first).
@@ -166,9 +180,13 @@ export class JobService {
   }
 
   /** Cancels a pending or running job; a finished job is returned as it is. */
-  async cancel(id: string): Promise<Job | undefined> {
+  async cancel(id: string, options: CancelOptions): Promise<Job | undefined> {
     const { store, now, jobs, events } = this.deps;
+    const before = await store.get(id);
     const job = await store.cancel(id, now(), now() + jobs.resultTtlMs);
+    if (job?.status === 'cancelled' && before !== undefined && before.status !== 'cancelled') {
+      this.deps.logger.info('job cancelled', { jobId: id, requestId: options.requestId, was: before.status, reason: options.reason });
+    }
     if (job?.status === 'cancelled') {
       events.cancelled(id);
       events.finished(id);
@@ -231,6 +249,22 @@ export class JobService {
       seconds: clampSeconds(estimateMs / 1000),
       ms: Math.min(MAX_RETRY_AFTER_MS, Math.max(MIN_RETRY_AFTER_MS, Math.ceil(estimateMs))),
     };
+  }
+
+  private logQueued(job: Job, requestId: string): void {
+    const { params } = job;
+    this.deps.logger.info('job queued', {
+      jobId: job.id,
+      requestId,
+      owner: job.owner,
+      model: job.model,
+      backendId: job.backendId,
+      kind: job.kind,
+      delivery: job.delivery,
+      n: params.n,
+      size: params.size,
+      ...(this.deps.logPrompts ? { prompt: params.prompt, negativePrompt: params.negativePrompt } : {}),
+    });
   }
 
   private async admissionRefusal(err: QueueFullError | ModelBusyError, request: ImageJobRequest): Promise<PixeldError> {

@@ -80,6 +80,12 @@ export interface ClaimedJob extends Job {
 
 export type InterruptedJobPolicy = (job: Job) => 'rerun' | 'fail';
 
+/** The ids of the jobs a recovery put back in the queue and of those it failed, each logged by the caller. */
+export interface RecoveredJobs {
+  requeued: string[];
+  failed: string[];
+}
+
 /** What recovery does with a job whose attempt was cut off: run it again, or fail it and say why. */
 export function interruptedJobDecision(job: Job, policy: InterruptedJobPolicy, maxAttempts: number): 'rerun' | { reason: string } {
   if (job.attempts >= maxAttempts) return { reason: `and it had used all ${maxAttempts} attempts` };
@@ -210,7 +216,7 @@ export interface JobStore {
     maxAttempts: number,
     nowMs: number,
     expiresMs: number,
-  ): Promise<{ requeued: number; failed: number; cancelled: number }>;
+  ): Promise<RecoveredJobs & { cancelled: string[] }>;
   /**
    * Processing jobs whose lease ran out (a stalled runner, a replica that died) go back to pending, or are
    * failed, as the policy and the attempts left say — as at start-up, for whichever replica ran them.
@@ -220,7 +226,7 @@ export interface JobStore {
     maxAttempts: number,
     nowMs: number,
     expiresMs: number,
-  ): Promise<{ requeued: number; failed: number }>;
+  ): Promise<RecoveredJobs>;
   /** Marks finished jobs whose TTL passed as expired and drops their file references; returns their ids. */
   expireResults(nowMs: number, limit: number): Promise<string[]>;
   /** Whether any job still needs the blob (inputs of unfinished jobs, outputs of unexpired ones). */

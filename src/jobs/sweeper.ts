@@ -2,7 +2,8 @@ import type { RateLimitBuckets } from '../auth/rate-limiter.js';
 import type { Config } from '../config/schema.js';
 import type { BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
-import type { InterruptedJobPolicy, JobStore } from './store.js';
+import { logRecoveredJobs } from './runner.js';
+import type { InterruptedJobPolicy, JobStore, RecoveredJobs } from './store.js';
 
 export interface SweeperDeps {
   store: JobStore;
@@ -52,7 +53,9 @@ export class Sweeper {
     this.leaseTimer = setInterval(() => {
       this.recoveringLeases ??= this.recoverLeases()
         .then((leases) => {
-          if (leases.requeued + leases.failed > 0) logger.warn('recovered jobs whose lease ran out', leases);
+          if (leases.requeued.length + leases.failed.length > 0) {
+            logger.warn('recovered jobs whose lease ran out', { requeued: leases.requeued.length, failed: leases.failed.length });
+          }
         })
         .catch((err: unknown) => logger.error('could not recover expired leases', { error: String(err) }))
         .finally(() => (this.recoveringLeases = undefined));
@@ -66,9 +69,12 @@ export class Sweeper {
     await Promise.all([this.running?.catch(() => undefined), this.recoveringLeases]);
   }
 
-  private recoverLeases(): Promise<{ requeued: number; failed: number }> {
-    const { store, interruptedJobPolicy, jobs, now } = this.deps;
-    return store.recoverExpiredLeases(interruptedJobPolicy, jobs.maxAttempts, now(), now() + jobs.resultTtlMs);
+  /** Every recovered job gets its own line here, whether the lease timer or a sweep found it. */
+  private async recoverLeases(): Promise<RecoveredJobs> {
+    const { store, interruptedJobPolicy, jobs, now, logger } = this.deps;
+    const recovered = await store.recoverExpiredLeases(interruptedJobPolicy, jobs.maxAttempts, now(), now() + jobs.resultTtlMs);
+    logRecoveredJobs(logger, recovered, 'lease expired');
+    return recovered;
   }
 
   /** One pass; concurrent calls share the pass in progress. */
@@ -83,8 +89,8 @@ export class Sweeper {
     const { store, blobs, rateLimitBuckets, jobs, now, logger } = this.deps;
     const report: SweepReport = { leasesRequeued: 0, leasesFailed: 0, resultsExpired: 0, blobsDeleted: 0, tempFilesDeleted: 0, recordsDeleted: 0, rateLimitBucketsPruned: 0 };
     const leases = await this.recoverLeases();
-    report.leasesRequeued = leases.requeued;
-    report.leasesFailed = leases.failed;
+    report.leasesRequeued = leases.requeued.length;
+    report.leasesFailed = leases.failed.length;
     for (;;) {
       const expired = await store.expireResults(now(), BATCH);
       report.resultsExpired += expired.length;

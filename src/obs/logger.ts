@@ -2,12 +2,23 @@ import winston from 'winston';
 
 export type Logger = winston.Logger;
 
+/** How lines are written: one JSON object per line for machines, or a readable line for a person. */
+export type LogFormat = 'json' | 'pretty';
+
 export interface CreateLoggerOptions {
   level: string;
-  /** JSON lines for machines (default), or a readable single line for a terminal. */
-  format?: 'json' | 'pretty';
-  /** Extra transport, used by tests to capture log lines. */
+  /** @default 'json' */
+  format?: LogFormat;
+  /** Colour the level of pretty lines (ANSI codes): only for a terminal. @default false */
+  colors?: boolean;
+  /** Where lines go instead of stdout; tests capture lines with it, commands send them to stderr. */
   stream?: NodeJS.WritableStream;
+}
+
+/** `log.format: auto` is pretty on a terminal and JSON lines everywhere else (a container, a pipe, a file). */
+export function resolveLogFormat(setting: 'auto' | LogFormat, isTTY: boolean): LogFormat {
+  if (setting !== 'auto') return setting;
+  return isTTY ? 'pretty' : 'json';
 }
 
 export function createLogger(options: CreateLoggerOptions): Logger {
@@ -15,16 +26,25 @@ export function createLogger(options: CreateLoggerOptions): Logger {
     options.format === 'pretty'
       ? winston.format.combine(
           winston.format.timestamp(),
-          winston.format.printf(({ level, message, timestamp, ...rest }) => {
-            const extra = Object.keys(rest).length > 0 ? ` ${JSON.stringify(rest)}` : '';
-            return `${String(timestamp)} ${level.toUpperCase()} ${String(message)}${extra}`;
-          }),
+          ...(options.colors ? [winston.format.colorize({ level: true })] : []),
+          winston.format.printf(prettyLine),
         )
       : winston.format.combine(winston.format.timestamp(), winston.format.json());
   const transport = options.stream
     ? new winston.transports.Stream({ stream: options.stream })
     : new winston.transports.Console({ stderrLevels: [] });
   return winston.createLogger({ level: options.level, format, transports: [transport] });
+}
+
+/** `2026-12-04T16:55:00.123Z info job started jobId=… attempt=1`: the ids a person greps for, as key=value. */
+function prettyLine(info: winston.Logform.TransformableInfo): string {
+  const { level, message, timestamp, ...rest } = info;
+  let line = `${String(timestamp)} ${level} ${String(message)}`;
+  for (const [key, value] of Object.entries(rest)) {
+    if (value === undefined) continue;
+    line += ` ${key}=${typeof value === 'string' && /^[^\s"=]+$/.test(value) ? value : JSON.stringify(value)}`;
+  }
+  return line;
 }
 
 /** A logger that drops everything; for unit tests that do not look at logs. */

@@ -259,7 +259,7 @@ describe('cancel', () => {
     await request;
     for (let i = 0; i < 100 && !call.options.signal.aborted; i += 1) await new Promise((r) => setTimeout(r, 20));
     expect(call.options.signal.aborted).toBe(true);
-    const rows = d.logs.filter((l) => l.message === 'sync caller disconnected; job cancelled');
+    const rows = d.logs.filter((l) => l.message === 'job cancelled' && l.reason === 'the sync caller disconnected');
     expect(rows).toHaveLength(1);
   });
 });

@@ -247,13 +247,13 @@ describe('postgres job store across processes (two pools on one database)', () =
     await a.claimNext('gpu', 'replica-a', 2_000, 60_000);
     await b.claimNext('gpu', 'replica-b', 2_000, 60_000);
     const outcome = await a.recoverInterrupted('replica-a', () => 'rerun', 3, 3_000, 9_000);
-    expect(outcome).toEqual({ requeued: 1, failed: 0, cancelled: 1 });
+    expect(outcome).toEqual({ requeued: [mineRunning.id], failed: [], cancelled: [mySync.id] });
     expect((await a.get(mineRunning.id))!.status).toBe('pending');
     expect((await a.get(theirsRunning.id))!).toMatchObject({ status: 'processing', ranBy: 'replica-b' });
     expect((await a.get(mySync.id))!.status).toBe('cancelled');
     expect((await a.get(theirSync.id))!.status).toBe('pending');
     // replica-b died instead of restarting: its lease runs out and the job goes back to the queue.
-    expect(await a.recoverExpiredLeases(() => 'rerun', 3, 2_000 + 60_001, 9_000)).toEqual({ requeued: 1, failed: 0 });
+    expect(await a.recoverExpiredLeases(() => 'rerun', 3, 2_000 + 60_001, 9_000)).toEqual({ requeued: [theirsRunning.id], failed: [] });
     expect((await a.get(theirsRunning.id))!.status).toBe('pending');
   });
 

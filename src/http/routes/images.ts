@@ -53,6 +53,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     delivery,
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),
+    requestId: req.requestId,
   });
   res.setHeader('X-Job-Id', job.id);
   if (delivery === 'async') await setRetryAfterHeaders(deps, job, res);
@@ -84,14 +85,13 @@ async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Respon
     const unfinished = ended !== undefined && (ended.status === 'pending' || ended.status === 'processing');
     if (gone.signal.aborted) {
       if (unfinished) {
-        await deps.service.cancel(job.id);
-        deps.logger.info('sync caller disconnected; job cancelled', { jobId: job.id, requestId: req.requestId });
+        await deps.service.cancel(job.id, { requestId: req.requestId, reason: 'the sync caller disconnected' });
       }
       return;
     }
     if (stopping.aborted && unfinished) {
       // The caller would otherwise lose its connection with no answer; a retryable 503 tells it to come back.
-      await deps.service.cancel(job.id);
+      await deps.service.cancel(job.id, { requestId: req.requestId, reason: 'the daemon is shutting down' });
       throw stopping.reason;
     }
     if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);

@@ -34,7 +34,7 @@ export function jobRoutes(deps: AppDeps): Router {
     if (found.status === 'completed' || found.status === 'failed') {
       throw new PixeldError('job_not_cancellable', `job ${found.id} has already ${found.status === 'completed' ? 'completed' : 'failed'}`);
     }
-    const job = (await deps.service.cancel(found.id)) ?? found;
+    const job = (await deps.service.cancel(found.id, { requestId: req.requestId })) ?? found;
     res.json(shape === '0g' ? zeroGPollBody(job, undefined) : theRouterJobBody(job, deps.now(), undefined));
   };
   router.post('/v1/async/jobs/:jobId/cancel', cancel('0g'));

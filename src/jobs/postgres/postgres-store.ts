@@ -13,6 +13,7 @@ import {
   interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
+  type RecoveredJobs,
   type JobStore,
   type NewJob,
   type ReceiptSigning,
@@ -77,23 +78,23 @@ async function settleInterrupted(
   maxAttempts: number,
   nowMs: number,
   expiresMs: number,
-): Promise<{ requeued: number; failed: number }> {
-  let requeued = 0;
-  let failed = 0;
+): Promise<RecoveredJobs> {
+  const requeued: string[] = [];
+  const failed: string[] = [];
   for (const row of rows) {
     const job = jobFromRow(row);
     const decision = interruptedJobDecision(job, policy, maxAttempts);
     if (decision === 'rerun') {
       await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
       await notifyQueued(c, job.backendId);
-      requeued += 1;
+      requeued.push(job.id);
     } else {
       await c.query(
         finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
                    WHERE id = $4`),
         [JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, expiresMs, job.id],
       );
-      failed += 1;
+      failed.push(job.id);
     }
   }
   return { requeued, failed };
@@ -357,7 +358,7 @@ export function postgresJobStore(pool: Pool): JobStore {
           code: 'job_cancelled',
           message: 'the daemon restarted while the caller waited for this job; nobody was left to receive it',
         };
-        const cancelled = await c.query(
+        const cancelled = await c.query<{ id: string }>(
           finishing(
             `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
              WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND (submitted_by = $4 OR submitted_by IS NULL)`,
@@ -370,7 +371,7 @@ export function postgresJobStore(pool: Pool): JobStore {
           [replicaId],
         );
         const outcome = await settleInterrupted(c, processing.rows, 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
-        return { ...outcome, cancelled: cancelled.rowCount ?? 0 };
+        return { ...outcome, cancelled: cancelled.rows.map((r) => r.id) };
       });
     },
 

@@ -13,6 +13,7 @@ import {
   interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
+  type RecoveredJobs,
   type JobStore,
   type NewJob,
   type ReceiptSigning,
@@ -235,7 +236,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
 
   const recoverInterrupted = db.transaction(
     (policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) => {
-      let cancelled = 0;
+      const cancelled: string[] = [];
       const gone: JobError = {
         code: 'job_cancelled',
         message: 'the daemon restarted while the caller waited for this job; nobody was left to receive it',
@@ -243,7 +244,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       for (const { id } of stmt.unfinishedSync.all()) {
         stmt.cancel.run(JSON.stringify(gone), nowMs, nowMs, expiresMs, id);
         stmt.dropRefs.run(id, 'input');
-        cancelled += 1;
+        cancelled.push(id);
       }
       const processing = settleInterrupted(stmt.processing.all(), 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
       return { ...processing, cancelled };
@@ -251,19 +252,19 @@ export function sqliteJobStore(db: Database.Database): JobStore {
   );
 
   /** Re-queues or fails interrupted processing jobs, as the policy and the attempts left say. */
-  function settleInterrupted(rows: JobRow[], what: string, policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) {
-    let requeued = 0;
-    let failed = 0;
+  function settleInterrupted(rows: JobRow[], what: string, policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number): RecoveredJobs {
+    const requeued: string[] = [];
+    const failed: string[] = [];
     for (const row of rows) {
       const job = jobFromRow(row);
       const decision = interruptedJobDecision(job, policy, maxAttempts);
       if (decision === 'rerun') {
         stmt.requeue.run(nowMs, job.id);
-        requeued += 1;
+        requeued.push(job.id);
       } else {
         stmt.failInterrupted.run(JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, nowMs, expiresMs, job.id);
         stmt.dropRefs.run(job.id, 'input');
-        failed += 1;
+        failed.push(job.id);
       }
     }
     return { requeued, failed };
