@@ -20,6 +20,7 @@ import type { PriceGuard } from '../chain/price-guard.js';
 import { adminRoutes, type AdminDeps } from './routes/admin.js';
 import { attestationRoutes } from './routes/attestation.js';
 import { billingRoutes } from './routes/billing.js';
+import { dashboardRoutes } from './routes/dashboard.js';
 import { imageRoutes } from './routes/images.js';
 import { jobRoutes } from './routes/jobs.js';
 import { metricsRoutes } from './routes/metrics.js';
@@ -107,6 +108,8 @@ export function createApp(deps: AppDeps): Express {
   // The provider's own routes: the admin token, never a caller's credentials.
   app.use(adminRoutes(deps));
   app.use(metricsRoutes(deps));
+  // The operator's pages: the admin token (or a session made from it), with a CSP of their own.
+  app.use(dashboardRoutes(deps));
   app.use(notFoundHandler);
   app.use(errorHandler(deps.logger));
   return app;
