@@ -63,8 +63,8 @@ export interface AppDeps {
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
-/** Routes polled by probes and scrapers, logged at debug. */
-const PROBE_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
+/** Routes polled by probes, scrapers and the open dashboard page (every 5 s), logged at debug. */
+const PROBE_ROUTES = new Set(['/healthz', '/readyz', '/metrics', '/dashboard/api/state']);
 
 export function createApp(deps: AppDeps): Express {
   const app = express();

@@ -84,6 +84,9 @@ describe('/dashboard', () => {
     const state = await fetch(`${url}/dashboard/api/state`, { headers: { cookie } });
     expect(state.status).toBe(200);
     expect(state.headers.get('cache-control')).toBe('no-store');
+    // The page polls every 5 s: its request lines are debug, not info.
+    const requestId = state.headers.get('x-request-id');
+    await expect.poll(() => daemon!.logs.find((l) => l.message === 'request' && l.requestId === requestId)).toMatchObject({ level: 'debug', status: 200 });
 
     const out = await fetch(`${url}/dashboard/logout`, { method: 'POST', headers: { cookie }, redirect: 'manual' });
     expect(out.status).toBe(303);
