@@ -52,6 +52,50 @@ export function requireChainConfig(config: Readonly<Config>, command: string): C
   return { rpcUrl, chainId, servingAddress, rpcTimeoutMs };
 }
 
+/** How a command reports, from its `--json` and `--quiet` flags. */
+export interface OutputOptions {
+  /** stdout holds exactly one JSON object, printed at the end, instead of the human report. */
+  json?: boolean | undefined;
+  /** No progress lines. */
+  quiet?: boolean | undefined;
+}
+
+/** The flags every command with a report takes (spread into parseArgs options), and their usage lines. */
+export const OUTPUT_FLAGS = { json: { type: 'boolean' }, quiet: { type: 'boolean', short: 'q' } } as const;
+export const OUTPUT_USAGE = `  --json              Print one JSON object on stdout at the end (amounts in wei as decimal strings)
+  -q, --quiet         No progress lines on stderr`;
+
+export interface CommandOutput {
+  /** A line of the human report, on stdout; nothing under --json. */
+  line(text: string): void;
+  /**
+   * A step of the command as it happens, on stderr, so a script's stdout stays the report alone and a
+   * person sees what a slow step waits for; nothing under --quiet.
+   */
+  progress(text: string): void;
+  /** The --json result: one JSON object on stdout; nothing without --json. */
+  result(value: unknown): void;
+}
+
+export function commandOutput(io: Pick<CommandIo, 'stdout' | 'stderr'>, options: OutputOptions): CommandOutput {
+  return {
+    line: (text) => {
+      if (!options.json) io.stdout(text);
+    },
+    progress: (text) => {
+      if (!options.quiet) io.stderr(`… ${text}`);
+    },
+    result: (value) => {
+      if (options.json) io.stdout(toJson(value));
+    },
+  };
+}
+
+/** JSON with bigints (wei, nonces) as decimal strings: a JSON number would lose wei above 2^53. */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+}
+
 export function formatWei(wei: bigint): string {
   return `${wei} wei (${formatEther(wei)} 0G)`;
 }

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { formatEther } from 'ethers';
-import type { BillingStore } from '../billing/store.js';
+import type { BillingStore, EarningsDay, EarningsTotals } from '../billing/store.js';
 import { getAccountsByProvider } from '../chain/get-accounts-by-provider.js';
 import { loadProviderWallet, resolveProviderAddress } from '../chain/provider-wallet.js';
 import { createChainClient } from '../chain/serving-contract.js';
@@ -8,13 +8,17 @@ import type { Config } from '../config/schema.js';
 import { openStores, StoreNotFoundError } from '../jobs/open-stores.js';
 import {
   CommandError,
+  commandOutput,
   EXIT_OK,
   EXIT_USAGE,
   loadCommandConfig,
+  OUTPUT_FLAGS,
+  OUTPUT_USAGE,
   processIo,
   reportCommandError,
   requireChainConfig,
   type CommandIo,
+  type OutputOptions,
 } from './command-io.js';
 
 /**
@@ -24,21 +28,59 @@ import {
  * the chain.
  */
 
-export const ACCOUNTS_USAGE = `Usage: pixeld accounts [--config <file>]
+export const ACCOUNTS_USAGE = `Usage: pixeld accounts [--json] [--quiet] [--config <file>]
 
 Lists every user account with this provider on the InferenceServing contract: on-chain balance, pending
 refunds, settlement nonce and acknowledgement, next to this daemon's unsettled receipts and the
 reservations of unfinished jobs, and what is left available.
+
+${OUTPUT_USAGE}
+                      {"provider","accounts":[{"user","balanceWei","pendingRefundWei","unsettledWei","reservedWei",
+                       "availableWei","blocked","nonce","acknowledged"}],"totals":{"balanceWei","unsettledWei","reservedWei"}}
+  -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml)
 `;
 
-export const EARNINGS_USAGE = `Usage: pixeld earnings [--config <file>]
+export const EARNINGS_USAGE = `Usage: pixeld earnings [--json] [--quiet] [--config <file>]
 
 Receipts per day (UTC): images delivered, fees settled, settled short (PARTIAL), still unsettled, and
 billed off chain (API-key routers), with totals.
+
+${OUTPUT_USAGE}
+                      {"days":[{"day","receipts","images","settledWei","partialWei","unsettledWei","offchainWei",
+                       "unbillableWei"}],"total":{…the same without "day"}}
+  -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml)
 `;
 
-export interface LedgerOptions {
+export interface LedgerOptions extends OutputOptions {
   configPath?: string | undefined;
+}
+
+/** One row of `pixeld accounts --json`. */
+export interface AccountReport {
+  user: string;
+  balanceWei: bigint;
+  pendingRefundWei: bigint;
+  unsettledWei: bigint;
+  reservedWei: bigint;
+  /** balance − pending refunds − unsettled − reserved, at least 0. */
+  availableWei: bigint;
+  /** Refused new work since a settlement came out short (PARTIAL), until the user tops up. */
+  blocked: boolean;
+  nonce: bigint;
+  acknowledged: boolean;
+}
+
+/** What `pixeld accounts --json` prints. */
+export interface AccountsReport {
+  provider: string;
+  accounts: AccountReport[];
+  totals: { balanceWei: bigint; unsettledWei: bigint; reservedWei: bigint };
+}
+
+/** What `pixeld earnings --json` prints. */
+export interface EarningsReport {
+  days: EarningsDay[];
+  total: EarningsTotals;
 }
 
 const zeroG = (wei: bigint) => formatEther(wei);
@@ -56,37 +98,58 @@ async function openBooks(config: Readonly<Config>): Promise<{ billing: BillingSt
 }
 
 export async function accounts(options: LedgerOptions, io: CommandIo): Promise<number> {
+  const out = commandOutput(io, options);
   try {
     const config = loadCommandConfig(options.configPath, io.env);
-    const client = createChainClient(requireChainConfig(config, 'accounts'));
+    const chainConfig = requireChainConfig(config, 'accounts');
+    const client = createChainClient(chainConfig);
+    out.progress('opening the daemon\'s database');
     const books = await openBooks(config);
     try {
       const wallet = await loadProviderWallet(config.provider.wallet, io.env);
       const provider = resolveProviderAddress(config.provider.address, wallet);
       if (/^0x0{40}$/.test(provider)) throw new CommandError('set provider.address or the provider wallet', EXIT_USAGE);
+      out.progress(`reading the accounts of provider ${provider} on chain ${chainConfig.chainId}`);
       const onChain = await getAccountsByProvider(client, { provider });
-      io.stdout(`provider ${provider}: ${onChain.length} account(s)   (amounts in 0G)`);
-      const rows = [['user', 'balance', 'pending refund', 'unsettled', 'reserved', 'available', 'nonce', 'ack']];
-      let totals = { balance: 0n, unsettled: 0n, reserved: 0n };
+      out.progress(`reading this daemon's receipts and reservations for ${onChain.length} user(s)`);
+      const report: AccountsReport = { provider, accounts: [], totals: { balanceWei: 0n, unsettledWei: 0n, reservedWei: 0n } };
       for (const account of onChain) {
         const unsettled = await books.billing.unsettledWei(account.user);
         const reserved = await books.billing.reservedWei(account.user);
         const available = account.balance - account.pendingRefund - unsettled - reserved;
-        totals = { balance: totals.balance + account.balance, unsettled: totals.unsettled + unsettled, reserved: totals.reserved + reserved };
-        const blocked = await books.billing.getUserBlock(account.user);
+        report.accounts.push({
+          user: account.user,
+          balanceWei: account.balance,
+          pendingRefundWei: account.pendingRefund,
+          unsettledWei: unsettled,
+          reservedWei: reserved,
+          availableWei: available > 0n ? available : 0n,
+          blocked: (await books.billing.getUserBlock(account.user)) !== undefined,
+          nonce: account.nonce,
+          acknowledged: account.acknowledged,
+        });
+        report.totals.balanceWei += account.balance;
+        report.totals.unsettledWei += unsettled;
+        report.totals.reservedWei += reserved;
+      }
+      out.result(report);
+      out.line(`provider ${provider}: ${onChain.length} account(s)   (amounts in 0G)`);
+      const rows = [['user', 'balance', 'pending refund', 'unsettled', 'reserved', 'available', 'nonce', 'ack']];
+      for (const a of report.accounts) {
         rows.push([
-          account.user,
-          zeroG(account.balance),
-          zeroG(account.pendingRefund),
-          zeroG(unsettled),
-          zeroG(reserved),
-          zeroG(available > 0n ? available : 0n) + (blocked ? ' (blocked: settled short)' : ''),
-          account.nonce.toString(),
-          account.acknowledged ? 'yes' : 'no',
+          a.user,
+          zeroG(a.balanceWei),
+          zeroG(a.pendingRefundWei),
+          zeroG(a.unsettledWei),
+          zeroG(a.reservedWei),
+          zeroG(a.availableWei) + (a.blocked ? ' (blocked: settled short)' : ''),
+          a.nonce.toString(),
+          a.acknowledged ? 'yes' : 'no',
         ]);
       }
-      rows.push(['total', zeroG(totals.balance), '', zeroG(totals.unsettled), zeroG(totals.reserved), '', '', '']);
-      for (const line of table(rows)) io.stdout(line);
+      const { totals } = report;
+      rows.push(['total', zeroG(totals.balanceWei), '', zeroG(totals.unsettledWei), zeroG(totals.reservedWei), '', '', '']);
+      for (const line of table(rows)) out.line(line);
       return EXIT_OK;
     } finally {
       await books.close();
@@ -98,13 +161,16 @@ export async function accounts(options: LedgerOptions, io: CommandIo): Promise<n
 }
 
 export async function earnings(options: LedgerOptions, io: CommandIo): Promise<number> {
+  const out = commandOutput(io, options);
   try {
     const config = loadCommandConfig(options.configPath, io.env);
+    out.progress('opening the daemon\'s database');
     const books = await openBooks(config);
     try {
+      out.progress('summing receipts per day');
       const days = await books.billing.earningsByDay();
       const rows = [['day (UTC)', 'receipts', 'images', 'settled', 'settled short', 'unsettled', 'off chain', 'never charged']];
-      const total = { receipts: 0, images: 0, settled: 0n, partial: 0n, unsettled: 0n, offchain: 0n, unbillable: 0n };
+      const total: EarningsTotals = { receipts: 0, images: 0, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 0n, unbillableWei: 0n };
       for (const d of days) {
         rows.push([
           d.day,
@@ -118,25 +184,26 @@ export async function earnings(options: LedgerOptions, io: CommandIo): Promise<n
         ]);
         total.receipts += d.receipts;
         total.images += d.images;
-        total.settled += d.settledWei;
-        total.partial += d.partialWei;
-        total.unsettled += d.unsettledWei;
-        total.offchain += d.offchainWei;
-        total.unbillable += d.unbillableWei;
+        total.settledWei += d.settledWei;
+        total.partialWei += d.partialWei;
+        total.unsettledWei += d.unsettledWei;
+        total.offchainWei += d.offchainWei;
+        total.unbillableWei += d.unbillableWei;
       }
+      out.result({ days, total } satisfies EarningsReport);
       rows.push([
         'total',
         String(total.receipts),
         String(total.images),
-        zeroG(total.settled),
-        zeroG(total.partial),
-        zeroG(total.unsettled),
-        zeroG(total.offchain),
-        zeroG(total.unbillable),
+        zeroG(total.settledWei),
+        zeroG(total.partialWei),
+        zeroG(total.unsettledWei),
+        zeroG(total.offchainWei),
+        zeroG(total.unbillableWei),
       ]);
-      io.stdout('fees in 0G; "settled short" are receipts of a PARTIAL settlement: only what the balance covered was paid');
-      io.stdout('"never charged": receipts that fail verification (invalid) or fall at or below a settled nonce (void): see pixeld settle\'s log');
-      for (const line of table(rows)) io.stdout(line);
+      out.line('fees in 0G; "settled short" are receipts of a PARTIAL settlement: only what the balance covered was paid');
+      out.line('"never charged": receipts that fail verification (invalid) or fall at or below a settled nonce (void): see pixeld settle\'s log');
+      for (const line of table(rows)) out.line(line);
       return EXIT_OK;
     } finally {
       await books.close();
@@ -155,7 +222,11 @@ export async function runLedgerCli(command: 'accounts' | 'earnings', argv: strin
   const usage = command === 'accounts' ? ACCOUNTS_USAGE : EARNINGS_USAGE;
   let values;
   try {
-    ({ values } = parseArgs({ args: argv, allowPositionals: false, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } } }));
+    ({ values } = parseArgs({
+      args: argv,
+      allowPositionals: false,
+      options: { config: { type: 'string', short: 'c' }, ...OUTPUT_FLAGS, help: { type: 'boolean', short: 'h' } },
+    }));
   } catch (err) {
     io.stderr(`pixeld ${command}: ${(err as Error).message}\n\n${usage}`);
     return EXIT_USAGE;
@@ -164,5 +235,6 @@ export async function runLedgerCli(command: 'accounts' | 'earnings', argv: strin
     io.stdout(usage);
     return EXIT_OK;
   }
-  return command === 'accounts' ? accounts({ configPath: values.config }, io) : earnings({ configPath: values.config }, io);
+  const options = { configPath: values.config, json: values.json, quiet: values.quiet };
+  return command === 'accounts' ? accounts(options, io) : earnings(options, io);
 }

@@ -9,25 +9,43 @@ import { openStores, StoreNotFoundError, type Stores } from '../jobs/open-stores
 import { createLogger } from '../obs/logger.js';
 import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
 import { openTeeKeyProvider } from '../tee/open-key-provider.js';
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, formatWei as wei, processIo, type CommandIo } from './command-io.js';
+import {
+  commandOutput,
+  EXIT_FAILED,
+  EXIT_OK,
+  EXIT_USAGE,
+  formatWei as wei,
+  OUTPUT_FLAGS,
+  OUTPUT_USAGE,
+  processIo,
+  type CommandIo,
+  type CommandOutput,
+  type OutputOptions,
+} from './command-io.js';
 
 /**
  * `pixeld settle`: one settlement round now, from the daemon's own data dir — reconciling whatever an
  * earlier run left open first, under the same lock the daemon takes (so it never races a running
- * daemon's round). Prints one line per user. `--dry-run` signs and previews, persists and sends nothing.
+ * daemon's round). Prints one line per user (`--json`: one object), each step on stderr as it goes.
+ * `--dry-run` signs and previews, persists and sends nothing.
  *
  * Exit status: 0 everything sent was settled (SUCCESS or PARTIAL), or nothing to do, or a dry run;
  * 1 another settler holds the lock, the chain failed, or an item was refused / left pending;
  * 2 bad arguments or configuration.
  */
 
-export const SETTLE_USAGE = `Usage: pixeld settle [--dry-run] [--config <file>]
+export const SETTLE_USAGE = `Usage: pixeld settle [--dry-run] [--json] [--quiet] [--config <file>]
 
 Runs one settlement round now: reconciles batches an earlier run left open, then settles every 0G user's
 unsettled receipts on the InferenceServing contract (settleFeesWithTEE, signed by the TEE key, sent and
-paid for by the provider wallet). Prints, per user: receipts, amount, nonce, status and transaction.
+paid for by the provider wallet). Prints, per user: receipts, amount, nonce, status and transaction. Each
+step (batches reconciled, items signed, transactions sent and mined) is shown on stderr as it happens.
 
   --dry-run           Prepare, sign and preview (previewSettlementResults) only: nothing persisted or sent
+${OUTPUT_USAGE}
+                      {"provider","contract","chainId","teeSigner","dryRun","outcome","error"?,"reconciled":[…],
+                       "users":[{"user","receipts","amountWei","nonce","outcome","status"?,"shortfallWei"?,"txHash"?,
+                       "block"?,"batchId"?}],"transactions":[…],"paidWei"}
   -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml); use the daemon's
 
 Needs chain.rpcUrl, chain.chainId, chain.servingAddress, the daemon's dataDir and TEE key, and the provider
@@ -35,9 +53,25 @@ wallet (env named by provider.wallet.privateKeyEnv, default PIXELD_PROVIDER_KEY,
 Exit status: 0 settled or nothing to do, 1 lock held / chain failed / an item not settled, 2 bad arguments or configuration.
 `;
 
-export interface SettleOptions {
+export interface SettleOptions extends OutputOptions {
   configPath?: string | undefined;
   dryRun?: boolean | undefined;
+}
+
+/** What `--json` prints. */
+export interface SettleReport {
+  provider: string;
+  contract: string;
+  chainId: number;
+  teeSigner: string;
+  dryRun: boolean;
+  outcome: RoundResult['outcome'];
+  error: string | undefined;
+  reconciled: UserSettlement[];
+  users: UserSettlement[];
+  transactions: string[];
+  /** What reached the provider in this run (settled, and the covered part of PARTIAL items). */
+  paidWei: bigint;
 }
 
 /** settle asks nothing, so it needs only the output side and the environment of a command's io. */
@@ -52,6 +86,7 @@ export interface SettleDeps {
 
 
 export async function settle(options: SettleOptions, io: SettleIo, deps: SettleDeps = {}): Promise<number> {
+  const out = commandOutput(io, options);
   let config;
   try {
     config = loadConfig({ configPath: options.configPath, env: io.env }).config;
@@ -70,6 +105,7 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
   // The daemon's database: its SQLite file, or the PostgreSQL database its replicas share.
   let stores: Stores;
   try {
+    out.progress('opening the daemon\'s database');
     stores = await openStores(config, { mustExist: true });
   } catch (err) {
     if (err instanceof StoreNotFoundError) {
@@ -79,6 +115,8 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
     throw err;
   }
 
+  // Never the RPC URL itself: providers put API keys in it.
+  out.progress(`${stores.kind} ${stores.location}; chain ${chainId}, contract ${servingAddress}`);
   const chain = createChainClient({ rpcUrl, chainId, servingAddress, rpcTimeoutMs, freshReads: true });
   try {
     const wallet = await loadProviderWallet(config.provider.wallet, io.env, chain.provider);
@@ -90,6 +128,7 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
       return EXIT_USAGE;
     }
     const providerAddress = resolveProviderAddress(config.provider.address, wallet);
+    out.progress(`opening the TEE key (tee.mode ${config.tee.mode})`);
     const tee = deps.tee ?? (await openTeeKeyProvider({ tee: config.tee, dataDir: config.dataDir, nodeEnv: io.env.NODE_ENV }));
     // The settler's own log lines go to stderr, problems only: stdout is the report.
     const logger = createLogger({ level: 'warn', format: 'pretty', stream: lineWriter(io.stderr) });
@@ -104,18 +143,31 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
       ...(deps.pollIntervalMs !== undefined ? { pollIntervalMs: deps.pollIntervalMs } : {}),
     });
 
-    io.stdout(`Provider ${providerAddress}, contract ${servingAddress} on chain ${chainId}, TEE signer ${tee.address}`);
+    out.line(`Provider ${providerAddress}, contract ${servingAddress} on chain ${chainId}, TEE signer ${tee.address}`);
     if (options.dryRun) {
       // The TEE never hands out a signature it has not journaled (tee/settlement-journal.ts), previews included.
-      io.stdout('Dry run: nothing is sent. The items are signed and kept in the TEE journal: the next round sends exactly these.');
+      out.line('Dry run: nothing is sent. The items are signed and kept in the TEE journal: the next round sends exactly these.');
     }
-    const progress = (line: string) => io.stdout(`  … ${line}`);
-    const result = await settler.runRound({ dryRun: options.dryRun ?? false, onProgress: progress, reason: 'cli' });
+    const result = await settler.runRound({ dryRun: options.dryRun ?? false, onProgress: (line) => out.progress(line), reason: 'cli' });
+    const all = [...result.reconciled, ...result.users];
+    out.result({
+      provider: providerAddress,
+      contract: servingAddress,
+      chainId,
+      teeSigner: tee.address,
+      dryRun: result.dryRun,
+      outcome: result.outcome,
+      error: result.error,
+      reconciled: result.reconciled,
+      users: result.users,
+      transactions: result.transactions,
+      paidWei: all.reduce((sum, u) => sum + paidWei(u), 0n),
+    } satisfies SettleReport);
     if (result.outcome === 'locked') {
       io.stderr('pixeld settle: another settler holds the settlement lock (a running daemon or another pixeld settle); try again when it is done');
       return EXIT_FAILED;
     }
-    return report(result, io);
+    return report(result, out, io);
   } catch (err) {
     if (err instanceof ConfigError || err instanceof TeeError) {
       io.stderr(`pixeld settle: ${err.message}`);
@@ -128,23 +180,24 @@ export async function settle(options: SettleOptions, io: SettleIo, deps: SettleD
   }
 }
 
-function report(result: RoundResult, io: SettleIo): number {
+/** The human report (nothing under --json) and the exit status. */
+function report(result: RoundResult, out: CommandOutput, io: SettleIo): number {
   if (result.reconciled.length > 0) {
-    io.stdout('Reconciled from earlier runs:');
-    for (const u of result.reconciled) io.stdout(userLine(u));
+    out.line('Reconciled from earlier runs:');
+    for (const u of result.reconciled) out.line(userLine(u));
   }
   if (result.users.length > 0) {
-    io.stdout(result.dryRun ? 'Would settle:' : 'Settled this round:');
-    for (const u of result.users) io.stdout(userLine(u));
+    out.line(result.dryRun ? 'Would settle:' : 'Settled this round:');
+    for (const u of result.users) out.line(userLine(u));
   }
   const all = [...result.reconciled, ...result.users];
   const paid = all.reduce((sum, u) => sum + paidWei(u), 0n);
-  if (!result.dryRun) io.stdout(`Paid to the provider: ${wei(paid)} in ${result.transactions.length} transaction(s).`);
+  if (!result.dryRun) out.line(`Paid to the provider: ${wei(paid)} in ${result.transactions.length} transaction(s).`);
   if (result.outcome === 'interrupted') {
     io.stderr(`pixeld settle: the round ended early: ${result.error ?? 'unknown reason'}; what is left stays unsettled or in its batch for the next run`);
     return EXIT_FAILED;
   }
-  if (all.length === 0) io.stdout('Nothing to settle.');
+  if (all.length === 0) out.line('Nothing to settle.');
   const unsettled = all.filter((u) => !result.dryRun && !['settled', 'partial'].includes(u.outcome));
   return unsettled.length > 0 ? EXIT_FAILED : EXIT_OK;
 }
@@ -203,6 +256,7 @@ export async function runSettleCli(argv: string[], io: SettleIo = processIo()): 
       options: {
         config: { type: 'string', short: 'c' },
         'dry-run': { type: 'boolean' },
+        ...OUTPUT_FLAGS,
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -214,5 +268,5 @@ export async function runSettleCli(argv: string[], io: SettleIo = processIo()): 
     io.stdout(SETTLE_USAGE);
     return EXIT_OK;
   }
-  return settle({ configPath: values.config, dryRun: values['dry-run'] }, io);
+  return settle({ configPath: values.config, dryRun: values['dry-run'], json: values.json, quiet: values.quiet }, io);
 }

@@ -93,8 +93,23 @@ describe('pixeld settle', () => {
 
     const real = captureIo();
     expect(await settle({ configPath: config }, real)).toBe(0);
-    const txLine = real.out.find((l) => /… sent tx 0x[0-9a-f]{64}/.test(l));
-    expect(txLine).toBeDefined();
+    // Each step on stderr, in the order it happened; the report alone on stdout.
+    const steps = [
+      /^… opening the daemon's database$/,
+      /^… sqlite .*pixeld\.sqlite; chain \d+, contract 0x[0-9a-fA-F]{40}$/,
+      /^… opening the TEE key/,
+      /^… 2 users, 3 receipts, 1 transaction\(s\)$/,
+      /^… reading 2 account\(s\) and signing their items with the TEE key$/,
+      /^… previewing 2 signed item\(s\) on chain/,
+      /^… estimating gas for 2 item\(s\)$/,
+      /^… sent tx 0x[0-9a-f]{64} .*waiting for it to be mined/,
+      /^… tx 0x[0-9a-f]{64} mined in block \d+$/,
+    ];
+    const at = steps.map((step) => real.err.findIndex((l) => step.test(l)));
+    expect(at, real.err.join('\n')).not.toContain(-1);
+    expect(at).toEqual([...at].sort((a, b) => a - b));
+    expect(real.out.filter((l) => l.startsWith('…'))).toEqual([]);
+    const txLine = real.err.find((l) => /… sent tx 0x[0-9a-f]{64}/.test(l));
     const tx = /sent tx (0x[0-9a-f]{64})/.exec(txLine!)![1]!;
     const block = (await c.anvil.provider.getTransactionReceipt(tx))!.blockNumber;
     expect(lineFor(real.out, alice)).toBe(
@@ -107,6 +122,41 @@ describe('pixeld settle', () => {
     const nothing = captureIo();
     expect(await settle({ configPath: config }, nothing)).toBe(0);
     expect(nothing.out).toContain('Nothing to settle.');
+  });
+
+  it('--json: one JSON object on stdout with every user, the transaction and what was paid (wei as decimal strings); --quiet: no progress', async () => {
+    const d = await daemon();
+    const [alice, bob] = (await fundedUsers(c, 2)) as [Wallet, Wallet];
+    await completedJob(d, c, alice, 2);
+    await completedJob(d, c, bob, 1);
+    const io = captureIo();
+    expect(await settle({ configPath: configFile(d), json: true }, io)).toBe(0);
+    expect(io.out).toHaveLength(1);
+    const report = JSON.parse(io.out[0]!) as Record<string, any>;
+    const tx = report.transactions[0] as string;
+    const block = (await c.anvil.provider.getTransactionReceipt(tx))!.blockNumber;
+    expect(report).toEqual({
+      provider: c.provider.address,
+      contract: c.serving.target as string,
+      chainId: c.anvil.chainId,
+      teeSigner: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/),
+      dryRun: false,
+      outcome: 'completed',
+      reconciled: [],
+      users: expect.arrayContaining([
+        { user: alice.address, receipts: 1, amountWei: String(2n * PRICE), nonce: '1', outcome: 'settled', status: 'SUCCESS', txHash: tx, block, batchId: expect.stringMatching(/^stl_/) },
+        { user: bob.address, receipts: 1, amountWei: String(PRICE), nonce: '1', outcome: 'settled', status: 'SUCCESS', txHash: tx, block, batchId: expect.stringMatching(/^stl_/) },
+      ]),
+      transactions: [expect.stringMatching(/^0x[0-9a-f]{64}$/)],
+      paidWei: String(3n * PRICE),
+    });
+    expect(report.users).toHaveLength(2);
+    expect(io.err.some((l) => l.startsWith('… sent tx'))).toBe(true);
+
+    const quiet = captureIo();
+    expect(await settle({ configPath: configFile(d), json: true, quiet: true }, quiet)).toBe(0);
+    expect(quiet.err).toEqual([]);
+    expect(JSON.parse(quiet.out[0]!)).toMatchObject({ outcome: 'completed', users: [], transactions: [], paidWei: '0' });
   });
 
   it('exits 1 and says so when another settler holds the lock', async () => {

@@ -50,6 +50,38 @@ describe('pixeld accounts', () => {
     expect(line1.split(/\s+/)).toEqual([users[1]!.address, '1.0', '0.0', formatEther(3n * PRICE), '0.0', formatEther(10n ** 18n - 3n * PRICE), '0', 'yes']);
   });
 
+  it('--json: one object with every account in wei (decimal strings) and the totals; progress on stderr', async () => {
+    const { io, out, err } = capture({ PIXELD_PROVIDER_KEY: c.provider.privateKey });
+    expect(await accounts({ configPath: configFile, json: true }, io), err.join('\n')).toBe(0);
+    expect(out).toHaveLength(1);
+    const report = JSON.parse(out[0]!) as Record<string, any>;
+    const spent = String(10n ** 18n - 2n * PRICE);
+    expect(report).toEqual({
+      provider: c.provider.address,
+      accounts: expect.arrayContaining([
+        { user: users[0]!.address, balanceWei: spent, pendingRefundWei: '0', unsettledWei: '0', reservedWei: '0', availableWei: spent, blocked: false, nonce: '1', acknowledged: true },
+        {
+          user: users[1]!.address,
+          balanceWei: String(10n ** 18n),
+          pendingRefundWei: '0',
+          unsettledWei: String(3n * PRICE),
+          reservedWei: '0',
+          availableWei: String(10n ** 18n - 3n * PRICE),
+          blocked: false,
+          nonce: '0',
+          acknowledged: true,
+        },
+      ]),
+      totals: { balanceWei: String(2n * 10n ** 18n - 2n * PRICE), unsettledWei: String(3n * PRICE), reservedWei: '0' },
+    });
+    expect(report.accounts).toHaveLength(2);
+    expect(err).toEqual([
+      "… opening the daemon's database",
+      `… reading the accounts of provider ${c.provider.address} on chain ${c.anvil.chainId}`,
+      "… reading this daemon's receipts and reservations for 2 user(s)",
+    ]);
+  });
+
   it('needs the chain in the config', async () => {
     const bare = path.join(d.dataDir, 'bare.json');
     writeFileSync(bare, JSON.stringify({ dataDir: d.dataDir }));
@@ -67,5 +99,14 @@ describe('pixeld earnings', () => {
     const day = out.find((l) => l.startsWith(today))!.split(/\s+/);
     expect(day).toEqual([today, '2', '5', formatEther(2n * PRICE), '0.0', formatEther(3n * PRICE), '0.0', '0.0']);
     expect(out.at(-1)!.split(/\s+/).slice(0, 3)).toEqual(['total', '2', '5']);
+  });
+
+  it('--json --quiet: only the object, amounts in wei', async () => {
+    const { io, out, err } = capture();
+    expect(await earnings({ configPath: configFile, json: true, quiet: true }, io)).toBe(0);
+    expect(err).toEqual([]);
+    const today = new Date().toISOString().slice(0, 10);
+    const totals = { receipts: 2, images: 5, settledWei: String(2n * PRICE), partialWei: '0', unsettledWei: String(3n * PRICE), offchainWei: '0', unbillableWei: '0' };
+    expect(JSON.parse(out.join(''))).toEqual({ days: [{ day: today, ...totals }], total: totals });
   });
 });

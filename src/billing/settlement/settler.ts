@@ -142,13 +142,16 @@ export class Settler {
     ctx.progress(`${users} users, ${receipts} receipts, ${chunks.length} transaction(s)`);
     for (const chunk of chunks) {
       ctx.checkAlive();
+      ctx.progress(`reading ${chunk.length} account(s) and signing their items with the TEE key`);
       const prepared = await buildItems(this.deps, chunk);
       for (const below of prepared.belowNonce) await reconcilePaidReceipts(ctx, below);
       for (const { user, reason } of prepared.held) ctx.deps.logger.info('settlement: nothing sent for a user this round', { user, reason });
       if (prepared.items.length === 0) continue;
+      ctx.progress(`previewing ${prepared.items.length} signed item(s) on chain (previewSettlementResults)`);
       const trimmed = await trimByPreview(ctx, prepared.items);
       for (const dropped of trimmed.dropped) result.users.push(this.dropped(ctx, dropped.item, dropped.status, dropped.shortfallWei));
       if (trimmed.kept.length === 0) continue;
+      ctx.progress(`estimating gas for ${trimmed.kept.length} item(s)`);
       const data = settlementCalldata(ctx, trimmed.kept);
       const gasLimit = await estimateBatchGas(ctx, data);
       if (gasLimit === undefined) {
