@@ -8,7 +8,10 @@
  *   `info.all_seeds`; img2img really applies the mask as A1111 reads it (create_binary_mask: RGBA with
  *   non-opaque alpha → alpha, anything else → luma; > 128 inpaints; inpainting_mask_invert flips), so a
  *   mask sent in the wrong convention changes the wrong pixels;
- * - errors in A1111's `{"error","detail","body","errors"}` shape, request validation in FastAPI's 422 shape.
+ * - errors in A1111's `{"error","detail","body","errors"}` shape, request validation in FastAPI's 422 shape;
+ * - live previews (modules/progress.py): every `show_progress_every_n_steps` sampling steps the running task
+ *   gets a new numbered preview, which `/internal/progress` returns as a png data URL to a `live_preview: true`
+ *   request whose `id_live_preview` is not that number, with the number in `id_live_preview`.
  * Pictures are solid colours that are a function of the seed (colourForSeed), so tests can tell images apart.
  */
 import { randomBytes } from 'node:crypto';
@@ -41,6 +44,8 @@ export interface FakeA1111Behaviour {
   extraImages: number;
   /** Seeds used and reported: `normal` seed + i, `same` every image on the first seed, `random`. */
   seeds: 'normal' | 'same' | 'random';
+  /** A1111's show_progress_every_n_steps (default 10): a live preview every this many steps; 0: none. */
+  livePreviewEveryNSteps: number;
 }
 
 export interface A1111FailureSpec {
@@ -86,7 +91,7 @@ export interface FakeA1111Server {
   close(): Promise<void>;
 }
 
-const DEFAULT_BEHAVIOUR: FakeA1111Behaviour = { stepMs: 0, hang: false, dieMidRequest: false, extraImages: 0, seeds: 'normal' };
+const DEFAULT_BEHAVIOUR: FakeA1111Behaviour = { stepMs: 0, hang: false, dieMidRequest: false, extraImages: 0, seeds: 'normal', livePreviewEveryNSteps: 10 };
 
 export const DEFAULT_SAMPLERS = ['Euler a', 'Euler', 'DPM++ 2M', 'DPM++ 2M Karras', 'DPM++ SDE', 'DDIM', 'UniPC'];
 
@@ -131,6 +136,13 @@ interface RunningTask {
   samplingSteps: number;
   samplingStep: number;
   startedMs: number;
+  width: number;
+  height: number;
+  seed: number;
+  /** shared.state.id_live_preview: the number of the latest preview, 0 before the first. */
+  livePreviewId: number;
+  /** The latest preview, png. */
+  livePreview: Buffer | undefined;
 }
 
 export async function startFakeA1111Server(options: FakeA1111ServerOptions = {}): Promise<FakeA1111Server> {
@@ -197,7 +209,15 @@ export async function startFakeA1111Server(options: FakeA1111ServerOptions = {})
       return sendJson(res, 200, {});
     }
     if (req.method === 'GET' && path === '/sdapi/v1/options') {
-      return sendJson(res, 200, { sd_model_checkpoint: checkpoint, samples_format: 'png', return_grid: true, mask_round: true });
+      return sendJson(res, 200, {
+        sd_model_checkpoint: checkpoint,
+        samples_format: 'png',
+        return_grid: true,
+        mask_round: true,
+        live_previews_enable: true,
+        live_previews_image_format: 'png',
+        show_progress_every_n_steps: behaviour.livePreviewEveryNSteps,
+      });
     }
     if (req.method === 'GET' && path === '/sdapi/v1/samplers') {
       return sendJson(res, 200, samplers.map((name) => ({ name, aliases: [], options: {} })));
@@ -221,6 +241,7 @@ export async function startFakeA1111Server(options: FakeA1111ServerOptions = {})
     const b = isObject(body) ? body : {};
     const id = typeof b.id_task === 'string' ? b.id_task : '';
     const idLivePreview = typeof b.id_live_preview === 'number' ? b.id_live_preview : -1;
+    const wantsPreview = b.live_preview === true;
     const active = running?.task.id === id;
     const queued = queue.includes(id);
     const completed = finished.includes(id);
@@ -244,8 +265,9 @@ export async function startFakeA1111Server(options: FakeA1111ServerOptions = {})
       completed: false,
       progress,
       eta: progress > 0 ? elapsedS / progress - elapsedS : null,
-      live_preview: null,
-      id_live_preview: idLivePreview,
+      ...(wantsPreview && running.livePreview !== undefined && running.livePreviewId !== idLivePreview
+        ? { live_preview: `data:image/png;base64,${running.livePreview.toString('base64')}`, id_live_preview: running.livePreviewId }
+        : { live_preview: null, id_live_preview: idLivePreview }),
       textinfo: null,
     };
   }
@@ -324,6 +346,11 @@ export async function startFakeA1111Server(options: FakeA1111ServerOptions = {})
       samplingSteps: steps,
       samplingStep: 0,
       startedMs: Date.now(),
+      width,
+      height,
+      seed: typeof body.seed === 'number' ? body.seed : 0,
+      livePreviewId: 0,
+      livePreview: undefined,
     };
     running = run;
     task.state = 'active';
@@ -418,6 +445,16 @@ export async function startFakeA1111Server(options: FakeA1111ServerOptions = {})
           return false;
         }
         run.samplingStep += 1;
+        const every = behaviour.livePreviewEveryNSteps;
+        if (every > 0 && run.samplingStep % every === 0) {
+          // The sampler's picture so far: the step's share of the way to the seed's colour.
+          const share = (run.jobNo + run.samplingStep / run.samplingSteps) / run.jobCount;
+          const [r, g, b] = colourForSeed(run.seed).map((c) => Math.round(c * share));
+          run.livePreview = await sharp({ create: { width: run.width, height: run.height, channels: 3, background: { r: r!, g: g!, b: b! } } })
+            .png()
+            .toBuffer();
+          run.livePreviewId += 1;
+        }
         if (behaviour.dieMidRequest) {
           res.socket?.destroy();
           return true;

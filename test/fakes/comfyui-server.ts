@@ -5,6 +5,8 @@
  * files) and answers its 400 shapes. Executing a prompt really evaluates the graph: the latent size comes
  * from EmptyLatentImage or the input image, pixels from the sampler's seed, and inpainting keeps the input
  * where the mask is black. Behaviour hooks drop sockets, kill the server, fail, hang or slow down on demand.
+ * Like ComfyUI, it sends a binary preview frame after each sampler step's progress event when a preview
+ * method is on: the server's (`--preview-method`, default none) or the prompt's `extra_data.preview_method`.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -22,7 +24,7 @@ import { colourForSeed } from './openai-compatible-server.js';
  */
 interface WsSocket {
   readonly readyState: number;
-  send(data: string): void;
+  send(data: string | Buffer): void;
   terminate(): void;
   on(event: 'close', listener: () => void): void;
 }
@@ -40,7 +42,17 @@ export interface FakeComfyUIOptions {
   jobsApi?: boolean;
   /** Files CheckpointLoaderSimple offers. @default DEFAULT_CHECKPOINTS */
   checkpoints?: string[];
+  /** As `--preview-method`: the method of prompts that name none. @default 'none' */
+  previewMethod?: PreviewMethod;
 }
+
+/** ComfyUI's LatentPreviewMethod values; `default`, an unknown value or none in extra_data means the server's. */
+export type PreviewMethod = 'none' | 'auto' | 'latent2rgb' | 'taesd';
+const PREVIEW_METHODS: readonly string[] = ['none', 'auto', 'latent2rgb', 'taesd'];
+
+/** Binary websocket event PREVIEW_IMAGE, and its image type JPEG (ComfyUI's server.py BinaryEventTypes). */
+const BINARY_PREVIEW_IMAGE = 1;
+const PREVIEW_TYPE_JPEG = 1;
 
 export interface FakeComfyBehaviour {
   /** Sampling time of one prompt. */
@@ -95,6 +107,17 @@ export interface QueuedPrompt {
   clientId: string | undefined;
   prompt: ApiPrompt;
   outputs: string[];
+  /** extra_data as sent, which ComfyUI keeps with the prompt (plus client_id). */
+  extraData: Record<string, unknown>;
+  /** The preview method this prompt runs with. */
+  previewMethod: PreviewMethod;
+}
+
+export interface SentPreview {
+  clientId: string;
+  promptId: string;
+  /** The JPEG inside the binary message. */
+  jpeg: Buffer;
 }
 
 export interface SocketEvent {
@@ -117,6 +140,8 @@ export interface FakeComfyUI {
   readonly deletes: string[];
   /** Websocket events sent, in order. */
   readonly events: SocketEvent[];
+  /** Binary preview frames sent, in order. */
+  readonly previews: SentPreview[];
   /** Websocket connections accepted so far. */
   readonly socketsOpened: () => number;
   setBehaviour(patch: Partial<FakeComfyBehaviour>): void;
@@ -423,6 +448,8 @@ export async function startFakeComfyUI(options: FakeComfyUIOptions = {}): Promis
   const interrupts: Array<string | undefined> = [];
   const deletes: string[] = [];
   const events: SocketEvent[] = [];
+  const previews: SentPreview[] = [];
+  const serverPreviewMethod = options.previewMethod ?? 'none';
   const pending: QueuedPrompt[] = [];
   const history = new Map<string, HistoryItem>();
   const sockets = new Map<string, WsSocket>();
@@ -444,12 +471,28 @@ export async function startFakeComfyUI(options: FakeComfyUIOptions = {}): Promis
     if (ws && ws.readyState === WS_OPEN) ws.send(JSON.stringify({ type, data }));
   }
 
+  /** A latent2rgb-like preview: latent-sized (1/8 of the picture), the step's share of the way to its colour. */
+  async function sendPreview(p: QueuedPrompt, sampler: ApiPrompt[string], step: number, steps: number): Promise<void> {
+    if (p.clientId === undefined || p.previewMethod === 'none') return;
+    const latent = Object.values(p.prompt).find((node) => node.class_type === 'EmptyLatentImage');
+    const width = Math.max(8, Math.floor(Number(latent?.inputs.width ?? 512) / 8));
+    const height = Math.max(8, Math.floor(Number(latent?.inputs.height ?? 512) / 8));
+    const [r, g, b] = fakeSampleColour(Number(sampler.inputs.seed) >>> 0).map((c) => Math.round((c * step) / steps));
+    const jpeg = await sharp({ create: { width, height, channels: 3, background: { r: r!, g: g!, b: b! } } }).jpeg().toBuffer();
+    const header = Buffer.alloc(8);
+    header.writeUInt32BE(BINARY_PREVIEW_IMAGE, 0);
+    header.writeUInt32BE(PREVIEW_TYPE_JPEG, 4);
+    previews.push({ clientId: p.clientId, promptId: p.id, jpeg });
+    const ws = sockets.get(p.clientId);
+    if (ws && ws.readyState === WS_OPEN) ws.send(Buffer.concat([header, jpeg]));
+  }
+
   function queueInfo(): Record<string, unknown> {
     return { exec_info: { queue_remaining: pending.length + (running ? 1 : 0) } };
   }
 
   function queueItem(p: QueuedPrompt): [number, string, ApiPrompt, Record<string, unknown>, string[]] {
-    return [p.number, p.id, p.prompt, p.clientId !== undefined ? { client_id: p.clientId } : {}, p.outputs];
+    return [p.number, p.id, p.prompt, { ...p.extraData, ...(p.clientId !== undefined ? { client_id: p.clientId } : {}) }, p.outputs];
   }
 
   function killSockets(): void {
@@ -618,6 +661,7 @@ export async function startFakeComfyUI(options: FakeComfyUIOptions = {}): Promis
             }
           }
           emit('progress', { value: step, max: steps, prompt_id: p.id, node: id });
+          await sendPreview(p, node, step, steps);
         }
         while (behaviour.hang && !run.interrupted && !dead) await pause(50);
         if (failure || run.interrupted) break;
@@ -764,12 +808,16 @@ export async function startFakeComfyUI(options: FakeComfyUIOptions = {}): Promis
       if (!checked.ok) return json(res, checked.status, checked.body);
       const id = typeof body.prompt_id === 'string' && body.prompt_id !== '' ? body.prompt_id : randomUUID();
       number += 1;
+      const extraData = isRecord(body.extra_data) ? body.extra_data : {};
+      const asked = extraData.preview_method;
       const queued: QueuedPrompt = {
         number,
         id,
         clientId: typeof body.client_id === 'string' ? body.client_id : undefined,
         prompt: body.prompt as ApiPrompt,
         outputs: checked.outputs,
+        extraData,
+        previewMethod: typeof asked === 'string' && PREVIEW_METHODS.includes(asked) ? (asked as PreviewMethod) : serverPreviewMethod,
       };
       prompts.push(queued);
       pending.push(queued);
@@ -886,6 +934,7 @@ export async function startFakeComfyUI(options: FakeComfyUIOptions = {}): Promis
     interrupts,
     deletes,
     events,
+    previews,
     socketsOpened: () => socketsOpened,
     setBehaviour(patch) {
       behaviour = { ...behaviour, ...patch };
