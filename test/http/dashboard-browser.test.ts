@@ -94,6 +94,8 @@ describe('/dashboard in chromium', () => {
     expect(await page.textContent('#earnings-unsettled')).toBe('0 0G');
     const txHash = round.transactions[0]!;
     expect(await page.textContent('#settlements')).toContain(txHash);
+    // The fixture's billing.settlementCron fires once a year, on the minute.
+    expect(await page.textContent('#settlements')).toMatch(/Next scheduled round: \d{4}-\d\d-\d\d \d\d:\d\d:00 UTC/);
     expect(await page.textContent('#earnings-users')).toContain(user!.address.slice(0, 8));
 
     await Promise.all([page.waitForURL(`${d.url}/dashboard`), page.click('header button[type=submit]')]);

@@ -237,7 +237,7 @@ describe('/dashboard', () => {
     expect(state.attestation.report_ms).toEqual(expect.any(Number));
     // A free model: no receipt.
     expect(state.earnings.totals).toMatchObject({ receipts: 0, settled: { wei: '0', og: '0.0' } });
-    expect(state.settlement).toEqual({ enabled: false, running: false, batches: [] });
+    expect(state.settlement).toEqual({ enabled: false, running: false, next_scheduled_ms: null, batches: [] });
   });
 
   it('serves a thumbnail of a result image as webp within 96 px, admin-only, and a grey box once the result expired', async () => {

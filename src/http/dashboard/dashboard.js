@@ -219,8 +219,12 @@
     const empty = settlement.enabled
       ? 'No settlement batches yet: a round sends one when receipts are owed.'
       : 'This daemon does not settle: configure chain.* and the provider wallet.';
-    const running = settlement.running ? [el('p', { class: 'note', text: 'A settlement round is running now.' })] : [];
-    fill('settlements', ...running, table(['Created', 'State', 'Users', 'Receipts', 'Total fee', 'Block', 'Transactions', 'Results', 'Note'], rows, empty));
+    const notes = [];
+    if (settlement.running) notes.push(el('p', { class: 'note', text: 'A settlement round is running now.' }));
+    if (settlement.next_scheduled_ms !== null) {
+      notes.push(el('p', { class: 'note', text: `Next scheduled round: ${utc(settlement.next_scheduled_ms)} (users past a threshold are settled sooner).` }));
+    }
+    fill('settlements', ...notes, table(['Created', 'State', 'Users', 'Receipts', 'Total fee', 'Block', 'Transactions', 'Results', 'Note'], rows, empty));
   }
 
   function renderAttestation(a) {

@@ -1,5 +1,6 @@
 import { Quote } from '@phala/dcap-qvl';
 import { formatEther } from 'ethers';
+import { nextScheduledRound } from '../../billing/settlement/triggers.js';
 import { statusName } from '../../billing/settlement/types.js';
 import type { EarningsTotals, SettlementBatch } from '../../billing/store.js';
 import { isExpired, type Job } from '../../jobs/model.js';
@@ -71,6 +72,8 @@ export async function dashboardState(deps: AppDeps): Promise<Record<string, unkn
     settlement: {
       enabled: settler !== undefined,
       running: settler?.running ?? false,
+      /** Rounds also start earlier for users past a threshold (billing.thresholdCheckIntervalMs). */
+      next_scheduled_ms: settler === undefined ? null : (nextScheduledRound(deps.config.billing.settlementCron)?.getTime() ?? null),
       batches: batches.map(batchRow),
     },
     attestation,
