@@ -1,5 +1,6 @@
 import type { JobSignature } from '../tee/receipt.js';
 import { reviveParams, type Job, type JobError, type JobResult } from './model.js';
+import type { JobEvent, JobEventType } from './store.js';
 
 /**
  * A jobs row as both stores keep it: JSON columns as text, the price as decimal text; integer columns
@@ -74,5 +75,27 @@ export function jobFromRow(row: JobRow): Job {
     resultsDeletedMs: intOrUndefined(row.results_deleted_ms),
     submittedBy: row.submitted_by ?? undefined,
     ranBy: row.ran_by ?? undefined,
+  };
+}
+
+/** A job_events row as both stores keep it (the detail as JSON text). */
+export interface JobEventRow {
+  job_id: string;
+  seq: IntColumn;
+  at_ms: IntColumn;
+  type: string;
+  attempt: IntColumn;
+  replica: string | null;
+  detail: string;
+}
+
+export function jobEventFromRow(row: JobEventRow): JobEvent {
+  return {
+    seq: Number(row.seq),
+    atMs: Number(row.at_ms),
+    type: row.type as JobEventType,
+    attempt: Number(row.attempt),
+    replica: row.replica ?? undefined,
+    detail: JSON.parse(row.detail) as Record<string, unknown>,
   };
 }

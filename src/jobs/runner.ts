@@ -278,7 +278,8 @@ export class JobRunner {
     // completion's commit is refused because the job just ended, not because it was taken).
     let writingOutcome = false;
     const renewal = setInterval(() => {
-      store.extendLease(job.id, job.leaseToken, now() + jobs.leaseMs).then(
+      const at = now();
+      store.extendLease(job.id, job.leaseToken, at + jobs.leaseMs, at).then(
         (held) => {
           if (!held && !writingOutcome && !controller.signal.aborted) {
             log.warn('attempt aborted: the job\'s lease was lost (cancelled, or taken over after a stall)');

@@ -152,6 +152,57 @@ export interface JobActivityBucket {
   totalMs: DurationSummary | null;
 }
 
+/**
+ * What can happen to a job, one event per thing that happened. A recovery that fails a job writes two:
+ * `interrupted` (or `lease_expired`), then `failed`; alone, they mean the job went back to the queue.
+ * succeeded, failed and cancelled are the last event of a job's run; `results_expired` may follow them.
+ */
+export type JobEventType =
+  | 'queued'
+  | 'started'
+  | 'lease_renewal_refused'
+  | 'lease_expired'
+  | 'retry_scheduled'
+  | 'released'
+  | 'succeeded'
+  | 'failed'
+  | 'cancelled'
+  | 'interrupted'
+  | 'results_expired';
+
+/** One line of a job's history, written in the same transaction as the transition it records. */
+export interface JobEvent {
+  /** 1, 2, … per job, in the order the transitions committed; never reused, so a reader can resume after one. */
+  seq: number;
+  atMs: number;
+  type: JobEventType;
+  /**
+   * The attempt the event belongs to: the new attempt's number for `started`, the attempt given back for
+   * `released`, otherwise the attempts started so far (0 while the job has not run).
+   */
+  attempt: number;
+  /**
+   * The replica that accepted the job (`queued`), or that runs or last ran it (every other event). A
+   * lease_renewal_refused names the job's attempt and replica at the refusal, which may be a newer
+   * attempt than the one whose renewal was refused.
+   */
+  replica: string | undefined;
+  /**
+   * Facts of the event's type, never a prompt or image bytes: `error` ({code, message}) on failed,
+   * cancelled and retry_scheduled; `runAfterMs` on retry_scheduled; `images` and `receiptSeq` (the
+   * receipt's sequence number, decimal text) on succeeded; `leaseExpiresMs` on started; `status` (the job's, when refused) on
+   * lease_renewal_refused.
+   */
+  detail: Record<string, unknown>;
+}
+
+/** An event a transition appends (stores only): the attempt is the job's count plus `attemptOffset`. */
+export interface NewJobEvent {
+  type: JobEventType;
+  detail?: Record<string, unknown>;
+  attemptOffset?: number;
+}
+
 /** The most buckets one `jobActivity` call returns: a chart has no use for more. */
 export const MAX_ACTIVITY_BUCKETS = 10_000;
 
@@ -181,6 +232,8 @@ export interface JobStore {
    * present, oldest first, with zeros when nothing finished in it.
    */
   jobActivity(sinceMs: number, nowMs: number, bucketMs: number): Promise<JobActivityBucket[]>;
+  /** The job's history, oldest first; [] for an unknown job (or one deleted past retention). */
+  jobEvents(jobId: string): Promise<JobEvent[]>;
   /** Pending jobs of the same backend that will be claimed before this one. */
   countAhead(job: Job): Promise<number>;
   /**
@@ -188,7 +241,8 @@ export interface JobStore {
    * records `replicaId` as the replica running it.
    */
   claimNext(backendId: string, replicaId: string, nowMs: number, leaseMs: number): Promise<ClaimedJob | undefined>;
-  extendLease(id: string, leaseToken: string, leaseExpiresMs: number): Promise<boolean>;
+  /** False when the lease is gone (the job was cancelled, or re-leased after a stall): the history records the refusal. */
+  extendLease(id: string, leaseToken: string, leaseExpiresMs: number, nowMs: number): Promise<boolean>;
   /**
    * Completes the job with its result and signatures in one transition: takes the owner's next receipt
    * sequence number (above `signing.seqFloor` and every number given before), has the job signed with it,
@@ -231,7 +285,7 @@ export interface JobStore {
   expireResults(nowMs: number, limit: number): Promise<string[]>;
   /** Whether any job still needs the blob (inputs of unfinished jobs, outputs of unexpired ones). */
   isBlobReferenced(sha256: string): Promise<boolean>;
-  /** Forgets finished jobs that ended before the cut-off; returns how many. */
+  /** Forgets finished jobs that ended before the cut-off, with their events; returns how many. */
   deleteFinishedBefore(cutoffMs: number, limit: number): Promise<number>;
   /** Milliseconds per delivered image (last attempt's start → end) of recently completed jobs, newest first. */
   recentPerImageMs(backendId: string, limit: number): Promise<number[]>;

@@ -168,8 +168,8 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(await store.complete(job.id, 'wrong', result(['s1']), SIGNING, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.fail(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0 + 5, T0 + 100)).toBe(false);
       expect(await store.retryLater(job.id, 'wrong', { code: 'upstream_error', message: 'x' }, T0, T0)).toBe(false);
-      expect(await store.extendLease(job.id, 'wrong', T0 + 9999)).toBe(false);
-      expect(await store.extendLease(job.id, claimed.leaseToken, T0 + 9999)).toBe(true);
+      expect(await store.extendLease(job.id, 'wrong', T0 + 9999, T0 + 1)).toBe(false);
+      expect(await store.extendLease(job.id, claimed.leaseToken, T0 + 9999, T0 + 1)).toBe(true);
       expect(await store.complete(job.id, claimed.leaseToken, result(['s1']), SIGNING, T0 + 5, T0 + 100)).toBe(true);
       const done = (await store.get(job.id))!;
       expect(done).toMatchObject({ status: 'completed', finishedMs: T0 + 5, expiresMs: T0 + 100, leaseToken: undefined });
@@ -468,6 +468,92 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       await expect(store.jobActivity(now, since, BUCKET)).rejects.toThrow(/after now/);
       await expect(store.jobActivity(since, now, 0)).rejects.toThrow(/bucket of at least 1 ms/);
       await expect(store.jobActivity(0, 20_000_000, 1)).rejects.toThrow(/at most 10000/);
+    });
+
+    it('records every transition of a job in its history, numbered in order, with attempt and replica', async () => {
+      const job = newJob({ submittedBy: 'replica-a', params: jobParams({ n: 2, prompt: 'a secret prompt' }) });
+      await store.create(job, 0);
+      const first = (await store.claimNext('b1', 'replica-b', T0 + 1, 1000))!;
+      expect(await store.extendLease(job.id, 'stale', T0 + 5000, T0 + 2)).toBe(false);
+      const busy = { code: 'upstream_timeout', message: 'the backend did not answer in time' } as const;
+      await store.retryLater(job.id, first.leaseToken, busy, T0 + 10, T0 + 3);
+      const second = (await store.claimNext('b1', 'replica-c', T0 + 10, 1000))!;
+      await store.releaseClaim(job.id, second.leaseToken, T0 + 11);
+      const third = (await store.claimNext('b1', 'replica-c', T0 + 12, 1000))!;
+      await store.complete(job.id, third.leaseToken, result(['o1', 'o2']), SIGNING, T0 + 20, T0 + 100);
+      await store.expireResults(T0 + 100, 10);
+
+      const events = await store.jobEvents(job.id);
+      expect(events).toEqual([
+        { seq: 1, atMs: T0, type: 'queued', attempt: 0, replica: 'replica-a', detail: {} },
+        { seq: 2, atMs: T0 + 1, type: 'started', attempt: 1, replica: 'replica-b', detail: { leaseExpiresMs: T0 + 1001 } },
+        { seq: 3, atMs: T0 + 2, type: 'lease_renewal_refused', attempt: 1, replica: 'replica-b', detail: { status: 'processing' } },
+        { seq: 4, atMs: T0 + 3, type: 'retry_scheduled', attempt: 1, replica: 'replica-b', detail: { error: busy, runAfterMs: T0 + 10 } },
+        { seq: 5, atMs: T0 + 10, type: 'started', attempt: 2, replica: 'replica-c', detail: { leaseExpiresMs: T0 + 1010 } },
+        { seq: 6, atMs: T0 + 11, type: 'released', attempt: 2, replica: 'replica-c', detail: {} },
+        { seq: 7, atMs: T0 + 12, type: 'started', attempt: 2, replica: 'replica-c', detail: { leaseExpiresMs: T0 + 1012 } },
+        { seq: 8, atMs: T0 + 20, type: 'succeeded', attempt: 2, replica: 'replica-c', detail: { images: 2, receiptSeq: '1' } },
+        { seq: 9, atMs: T0 + 100, type: 'results_expired', attempt: 2, replica: 'replica-c', detail: {} },
+      ]);
+      expect(JSON.stringify(events)).not.toContain('secret');
+      expect(await store.jobEvents(newJobId())).toEqual([]);
+      // A write refused for a lost lease records nothing: only transitions that happened are history.
+      expect(await store.fail(job.id, third.leaseToken, busy, T0 + 200, T0 + 300)).toBe(false);
+      expect(await store.jobEvents(job.id)).toHaveLength(9);
+    });
+
+    it('records failures and cancellations with their errors, and forgets the history with the job', async () => {
+      const failing = newJob();
+      const waiting = newJob();
+      await store.create(failing, 0);
+      await store.create(waiting, 0);
+      const claimed = (await store.claimNext('b1', REPLICA, T0 + 1, 1000))!;
+      const broken = { code: 'upstream_error', message: 'the backend crashed' } as const;
+      await store.fail(failing.id, claimed.leaseToken, broken, T0 + 2, T0 + 3);
+      await store.cancel(waiting.id, T0 + 4, T0 + 5);
+      expect((await store.jobEvents(failing.id)).map((e) => [e.type, e.attempt, e.detail])).toEqual([
+        ['queued', 0, {}],
+        ['started', 1, { leaseExpiresMs: T0 + 1001 }],
+        ['failed', 1, { error: broken }],
+      ]);
+      // Never run: no attempt and no replica.
+      expect((await store.jobEvents(waiting.id)).slice(1)).toEqual([
+        { seq: 2, atMs: T0 + 4, type: 'cancelled', attempt: 0, replica: undefined, detail: { error: { code: 'job_cancelled', message: 'cancelled by the caller' } } },
+      ]);
+      // Cancelling a finished job is no transition.
+      await store.cancel(waiting.id, T0 + 6, T0 + 7);
+      expect(await store.jobEvents(waiting.id)).toHaveLength(2);
+      expect(await store.deleteFinishedBefore(T0 + 10, 10)).toBe(2);
+      expect(await store.jobEvents(failing.id)).toEqual([]);
+      expect(await store.jobEvents(waiting.id)).toEqual([]);
+    });
+
+    it('records why recovery re-queued or failed a job: a restart, an expired lease, a sync caller gone', async () => {
+      const rerun = newJob();
+      const refused = newJob({ backendId: 'b2' });
+      const sync = newJob({ delivery: 'sync', backendId: 'b3' });
+      const stalled = newJob({ backendId: 'b4' });
+      for (const j of [rerun, refused, sync, stalled]) await store.create(j, 0);
+      for (const backend of ['b1', 'b2']) await store.claimNext(backend, REPLICA, T0 + 1, 60_000);
+      await store.claimNext('b4', 'replica-old', T0 + 1, 10);
+      await store.recoverExpiredLeases(() => 'rerun', 3, T0 + 20, T0 + 999);
+      await store.recoverInterrupted(REPLICA, (job) => (job.backendId === 'b2' ? 'fail' : 'rerun'), 3, T0 + 30, T0 + 999);
+      const tail = async (id: string) => (await store.jobEvents(id)).slice(2).map(({ seq, type, attempt, replica, detail }) => ({ seq, type, attempt, replica, detail }));
+      expect(await tail(stalled.id)).toEqual([{ seq: 3, type: 'lease_expired', attempt: 1, replica: 'replica-old', detail: {} }]);
+      expect(await tail(rerun.id)).toEqual([{ seq: 3, type: 'interrupted', attempt: 1, replica: REPLICA, detail: {} }]);
+      expect(await tail(refused.id)).toEqual([
+        { seq: 3, type: 'interrupted', attempt: 1, replica: REPLICA, detail: {} },
+        {
+          seq: 4,
+          type: 'failed',
+          attempt: 1,
+          replica: REPLICA,
+          detail: { error: { code: 'upstream_error', message: 'the daemon stopped while running this job, and this backend cannot safely run it again' } },
+        },
+      ]);
+      const syncEvents = await store.jobEvents(sync.id);
+      expect(syncEvents.map((e) => e.type)).toEqual(['queued', 'cancelled']);
+      expect(syncEvents[1]!.detail).toMatchObject({ error: { code: 'job_cancelled', message: expect.stringContaining('daemon restarted') } });
     });
 
     it('summarises run and total times as nearest-rank percentiles of the jobs that succeeded', async () => {

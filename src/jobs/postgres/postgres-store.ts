@@ -2,7 +2,7 @@ import { isAddress } from 'ethers';
 import type { Pool, PoolClient } from 'pg';
 import { receiptLeaf } from '../../billing/leaf.js';
 import { activityBuckets, checkActivityWindow, jobActivityQuery, listJobsQuery, postgresParams, type ActivityRow } from '../job-queries.js';
-import { jobFromRow, type JobRow } from '../job-row.js';
+import { jobEventFromRow, jobFromRow, type JobEventRow, type JobRow } from '../job-row.js';
 import { newToken, type JobError, type JobStatus } from '../model.js';
 import {
   InsufficientBalanceError,
@@ -13,6 +13,7 @@ import {
   interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
+  type JobEventType,
   type RecoveredJobs,
   type JobStore,
   type NewJob,
@@ -37,16 +38,52 @@ import { ADVISORY_LOCK, inTransaction, JOB_EVENTS_CHANNEL } from './pool.js';
 /** The columns written by every `… → finished` transition: the lease is gone with it. */
 export const FINISHED = 'lease_token = NULL, lease_expires_ms = NULL';
 
+/** An event a statement appends, its parts as SQL over the transition's rows (`$n` parameters, columns). */
+export interface SqlJobEvent {
+  type: JobEventType;
+  /** BIGINT milliseconds. */
+  atMs: string;
+  /** JSON text; `{}` when absent. */
+  detail?: string;
+  /** Added to the row's attempts (after the transition) to name the attempt the event belongs to. */
+  attemptOffset?: number;
+}
+
+/** An event detail of `{error}`, from the error's JSON text (json, not jsonb: it keeps the text as written). */
+export const errorDetail = (errorJson: string) => `json_build_object('error', ${errorJson}::json)::text`;
+
 /**
- * Drops the job's input references in the same statement as the transition that finished it, and tells
- * every replica (a long-poll waiting on another replica wakes; `cancelled` also stops the attempt wherever
- * it runs).
+ * Appends the events to the history of each row of `source` (a CTE of job rows whose event counter was
+ * already bumped by events.length): the events take the numbers up to the new counter, in order.
  */
-export const finishing = (update: string, event: 'finished' | 'cancelled' = 'finished') => `
-  WITH done AS (${update} RETURNING id, submitted_by),
-       refs AS (DELETE FROM blob_refs USING done WHERE blob_refs.job_id = done.id AND blob_refs.role = 'input')
-  SELECT id, submitted_by, ${event === 'cancelled' ? `pg_notify('${JOB_EVENTS_CHANNEL}', 'cancelled ' || id), ` : ''}
-    pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || id) FROM done`;
+const insertEvents = (source: string, events: readonly SqlJobEvent[]) => `
+  INSERT INTO job_events (job_id, seq, at_ms, type, attempt, replica, detail)
+  ${events
+    .map(
+      (e, i) => `SELECT id, last_event_seq - ${events.length - 1 - i}, (${e.atMs})::bigint, '${e.type}', attempts + ${e.attemptOffset ?? 0},
+        ${e.type === 'queued' ? 'submitted_by' : 'ran_by'}, (${e.detail ?? "'{}'"})::text FROM ${source}`,
+    )
+    .join(' UNION ALL ')}`;
+
+/**
+ * The CTEs `changed` (`UPDATE jobs SET <set> <rest>`, which also bumps each row's event counter, returning
+ * the rows) and `events` (their history lines): a transition and its events in one statement, so recording
+ * history adds no round trip. Follow with more CTEs or the statement's SELECT over `changed`.
+ */
+export const withEvents = (set: string, rest: string, events: readonly SqlJobEvent[]) => `
+  changed AS (UPDATE jobs SET ${set}${set === '' ? '' : ', '}last_event_seq = last_event_seq + ${events.length} ${rest} RETURNING jobs.*),
+  events AS (${insertEvents('changed', events)})`;
+
+/**
+ * A transition that finishes jobs (`set` and `rest` as in withEvents): drops their input references and
+ * records the events in the same statement, and tells every replica (a long-poll waiting on another replica
+ * wakes; `cancelled` also stops the attempt wherever it runs). Returns id and submitted_by of each job.
+ */
+export const finishing = (set: string, rest: string, events: readonly SqlJobEvent[], notify: 'finished' | 'cancelled' = 'finished') => `
+  WITH ${withEvents(set, rest, events)},
+       refs AS (DELETE FROM blob_refs USING changed WHERE blob_refs.job_id = changed.id AND blob_refs.role = 'input')
+  SELECT id, submitted_by, ${notify === 'cancelled' ? `pg_notify('${JOB_EVENTS_CHANNEL}', 'cancelled ' || id), ` : ''}
+    pg_notify('${JOB_EVENTS_CHANNEL}', 'finished ' || id) FROM changed`;
 
 /** Tells the replicas serving the backend that a job is waiting (returns nothing useful; run for the effect). */
 const notifyQueued = (c: Pool | PoolClient, backendId: string) =>
@@ -69,10 +106,14 @@ async function lockedCount(c: PoolClient, lockClass: number, key: string, sql: s
 
 const CANCELLED: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
 
-/** Re-queues or fails interrupted processing jobs (rows locked by the caller), as the policy and the attempts left say. */
+/**
+ * Re-queues or fails interrupted processing jobs (rows locked by the caller), as the policy and the attempts
+ * left say; `cause` is the event that records why.
+ */
 async function settleInterrupted(
   c: PoolClient,
   rows: JobRow[],
+  cause: 'interrupted' | 'lease_expired',
   what: string,
   policy: InterruptedJobPolicy,
   maxAttempts: number,
@@ -85,13 +126,18 @@ async function settleInterrupted(
     const job = jobFromRow(row);
     const decision = interruptedJobDecision(job, policy, maxAttempts);
     if (decision === 'rerun') {
-      await c.query(`UPDATE jobs SET status = 'pending', ${FINISHED}, updated_ms = $1 WHERE id = $2`, [nowMs, job.id]);
-      await notifyQueued(c, job.backendId);
+      await c.query(
+        `WITH ${withEvents(`status = 'pending', ${FINISHED}, updated_ms = $1`, 'WHERE id = $2', [{ type: cause, atMs: '$1' }])}
+         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM changed`,
+        [nowMs, job.id],
+      );
       requeued.push(job.id);
     } else {
       await c.query(
-        finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-                   WHERE id = $4`),
+        finishing(`status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}`, 'WHERE id = $4', [
+          { type: cause, atMs: '$2' },
+          { type: 'failed', atMs: '$2', detail: errorDetail('$1') },
+        ]),
         [JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, expiresMs, job.id],
       );
       failed.push(job.id);
@@ -160,11 +206,14 @@ export function postgresJobStore(pool: Pool): JobStore {
         }
         if (reservation !== undefined) await admit(c, job, reservation);
         const { rows } = await c.query<JobRow>(
-          `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, images_requested, inputs,
-             request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms,
-             submitted_by)
-           VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16)
-           RETURNING *`,
+          `WITH changed AS (
+             INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, images_requested, inputs,
+               request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms,
+               submitted_by, last_event_seq)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16, 1)
+             RETURNING *),
+           events AS (${insertEvents('changed', [{ type: 'queued', atMs: 'created_ms' }])})
+           SELECT * FROM changed`,
           [
             job.id,
             job.owner,
@@ -223,6 +272,11 @@ export function postgresJobStore(pool: Pool): JobStore {
       return activityBuckets(rows, sinceMs, nowMs, bucketMs);
     },
 
+    async jobEvents(jobId) {
+      const { rows } = await pool.query<JobEventRow>('SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq', [jobId]);
+      return rows.map(jobEventFromRow);
+    },
+
     async countAhead(job) {
       return count(
         `SELECT COUNT(*) AS n FROM jobs WHERE backend_id = $1 AND status = 'pending'
@@ -234,22 +288,34 @@ export function postgresJobStore(pool: Pool): JobStore {
     async claimNext(backendId, replicaId, nowMs, leaseMs) {
       const token = newToken();
       const row = await one(
-        `UPDATE jobs SET status = 'processing', lease_token = $1, lease_expires_ms = $2, attempts = attempts + 1,
-           started_ms = $3, updated_ms = $3, ran_by = $5
-         WHERE seq = (SELECT seq FROM jobs WHERE backend_id = $4 AND status = 'pending' AND run_after_ms <= $3
-                      ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING *`,
+        `WITH ${withEvents(
+          'status = \'processing\', lease_token = $1, lease_expires_ms = $2, attempts = attempts + 1, started_ms = $3, updated_ms = $3, ran_by = $5',
+          `WHERE seq = (SELECT seq FROM jobs WHERE backend_id = $4 AND status = 'pending' AND run_after_ms <= $3
+                        ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED)`,
+          [{ type: 'started', atMs: '$3', detail: "json_build_object('leaseExpiresMs', lease_expires_ms)" }],
+        )}
+         SELECT * FROM changed`,
         [token, nowMs + leaseMs, nowMs, backendId, replicaId],
       );
       return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
 
-    async extendLease(id, leaseToken, leaseExpiresMs) {
-      return changed("UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_token = $3 AND status = 'processing'", [
+    async extendLease(id, leaseToken, leaseExpiresMs, nowMs) {
+      const held = await changed("UPDATE jobs SET lease_expires_ms = $1 WHERE id = $2 AND lease_token = $3 AND status = 'processing'", [
         leaseExpiresMs,
         id,
         leaseToken,
       ]);
+      // A second statement only when refused, which ends the attempt: the renewal itself stays one.
+      if (!held) {
+        await pool.query(
+          `WITH ${withEvents('', 'WHERE id = $1', [
+            { type: 'lease_renewal_refused', atMs: '$2', detail: "json_build_object('status', status)" },
+          ])} SELECT id FROM changed`,
+          [id, nowMs],
+        );
+      }
+      return held;
     },
 
     async complete(id, leaseToken, result, signing: ReceiptSigning, nowMs, expiresMs) {
@@ -277,10 +343,21 @@ export function postgresJobStore(pool: Pool): JobStore {
         const seq = BigInt(rows[0]!.seq);
         const signature = signing.sign(seq);
         await c.query(
-          `UPDATE jobs SET status = 'completed', result = $1, images_delivered = $2, signature = $3, finished_ms = $4,
-             updated_ms = $4, expires_ms = $5, ${FINISHED}, error = NULL
-           WHERE id = $6`,
-          [JSON.stringify(result), result.images.length, JSON.stringify(signature), nowMs, expiresMs, id],
+          `WITH ${withEvents(
+            `status = 'completed', result = $1, images_delivered = $2, signature = $3, finished_ms = $4, updated_ms = $4,
+             expires_ms = $5, ${FINISHED}, error = NULL`,
+            'WHERE id = $6',
+            [{ type: 'succeeded', atMs: '$4', detail: '$7' }],
+          )} SELECT id FROM changed`,
+          [
+            JSON.stringify(result),
+            result.images.length,
+            JSON.stringify(signature),
+            nowMs,
+            expiresMs,
+            id,
+            JSON.stringify({ images: result.images.length, receiptSeq: seq.toString() }),
+          ],
         );
         // The receipt is written with the completion, or not at all (billing.md): delivered images only.
         const r = signature.receipt;
@@ -309,8 +386,11 @@ export function postgresJobStore(pool: Pool): JobStore {
 
     async fail(id, leaseToken, error, nowMs, expiresMs) {
       const { rowCount } = await pool.query(
-        finishing(`UPDATE jobs SET status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-                   WHERE id = $4 AND lease_token = $5 AND status = 'processing'`),
+        finishing(
+          `status = 'failed', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}`,
+          "WHERE id = $4 AND lease_token = $5 AND status = 'processing'",
+          [{ type: 'failed', atMs: '$2', detail: errorDetail('$1') }],
+        ),
         [JSON.stringify(error), nowMs, expiresMs, id, leaseToken],
       );
       return (rowCount ?? 0) > 0;
@@ -318,8 +398,11 @@ export function postgresJobStore(pool: Pool): JobStore {
 
     async retryLater(id, leaseToken, error, runAfterMs, nowMs) {
       return changed(
-        `UPDATE jobs SET status = 'pending', error = $1, run_after_ms = $2, updated_ms = $3, ${FINISHED}
-         WHERE id = $4 AND lease_token = $5 AND status = 'processing'`,
+        `WITH ${withEvents(
+          `status = 'pending', error = $1, run_after_ms = $2, updated_ms = $3, ${FINISHED}`,
+          "WHERE id = $4 AND lease_token = $5 AND status = 'processing'",
+          [{ type: 'retry_scheduled', atMs: '$3', detail: "json_build_object('error', $1::json, 'runAfterMs', run_after_ms)" }],
+        )} SELECT id FROM changed`,
         [JSON.stringify(error), runAfterMs, nowMs, id, leaseToken],
       );
     },
@@ -327,8 +410,9 @@ export function postgresJobStore(pool: Pool): JobStore {
     async cancel(id, nowMs, expiresMs) {
       await pool.query(
         finishing(
-          `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-           WHERE id = $4 AND status IN ('pending', 'processing')`,
+          `status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}`,
+          "WHERE id = $4 AND status IN ('pending', 'processing')",
+          [{ type: 'cancelled', atMs: '$2', detail: errorDetail('$1') }],
           'cancelled',
         ),
         [JSON.stringify(CANCELLED), nowMs, expiresMs, id],
@@ -340,10 +424,13 @@ export function postgresJobStore(pool: Pool): JobStore {
     async releaseClaim(id, leaseToken, nowMs) {
       // A replica that stops gives the job back: another one serving the backend can take it at once.
       return changed(
-        `WITH released AS (
-           UPDATE jobs SET status = 'pending', attempts = attempts - 1, ${FINISHED}, updated_ms = $1
-           WHERE id = $2 AND lease_token = $3 AND status = 'processing' RETURNING backend_id)
-         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM released`,
+        `WITH ${withEvents(
+          `status = 'pending', attempts = attempts - 1, ${FINISHED}, updated_ms = $1`,
+          "WHERE id = $2 AND lease_token = $3 AND status = 'processing'",
+          // The attempt given back is the one the release took off the count.
+          [{ type: 'released', atMs: '$1', attemptOffset: 1 }],
+        )}
+         SELECT pg_notify('${JOB_EVENTS_CHANNEL}', 'queued ' || backend_id) FROM changed`,
         [nowMs, id, leaseToken],
       );
     },
@@ -360,8 +447,9 @@ export function postgresJobStore(pool: Pool): JobStore {
         };
         const cancelled = await c.query<{ id: string }>(
           finishing(
-            `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-             WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND (submitted_by = $4 OR submitted_by IS NULL)`,
+            `status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}`,
+            "WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND (submitted_by = $4 OR submitted_by IS NULL)",
+            [{ type: 'cancelled', atMs: '$2', detail: errorDetail('$1') }],
             'cancelled',
           ),
           [JSON.stringify(gone), nowMs, expiresMs, replicaId],
@@ -370,7 +458,7 @@ export function postgresJobStore(pool: Pool): JobStore {
           "SELECT * FROM jobs WHERE status = 'processing' AND (ran_by = $1 OR ran_by IS NULL) ORDER BY seq FOR UPDATE",
           [replicaId],
         );
-        const outcome = await settleInterrupted(c, processing.rows, 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
+        const outcome = await settleInterrupted(c, processing.rows, 'interrupted', 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
         return { ...outcome, cancelled: cancelled.rows.map((r) => r.id) };
       });
     },
@@ -382,7 +470,7 @@ export function postgresJobStore(pool: Pool): JobStore {
           "SELECT * FROM jobs WHERE status = 'processing' AND lease_expires_ms < $1 ORDER BY seq FOR UPDATE SKIP LOCKED",
           [nowMs],
         );
-        return settleInterrupted(c, expired.rows, EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs);
+        return settleInterrupted(c, expired.rows, 'lease_expired', EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs);
       });
     },
 
@@ -392,9 +480,9 @@ export function postgresJobStore(pool: Pool): JobStore {
         `WITH due AS (
            SELECT id, expires_ms FROM jobs WHERE results_deleted_ms IS NULL AND expires_ms IS NOT NULL AND expires_ms <= $1
            ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED),
-         marked AS (UPDATE jobs SET results_deleted_ms = $1 FROM due WHERE jobs.id = due.id RETURNING jobs.id),
-         refs AS (DELETE FROM blob_refs USING marked WHERE blob_refs.job_id = marked.id)
-         SELECT due.id FROM due JOIN marked ON marked.id = due.id ORDER BY due.expires_ms, due.id`,
+         ${withEvents('results_deleted_ms = $1', 'FROM due WHERE jobs.id = due.id', [{ type: 'results_expired', atMs: '$1' }])},
+         refs AS (DELETE FROM blob_refs USING changed WHERE blob_refs.job_id = changed.id)
+         SELECT due.id FROM due JOIN changed ON changed.id = due.id ORDER BY due.expires_ms, due.id`,
         [nowMs, limit],
       );
       return rows.map((r) => r.id);
@@ -410,6 +498,7 @@ export function postgresJobStore(pool: Pool): JobStore {
            SELECT id FROM jobs WHERE finished_ms IS NOT NULL AND finished_ms < $1
            ORDER BY finished_ms LIMIT $2 FOR UPDATE SKIP LOCKED),
          refs AS (DELETE FROM blob_refs USING old WHERE blob_refs.job_id = old.id),
+         events AS (DELETE FROM job_events USING old WHERE job_events.job_id = old.id),
          gone AS (DELETE FROM jobs USING old WHERE jobs.id = old.id RETURNING 1)
          SELECT COUNT(*) AS n FROM gone`,
         [cutoffMs, limit],

@@ -1,6 +1,6 @@
 import type { Pool } from 'pg';
 import type { JobError } from '../model.js';
-import { finishing, FINISHED } from './postgres-store.js';
+import { errorDetail, finishing, FINISHED } from './postgres-store.js';
 
 /**
  * Which replicas are alive, in the `replicas` table every replica shares. Each one writes its row at
@@ -151,8 +151,9 @@ export class ReplicaPresence {
 /** Cancels unfinished sync jobs matching `where` ($1 error, $2 now, $3 expiry), telling every replica. */
 function cancelSync(where: string): string {
   return finishing(
-    `UPDATE jobs SET status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}
-     WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND ${where}`,
+    `status = 'cancelled', error = $1, finished_ms = $2, updated_ms = $2, expires_ms = $3, ${FINISHED}`,
+    `WHERE delivery = 'sync' AND status IN ('pending', 'processing') AND ${where}`,
+    [{ type: 'cancelled', atMs: '$2', detail: errorDetail('$1') }],
     'cancelled',
   );
 }

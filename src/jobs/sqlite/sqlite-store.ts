@@ -2,7 +2,7 @@ import type Database from 'better-sqlite3';
 import { isAddress } from 'ethers';
 import { receiptLeaf } from '../../billing/leaf.js';
 import { activityBuckets, checkActivityWindow, jobActivityQuery, listJobsQuery, sqliteParams, type ActivityRow } from '../job-queries.js';
-import { jobFromRow, type JobRow } from '../job-row.js';
+import { jobEventFromRow, jobFromRow, type JobEventRow, type JobRow } from '../job-row.js';
 import { newToken, type Job, type JobError, type JobResult, type JobStatus } from '../model.js';
 import {
   InsufficientBalanceError,
@@ -13,6 +13,7 @@ import {
   interruptedJobDecision,
   type ClaimedJob,
   type InterruptedJobPolicy,
+  type NewJobEvent,
   type RecoveredJobs,
   type JobStore,
   type NewJob,
@@ -135,8 +136,36 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       `SELECT json_extract(params, '$.n') AS n, price_per_image_wei AS price FROM jobs
        WHERE owner = ? AND status IN ('pending', 'processing')`,
     ),
+    bumpEvents: db.prepare<[number, string], { last_event_seq: number; attempts: number; ran_by: string | null; submitted_by: string | null }>(
+      'UPDATE jobs SET last_event_seq = last_event_seq + ? WHERE id = ? RETURNING last_event_seq, attempts, ran_by, submitted_by',
+    ),
+    insertEvent: db.prepare<[string, number, number, string, number, string | null, string]>(
+      'INSERT INTO job_events (job_id, seq, at_ms, type, attempt, replica, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ),
+    jobEvents: db.prepare<[string], JobEventRow>('SELECT * FROM job_events WHERE job_id = ? ORDER BY seq'),
+    dropEvents: db.prepare<[string]>('DELETE FROM job_events WHERE job_id = ?'),
+    statusOf: db.prepare<[string], { status: JobStatus }>('SELECT status FROM jobs WHERE id = ?'),
     ping: db.prepare('SELECT 1'),
   };
+
+  /**
+   * Appends events to the job's history, numbered from the counter on its row. Called inside the
+   * transaction of the transition they record, after its write (attempts and ran_by are the new ones).
+   */
+  function record(id: string, atMs: number, ...events: NewJobEvent[]): void {
+    const job = stmt.bumpEvents.get(events.length, id)!;
+    events.forEach((event, i) => {
+      stmt.insertEvent.run(
+        id,
+        job.last_event_seq - events.length + i + 1,
+        atMs,
+        event.type,
+        job.attempts + (event.attemptOffset ?? 0),
+        event.type === 'queued' ? job.submitted_by : job.ran_by,
+        JSON.stringify(event.detail ?? {}),
+      );
+    });
+  }
 
   const create = db.transaction(
     (job: NewJob, idempotencyTtlMs: number, reservation: Reservation | undefined, limits: AdmissionLimits): { job: Job; created: boolean } => {
@@ -180,6 +209,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       submitted_by: job.submittedBy ?? null,
     });
     for (const input of job.inputs) stmt.insertRef.run(job.id, input.sha256, 'input');
+    record(job.id, job.createdMs, { type: 'queued' });
     return { job: jobFromRow(stmt.get.get(job.id)!), created: true };
   },
   );
@@ -198,6 +228,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     if (changed) {
       stmt.setSeq.run(owner, seq.toString());
       stmt.dropRefs.run(id, 'input');
+      record(id, nowMs, { type: 'succeeded', detail: { images: result.images.length, receiptSeq: seq.toString() } });
       for (const image of result.images) stmt.insertRef.run(id, image.sha256, 'output');
       // The receipt is written with the completion, or not at all (billing.md): delivered images only.
       const r = signature.receipt;
@@ -223,14 +254,46 @@ export function sqliteJobStore(db: Database.Database): JobStore {
 
   const fail = db.transaction((id: string, leaseToken: string, error: JobError, nowMs: number, expiresMs: number) => {
     const changed = stmt.fail.run(JSON.stringify(error), nowMs, nowMs, expiresMs, id, leaseToken).changes > 0;
-    if (changed) stmt.dropRefs.run(id, 'input');
+    if (changed) {
+      stmt.dropRefs.run(id, 'input');
+      record(id, nowMs, { type: 'failed', detail: { error } });
+    }
+    return changed;
+  });
+
+  const retryLater = db.transaction((id: string, leaseToken: string, error: JobError, runAfterMs: number, nowMs: number) => {
+    const changed = stmt.retryLater.run(JSON.stringify(error), runAfterMs, nowMs, id, leaseToken).changes > 0;
+    if (changed) record(id, nowMs, { type: 'retry_scheduled', detail: { error, runAfterMs } });
+    return changed;
+  });
+
+  const claimNext = db.transaction((backendId: string, replicaId: string, nowMs: number, leaseMs: number, token: string) => {
+    const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, replicaId, backendId, nowMs);
+    if (row) record(row.id, nowMs, { type: 'started', detail: { leaseExpiresMs: nowMs + leaseMs } });
+    return row;
+  });
+
+  const extendLease = db.transaction((id: string, leaseToken: string, leaseExpiresMs: number, nowMs: number) => {
+    if (stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0) return true;
+    const job = stmt.statusOf.get(id);
+    if (job) record(id, nowMs, { type: 'lease_renewal_refused', detail: { status: job.status } });
+    return false;
+  });
+
+  const releaseClaim = db.transaction((id: string, leaseToken: string, nowMs: number) => {
+    const changed = stmt.releaseClaim.run(nowMs, id, leaseToken).changes > 0;
+    // The attempt given back is the one the release took off the count.
+    if (changed) record(id, nowMs, { type: 'released', attemptOffset: 1 });
     return changed;
   });
 
   const cancel = db.transaction((id: string, nowMs: number, expiresMs: number) => {
     const error: JobError = { code: 'job_cancelled', message: 'cancelled by the caller' };
     const changed = stmt.cancel.run(JSON.stringify(error), nowMs, nowMs, expiresMs, id).changes > 0;
-    if (changed) stmt.dropRefs.run(id, 'input');
+    if (changed) {
+      stmt.dropRefs.run(id, 'input');
+      record(id, nowMs, { type: 'cancelled', detail: { error } });
+    }
     return changed;
   });
 
@@ -244,15 +307,24 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       for (const { id } of stmt.unfinishedSync.all()) {
         stmt.cancel.run(JSON.stringify(gone), nowMs, nowMs, expiresMs, id);
         stmt.dropRefs.run(id, 'input');
+        record(id, nowMs, { type: 'cancelled', detail: { error: gone } });
         cancelled.push(id);
       }
-      const processing = settleInterrupted(stmt.processing.all(), 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
+      const processing = settleInterrupted(stmt.processing.all(), 'interrupted', 'the daemon stopped while running this job', policy, maxAttempts, nowMs, expiresMs);
       return { ...processing, cancelled };
     },
   );
 
   /** Re-queues or fails interrupted processing jobs, as the policy and the attempts left say. */
-  function settleInterrupted(rows: JobRow[], what: string, policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number): RecoveredJobs {
+  function settleInterrupted(
+    rows: JobRow[],
+    cause: 'interrupted' | 'lease_expired',
+    what: string,
+    policy: InterruptedJobPolicy,
+    maxAttempts: number,
+    nowMs: number,
+    expiresMs: number,
+  ): RecoveredJobs {
     const requeued: string[] = [];
     const failed: string[] = [];
     for (const row of rows) {
@@ -260,10 +332,13 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       const decision = interruptedJobDecision(job, policy, maxAttempts);
       if (decision === 'rerun') {
         stmt.requeue.run(nowMs, job.id);
+        record(job.id, nowMs, { type: cause });
         requeued.push(job.id);
       } else {
-        stmt.failInterrupted.run(JSON.stringify({ code: 'upstream_error', message: `${what}, ${decision.reason}` }), nowMs, nowMs, expiresMs, job.id);
+        const error: JobError = { code: 'upstream_error', message: `${what}, ${decision.reason}` };
+        stmt.failInterrupted.run(JSON.stringify(error), nowMs, nowMs, expiresMs, job.id);
         stmt.dropRefs.run(job.id, 'input');
+        record(job.id, nowMs, { type: cause }, { type: 'failed', detail: { error } });
         failed.push(job.id);
       }
     }
@@ -271,7 +346,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
   }
 
   const recoverExpiredLeases = db.transaction((policy: InterruptedJobPolicy, maxAttempts: number, nowMs: number, expiresMs: number) =>
-    settleInterrupted(stmt.expiredLeases.all(nowMs), EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs),
+    settleInterrupted(stmt.expiredLeases.all(nowMs), 'lease_expired', EXPIRED_LEASE, policy, maxAttempts, nowMs, expiresMs),
   );
 
   const expireResults = db.transaction((nowMs: number, limit: number): string[] => {
@@ -279,6 +354,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     for (const id of ids) {
       stmt.markExpired.run(nowMs, id);
       stmt.dropAllRefs.run(id);
+      record(id, nowMs, { type: 'results_expired' });
     }
     return ids;
   });
@@ -287,6 +363,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     const ids = stmt.oldFinished.all(cutoffMs, limit).map((r) => r.id);
     for (const id of ids) {
       stmt.dropAllRefs.run(id);
+      stmt.dropEvents.run(id);
       stmt.deleteJob.run(id);
     }
     return ids.length;
@@ -320,17 +397,20 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       const sql = jobActivityQuery(sinceMs, nowMs, bucketMs, params);
       return activityBuckets(db.prepare<unknown[], ActivityRow>(sql).all(...params.values), sinceMs, nowMs, bucketMs);
     },
+    async jobEvents(jobId) {
+      return stmt.jobEvents.all(jobId).map(jobEventFromRow);
+    },
     async countAhead(job) {
       const seq = stmt.seqOf.get(job.id);
       return seq ? stmt.countAhead.get(job.backendId, seq.seq)!.n : 0;
     },
     async claimNext(backendId, replicaId, nowMs, leaseMs) {
       const token = newToken();
-      const row = stmt.claimNext.get(token, nowMs + leaseMs, nowMs, nowMs, replicaId, backendId, nowMs);
+      const row = claimNext(backendId, replicaId, nowMs, leaseMs, token);
       return row ? ({ ...jobFromRow(row), leaseToken: token } as ClaimedJob) : undefined;
     },
-    async extendLease(id, leaseToken, leaseExpiresMs) {
-      return stmt.extendLease.run(leaseExpiresMs, id, leaseToken).changes > 0;
+    async extendLease(id, leaseToken, leaseExpiresMs, nowMs) {
+      return extendLease(id, leaseToken, leaseExpiresMs, nowMs);
     },
     async complete(id, leaseToken, result, signing, nowMs, expiresMs) {
       return complete(id, leaseToken, result, signing, nowMs, expiresMs);
@@ -339,7 +419,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       return fail(id, leaseToken, error, nowMs, expiresMs);
     },
     async retryLater(id, leaseToken, error, runAfterMs, nowMs) {
-      return stmt.retryLater.run(JSON.stringify(error), runAfterMs, nowMs, id, leaseToken).changes > 0;
+      return retryLater(id, leaseToken, error, runAfterMs, nowMs);
     },
     async cancel(id, nowMs, expiresMs) {
       cancel(id, nowMs, expiresMs);
@@ -347,7 +427,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       return row ? jobFromRow(row) : undefined;
     },
     async releaseClaim(id, leaseToken, nowMs) {
-      return stmt.releaseClaim.run(nowMs, id, leaseToken).changes > 0;
+      return releaseClaim(id, leaseToken, nowMs);
     },
     // One process per SQLite file: whatever the replica's name, every unfinished job in it is its own.
     async recoverInterrupted(_replicaId, policy, maxAttempts, nowMs, expiresMs) {
