@@ -72,7 +72,7 @@ export async function dashboardState(deps: AppDeps): Promise<Record<string, unkn
     settlement: {
       enabled: settler !== undefined,
       running: settler?.running ?? false,
-      /** Rounds also start earlier for users past a threshold (billing.thresholdCheckIntervalMs). */
+      // The cron's next round; users past a threshold are settled sooner, between rounds.
       next_scheduled_ms: settler === undefined ? null : (nextScheduledRound(deps.config.billing.settlementCron)?.getTime() ?? null),
       batches: batches.map(batchRow),
     },
