@@ -26,6 +26,8 @@ export interface AddOrUpdateServiceParameters {
   stakeWei: bigint;
   /** How long to wait for the receipt once the transaction is sent. @default 120_000 */
   receiptTimeoutMs?: number;
+  /** Told the hash as soon as the node took the transaction, before its receipt is waited for. */
+  onSent?: (hash: string) => void;
 }
 
 export interface AddOrUpdateServiceReturnType {
@@ -87,6 +89,7 @@ export async function addOrUpdateService(
   } catch (err) {
     throw rejectedOrUnavailable(err, undefined);
   }
+  params.onSent?.(hash);
   let receipt: { blockNumber: number; hash: string } | null;
   try {
     receipt = await wait(1, receiptTimeoutMs);

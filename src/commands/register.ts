@@ -18,15 +18,19 @@ import type { TeeKeyProvider, TeeMode } from '../tee/key-provider.js';
 import { openTeeKeyProvider } from '../tee/open-key-provider.js';
 import {
   CommandError,
+  commandOutput,
   EXIT_FAILED,
   EXIT_OK,
   EXIT_USAGE,
   formatWei,
   loadCommandConfig,
+  OUTPUT_FLAGS,
+  OUTPUT_USAGE,
   processIo,
   reportCommandError,
   requireChainConfig,
   type CommandIo,
+  type OutputOptions,
 } from './command-io.js';
 
 /**
@@ -38,7 +42,7 @@ import {
  * 2 bad arguments or configuration.
  */
 
-export const REGISTER_USAGE = `Usage: pixeld register [--model <id>] [--url <public url>] [--yes] [--dry-run] [--config <file>]
+export const REGISTER_USAGE = `Usage: pixeld register [--model <id>] [--url <public url>] [--yes] [--dry-run] [--json] [--quiet] [--config <file>]
 
 Registers (or updates) this provider's service on the InferenceServing contract: the model, its price
 per image, the public URL, and the TEE signer address. Shows the change first; the first registration
@@ -48,6 +52,9 @@ sends the stake (provider.service.stakeWei) from the provider wallet.
   --url <url>         Public base URL routers call (default: provider.service.url)
   --yes, -y           Do not ask before a change that resets the TEE acknowledgement
   --dry-run           Show what would be sent and send nothing
+${OUTPUT_USAGE}; never asks: a reset needs --yes
+                      {"provider","contract","chainId","teeSigner","teeMode","model","registered","changed":[…],
+                       "resetsAcknowledgement","dryRun","sent":{"txHash","block","stakeWei"}|null,"service":{…}|null}
   -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml)
 
 Needs chain.rpcUrl, chain.chainId, chain.servingAddress and the provider wallet (env named by
@@ -55,7 +62,7 @@ provider.wallet.privateKeyEnv, default PIXELD_PROVIDER_KEY, or provider.wallet.k
 Exit status: 0 done or nothing to do, 1 refused or failed, 2 bad arguments or configuration.
 `;
 
-export interface RegisterOptions {
+export interface RegisterOptions extends OutputOptions {
   configPath?: string | undefined;
   model?: string | undefined;
   url?: string | undefined;
@@ -68,6 +75,27 @@ export interface CommandDeps {
   tee?: TeeKeyProvider;
   /** How long to wait for the registration receipt. @default 120_000 */
   receiptTimeoutMs?: number;
+}
+
+/** What `pixeld register --json` prints. */
+export interface RegisterReport {
+  provider: string;
+  contract: string;
+  chainId: number;
+  teeSigner: string;
+  teeMode: TeeMode;
+  model: string;
+  /** Whether a service was registered before this run. */
+  registered: boolean;
+  /** Fields the local config changes (every field on a first registration). */
+  changed: ServiceField[];
+  /** Whether the change resets an acknowledged TEE signer. */
+  resetsAcknowledgement: boolean;
+  dryRun: boolean;
+  /** The transaction, when one was sent. */
+  sent: { txHash: string; block: number; stakeWei: bigint } | null;
+  /** The service on chain after this run (as it was when nothing was sent); null when there is none. */
+  service: ServingService | null;
 }
 
 /** Largest additionalInfo the contract takes, in bytes of UTF-8. */
@@ -102,6 +130,7 @@ export async function register(options: RegisterOptions, io: CommandIo, deps: Co
 }
 
 async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: CommandDeps): Promise<number> {
+  const out = commandOutput(io, options);
   const config = loadCommandConfig(options.configPath, io.env);
   const model = selectModel(config, options.model);
   const url = publicUrl(options.url ?? config.provider.service.url);
@@ -110,6 +139,7 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
   // Fresh reads: whether the service exists decides the stake, and must not be a read from before our last transaction.
   const client = createChainClient({ ...chainConfig, freshReads: true });
   try {
+    out.progress('loading the provider wallet');
     const wallet = await loadProviderWallet(config.provider.wallet, io.env, client.provider);
     if (!wallet) {
       throw new CommandError(
@@ -119,6 +149,7 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
       );
     }
     const providerAddress = resolveProviderAddress(config.provider.address, wallet);
+    out.progress(`opening the TEE key (tee.mode ${config.tee.mode})`);
     const tee = deps.tee ?? (await openDaemonTeeKey(config, io.env));
     const params = buildServiceParams({
       model,
@@ -136,64 +167,85 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
       );
     }
 
-    io.stdout(`Provider wallet:  ${providerAddress}`);
-    io.stdout(`Contract:         ${chainConfig.servingAddress} (chain ${chainConfig.chainId})`);
-    io.stdout(`TEE signer:       ${tee.address} (${describeTee(tee)})`);
+    out.line(`Provider wallet:  ${providerAddress}`);
+    out.line(`Contract:         ${chainConfig.servingAddress} (chain ${chainConfig.chainId})`);
+    out.line(`TEE signer:       ${tee.address} (${describeTee(tee)})`);
     if (tee.insecure) {
-      io.stdout('Note: tee.mode is "dev": verifiability is published empty (not TeeML); nothing is attested.');
+      out.line('Note: tee.mode is "dev": verifiability is published empty (not TeeML); nothing is attested.');
     }
-    if (params.outputPrice === 0n) io.stdout(`Note: model ${model.id} has pricePerImageWei 0: images are free.`);
-    io.stdout('');
+    if (params.outputPrice === 0n) out.line(`Note: model ${model.id} has pricePerImageWei 0: images are free.`);
+    out.line('');
 
+    out.progress(`reading the on-chain service of ${providerAddress}`);
     const current = await getService(client, { provider: providerAddress });
     const changed = current ? changedFields(current, params) : [...SERVICE_FIELDS];
+    const resetting = current ? changed.filter(isAttested) : [];
+    const resetsAcknowledgement = current !== undefined && current.teeSignerAcknowledged && resetting.length > 0;
+    const report = (sent: RegisterReport['sent'], service: ServingService | undefined): void =>
+      out.result({
+        provider: providerAddress,
+        contract: chainConfig.servingAddress,
+        chainId: chainConfig.chainId,
+        teeSigner: tee.address,
+        teeMode: tee.mode,
+        model: model.id,
+        registered: current !== undefined,
+        changed,
+        resetsAcknowledgement,
+        dryRun: options.dryRun ?? false,
+        sent,
+        service: service ?? null,
+      } satisfies RegisterReport);
     if (current) {
-      io.stdout(`On-chain service of ${providerAddress} → local config:`);
-      for (const line of diffLines(current, params)) io.stdout(line);
+      out.line(`On-chain service of ${providerAddress} → local config:`);
+      for (const line of diffLines(current, params)) out.line(line);
     } else {
-      io.stdout(`No service is registered for ${providerAddress} yet; this registers:`);
-      for (const field of SERVICE_FIELDS) io.stdout(fieldLine('+', field, formatField(field, params[field])));
+      out.line(`No service is registered for ${providerAddress} yet; this registers:`);
+      for (const field of SERVICE_FIELDS) out.line(fieldLine('+', field, formatField(field, params[field])));
     }
-    io.stdout('');
+    out.line('');
 
     if (current && changed.length === 0) {
-      io.stdout('No change: the on-chain service already matches the local config. Nothing sent.');
-      if (!current.teeSignerAcknowledged) io.stdout(unacknowledgedNote(current.teeSignerAddress));
+      out.line('No change: the on-chain service already matches the local config. Nothing sent.');
+      if (!current.teeSignerAcknowledged) out.line(unacknowledgedNote(current.teeSignerAddress));
+      report(null, current);
       return EXIT_OK;
     }
 
     const stakeWei = config.provider.service.stakeWei;
     if (!current) {
-      io.stdout(`First registration: the stake of ${formatWei(stakeWei)} will be sent from the provider wallet with the transaction.`);
+      out.line(`First registration: the stake of ${formatWei(stakeWei)} will be sent from the provider wallet with the transaction.`);
+      out.progress('reading the provider wallet\'s balance');
       const balance = await readBalance(client.provider, providerAddress);
       if (balance < stakeWei) {
         const message = `the provider wallet holds ${formatWei(balance)}; the first registration needs the stake of ${formatWei(stakeWei)} plus gas`;
         if (!options.dryRun) throw new CommandError(message, EXIT_FAILED);
-        io.stdout(`Warning: ${message}.`);
+        out.line(`Warning: ${message}.`);
       }
     }
 
-    const resetting = current ? changed.filter(isAttested) : [];
     if (current && resetting.length > 0) {
       if (current.teeSignerAcknowledged) {
-        for (const line of resetWarning(resetting)) io.stdout(line);
+        for (const line of resetWarning(resetting)) out.line(line);
         if (verifierUrlOf(current.additionalInfo) !== verifierUrlOf(params.additionalInfo) && changed.includes('url')) {
-          io.stdout('         additionalInfo changes because its VerifierURL follows the url. To move the url without a reset,');
-          io.stdout('         pin VerifierURL in provider.service.additionalInfo (it must still serve the attestation report).');
+          out.line('         additionalInfo changes because its VerifierURL follows the url. To move the url without a reset,');
+          out.line('         pin VerifierURL in provider.service.additionalInfo (it must still serve the attestation report).');
         }
       } else {
-        io.stdout(`Note: the TEE signer is not acknowledged now; after this update the contract owner must acknowledge it.`);
+        out.line(`Note: the TEE signer is not acknowledged now; after this update the contract owner must acknowledge it.`);
       }
     }
 
     if (options.dryRun) {
-      io.stdout('Dry run: nothing sent.');
+      out.line('Dry run: nothing sent.');
+      report(null, current);
       return EXIT_OK;
     }
 
-    if (current && current.teeSignerAcknowledged && resetting.length > 0 && !options.yes) {
-      if (!io.isTTY || !io.stdin) {
-        io.stderr('pixeld register: refusing to reset the TEE acknowledgement without confirmation: run it on a terminal, or pass --yes');
+    if (resetsAcknowledgement && !options.yes) {
+      // --json keeps stdout for its object: no question is asked there.
+      if (options.json || !io.isTTY || !io.stdin) {
+        io.stderr('pixeld register: refusing to reset the TEE acknowledgement without confirmation: run it on a terminal without --json, or pass --yes');
         return EXIT_FAILED;
       }
       if (!(await confirm(io, 'Send this update and reset the TEE acknowledgement? [y/N]'))) {
@@ -202,24 +254,28 @@ async function registerUnchecked(options: RegisterOptions, io: CommandIo, deps: 
       }
     }
 
+    out.progress(current ? 'sending addOrUpdateService' : `sending addOrUpdateService with the stake of ${formatWei(stakeWei)}`);
     const sent = await addOrUpdateService(client, {
       signer: wallet,
       service: params,
       stakeWei,
       ...(deps.receiptTimeoutMs !== undefined ? { receiptTimeoutMs: deps.receiptTimeoutMs } : {}),
+      onSent: (hash) => out.progress(`sent tx ${hash}; waiting for its receipt`),
     });
-    io.stdout(
+    out.progress(`tx ${sent.hash} mined in block ${sent.blockNumber}; reading the service back`);
+    out.line(
       `Sent addOrUpdateService: tx ${sent.hash} (block ${sent.blockNumber})` +
         (sent.firstRegistration ? `, stake ${formatWei(sent.valueWei)}` : ''),
     );
     const after = await getService(client, { provider: providerAddress, blockTag: sent.blockNumber });
     if (!after) throw new CommandError(`the service of ${providerAddress} is missing on chain after tx ${sent.hash}`, EXIT_FAILED);
-    io.stdout('');
-    io.stdout('On-chain service now:');
-    for (const line of serviceLines(after)) io.stdout(line);
+    report({ txHash: sent.hash, block: sent.blockNumber, stakeWei: sent.valueWei }, after);
+    out.line('');
+    out.line('On-chain service now:');
+    for (const line of serviceLines(after)) out.line(line);
     if (!after.teeSignerAcknowledged) {
-      io.stdout('');
-      io.stdout(unacknowledgedNote(after.teeSignerAddress));
+      out.line('');
+      out.line(unacknowledgedNote(after.teeSignerAddress));
     }
     return EXIT_OK;
   } finally {
@@ -455,6 +511,7 @@ export async function runRegisterCli(argv: string[], io: CommandIo = processIo()
         url: { type: 'string' },
         yes: { type: 'boolean', short: 'y' },
         'dry-run': { type: 'boolean' },
+        ...OUTPUT_FLAGS,
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -467,7 +524,15 @@ export async function runRegisterCli(argv: string[], io: CommandIo = processIo()
     return EXIT_OK;
   }
   return register(
-    { configPath: values.config, model: values.model, url: values.url, yes: values.yes, dryRun: values['dry-run'] },
+    {
+      configPath: values.config,
+      model: values.model,
+      url: values.url,
+      yes: values.yes,
+      dryRun: values['dry-run'],
+      json: values.json,
+      quiet: values.quiet,
+    },
     io,
   );
 }

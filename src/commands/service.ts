@@ -6,14 +6,19 @@ import type { Config, ModelConfig } from '../config/schema.js';
 import { TeeError, type TeeKeyProvider } from '../tee/key-provider.js';
 import {
   CommandError,
+  commandOutput,
   EXIT_FAILED,
   EXIT_OK,
   EXIT_USAGE,
   loadCommandConfig,
+  OUTPUT_FLAGS,
+  OUTPUT_USAGE,
   processIo,
   reportCommandError,
   requireChainConfig,
   type CommandIo,
+  type CommandOutput,
+  type OutputOptions,
 } from './command-io.js';
 import {
   buildServiceParams,
@@ -25,6 +30,7 @@ import {
   publicUrl,
   SERVICE_FIELDS,
   serviceLines,
+  type ServiceField,
   unacknowledgedNote,
 } from './register.js';
 
@@ -36,21 +42,46 @@ import {
  * 2 bad arguments or configuration.
  */
 
-export const SERVICE_USAGE = `Usage: pixeld service [--model <id>] [--config <file>]
+export const SERVICE_USAGE = `Usage: pixeld service [--model <id>] [--json] [--quiet] [--config <file>]
 
 Shows this provider's service on the InferenceServing contract (all fields, prices in wei and 0G, the
 TEE acknowledgement) and how it compares with the local config and this daemon's TEE key.
 
   --model <id>        Compare with this model (default: the on-chain model if configured, else the only one)
+${OUTPUT_USAGE}
+                      {"provider","contract","chainId","registered","service":{…}|null,"teeKey":{"address","mode",
+                       "insecure","keySource"}|{"unavailable"},"comparison":[{"field","verdict":"match|differs|unknown",
+                       "chain","local"}],"differences"}
   -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml)
 
 Needs chain.rpcUrl, chain.chainId, chain.servingAddress and the provider address (provider.address or
 the provider wallet). Exit status: 0 registered, 1 not registered or failed, 2 bad arguments or configuration.
 `;
 
-export interface ServiceOptions {
+export interface ServiceOptions extends OutputOptions {
   configPath?: string | undefined;
   model?: string | undefined;
+}
+
+/** One field of the on-chain service next to what `pixeld register` would publish. */
+export interface FieldComparison {
+  field: ServiceField;
+  /** `unknown`: nothing local to compare with (no provider.service.url, no TEE key here). */
+  verdict: 'match' | 'differs' | 'unknown';
+  chain: string | bigint;
+  local: string | bigint | undefined;
+}
+
+/** What `pixeld service --json` prints. */
+export interface ServiceReport {
+  provider: string;
+  contract: string;
+  chainId: number;
+  registered: boolean;
+  service: ServingService | null;
+  teeKey: { address: string; mode: string; insecure: boolean; keySource: string } | { unavailable: string };
+  comparison: FieldComparison[];
+  differences: number;
 }
 
 export async function service(options: ServiceOptions, io: CommandIo, deps: Pick<CommandDeps, 'tee'> = {}): Promise<number> {
@@ -62,6 +93,7 @@ export async function service(options: ServiceOptions, io: CommandIo, deps: Pick
 }
 
 async function serviceUnchecked(options: ServiceOptions, io: CommandIo, deps: Pick<CommandDeps, 'tee'>): Promise<number> {
+  const out = commandOutput(io, options);
   const config = loadCommandConfig(options.configPath, io.env);
   const chainConfig = requireChainConfig(config, 'service');
   // Reading needs no key: the wallet only tells the address, and must agree with provider.address.
@@ -73,8 +105,10 @@ async function serviceUnchecked(options: ServiceOptions, io: CommandIo, deps: Pi
       EXIT_USAGE,
     );
   }
+  out.progress(`opening this daemon's TEE key (tee.mode ${config.tee.mode})`);
   const tee = await teeKeyForComparison(config, io, deps.tee);
 
+  out.progress(`reading the on-chain service of ${providerAddress} (chain ${chainConfig.chainId})`);
   const client = createChainClient({ ...chainConfig, freshReads: true });
   let onChain: ServingService | undefined;
   try {
@@ -82,30 +116,45 @@ async function serviceUnchecked(options: ServiceOptions, io: CommandIo, deps: Pi
   } finally {
     client.close();
   }
+  const report: ServiceReport = {
+    provider: providerAddress,
+    contract: chainConfig.servingAddress,
+    chainId: chainConfig.chainId,
+    registered: onChain !== undefined,
+    service: onChain ?? null,
+    teeKey: tee.key
+      ? { address: tee.key.address, mode: tee.key.mode, insecure: tee.key.insecure, keySource: tee.key.keySource }
+      : { unavailable: tee.why },
+    comparison: [],
+    differences: 0,
+  };
   if (!onChain) {
-    io.stdout(
+    out.result(report);
+    out.line(
       `No service is registered for provider ${providerAddress} on contract ${chainConfig.servingAddress} ` +
         `(chain ${chainConfig.chainId}). Run pixeld register.`,
     );
     return EXIT_FAILED;
   }
 
-  io.stdout(`Service of ${providerAddress} on contract ${chainConfig.servingAddress} (chain ${chainConfig.chainId}):`);
-  for (const line of serviceLines(onChain)) io.stdout(line);
-  io.stdout('');
-  io.stdout(
+  out.line(`Service of ${providerAddress} on contract ${chainConfig.servingAddress} (chain ${chainConfig.chainId}):`);
+  for (const line of serviceLines(onChain)) out.line(line);
+  out.line('');
+  out.line(
     onChain.teeSignerAcknowledged
       ? `TEE acknowledgement: the contract owner acknowledged signer ${onChain.teeSignerAddress}.`
       : unacknowledgedNote(onChain.teeSignerAddress),
   );
-  io.stdout('');
+  out.line('');
 
-  const differences = compare(onChain, config, options, io, tee);
-  io.stdout('');
-  io.stdout(
-    differences === 0
+  report.comparison = compare(onChain, config, options, io, tee, out);
+  report.differences = report.comparison.filter((c) => c.verdict === 'differs').length;
+  out.result(report);
+  out.line('');
+  out.line(
+    report.differences === 0
       ? 'The on-chain service matches the local config and this daemon\'s TEE key.'
-      : `${differences} difference(s) with the local config: run pixeld register to publish it (pixeld register --dry-run shows the change).`,
+      : `${report.differences} difference(s) with the local config: run pixeld register to publish it (pixeld register --dry-run shows the change).`,
   );
   return EXIT_OK;
 }
@@ -126,17 +175,24 @@ async function teeKeyForComparison(config: Readonly<Config>, io: CommandIo, inje
   }
 }
 
-/** Prints one line per field (✓ agrees, ✗ differs) and returns how many differ. */
-function compare(onChain: ServingService, config: Readonly<Config>, options: ServiceOptions, io: CommandIo, tee: TeeForComparison): number {
-  io.stdout('Compared with the local config and this daemon:');
-  if (tee.key) io.stdout(`    this daemon's TEE key: ${tee.key.address} (${describeTee(tee.key)})`);
-  else io.stdout(`    this daemon's TEE key: unavailable — ${tee.why}`);
+/** Prints one line per field (✓ agrees, ✗ differs, ? cannot tell) and returns each field's verdict. */
+function compare(
+  onChain: ServingService,
+  config: Readonly<Config>,
+  options: ServiceOptions,
+  io: CommandIo,
+  tee: TeeForComparison,
+  out: CommandOutput,
+): FieldComparison[] {
+  out.line('Compared with the local config and this daemon:');
+  if (tee.key) out.line(`    this daemon's TEE key: ${tee.key.address} (${describeTee(tee.key)})`);
+  else out.line(`    this daemon's TEE key: unavailable — ${tee.why}`);
 
   const model = modelToCompare(config, options.model, onChain.model);
   if (!model) {
     const ids = config.models.map((m) => m.id).join(', ');
-    io.stdout(`  ✗ model "${onChain.model}" on chain is not one of this config's models (${ids}) — run pixeld register --model <id>`);
-    return 1;
+    out.line(`  ✗ model "${onChain.model}" on chain is not one of this config's models (${ids}) — run pixeld register --model <id>`);
+    return [{ field: 'model', verdict: 'differs', chain: onChain.model, local: undefined }];
   }
   const configuredUrl = config.provider.service.url;
   let url: string;
@@ -155,36 +211,37 @@ function compare(onChain: ServingService, config: Readonly<Config>, options: Ser
     env: io.env,
   });
 
-  let differences = 0;
+  const compared: FieldComparison[] = [];
   for (const field of SERVICE_FIELDS) {
     if (field === 'url' && configuredUrl === undefined) {
-      io.stdout(`  ? url: provider.service.url is not set locally (chain: ${onChain.url})`);
+      out.line(`  ? url: provider.service.url is not set locally (chain: ${onChain.url})`);
+      compared.push({ field, verdict: 'unknown', chain: onChain.url, local: undefined });
       continue;
     }
     if (field === 'teeSignerAddress') {
       if (!tee.key) {
-        io.stdout(`  ? teeSignerAddress: cannot compare, this daemon's TEE key is unavailable`);
+        out.line(`  ? teeSignerAddress: cannot compare, this daemon's TEE key is unavailable`);
+        compared.push({ field, verdict: 'unknown', chain: onChain.teeSignerAddress, local: undefined });
         continue;
       }
-      if (onChain.teeSignerAddress.toLowerCase() !== tee.key.address.toLowerCase()) {
-        differences++;
-        io.stdout(
+      const same = onChain.teeSignerAddress.toLowerCase() === tee.key.address.toLowerCase();
+      compared.push({ field, verdict: same ? 'match' : 'differs', chain: onChain.teeSignerAddress, local: tee.key.address });
+      if (same) {
+        out.line(`  ✓ teeSignerAddress is this daemon's TEE key`);
+      } else {
+        out.line(
           `  ✗ teeSignerAddress on chain (${onChain.teeSignerAddress}) differs from this daemon's TEE key ` +
             `(${tee.key.address}) — run pixeld register; the daemon's signatures and settlements will not verify until then`,
         );
-      } else {
-        io.stdout(`  ✓ teeSignerAddress is this daemon's TEE key`);
       }
       continue;
     }
-    if (onChain[field] === local[field]) {
-      io.stdout(`  ✓ ${field} matches`);
-    } else {
-      differences++;
-      io.stdout(`  ✗ ${field} differs: chain ${formatField(field, onChain[field])}, local ${formatField(field, local[field])} — run pixeld register`);
-    }
+    const same = onChain[field] === local[field];
+    compared.push({ field, verdict: same ? 'match' : 'differs', chain: onChain[field], local: local[field] });
+    if (same) out.line(`  ✓ ${field} matches`);
+    else out.line(`  ✗ ${field} differs: chain ${formatField(field, onChain[field])}, local ${formatField(field, local[field])} — run pixeld register`);
   }
-  return differences;
+  return compared;
 }
 
 function modelToCompare(config: Readonly<Config>, requested: string | undefined, onChainModel: string): ModelConfig | undefined {
@@ -206,6 +263,7 @@ export async function runServiceCli(argv: string[], io: CommandIo = processIo())
       options: {
         config: { type: 'string', short: 'c' },
         model: { type: 'string' },
+        ...OUTPUT_FLAGS,
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -217,5 +275,5 @@ export async function runServiceCli(argv: string[], io: CommandIo = processIo())
     io.stdout(SERVICE_USAGE);
     return EXIT_OK;
   }
-  return service({ configPath: values.config, model: values.model }, io);
+  return service({ configPath: values.config, model: values.model, json: values.json, quiet: values.quiet }, io);
 }

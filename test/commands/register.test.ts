@@ -202,6 +202,58 @@ describe('pixeld register: first registration', () => {
     expect(run.out.slice(run.out.indexOf('On-chain service now:')).join('\n')).toContain('2000000000000000 wei (0.002 0G) per image');
   });
 
+  it('--json: one object with the change, the transaction and the service now; each step on stderr in order', async () => {
+    const tee = fakeTee();
+    const { file } = writeConfig({ stakeWei: parseEther('150') });
+    const run = await runRegister({ configPath: file, json: true }, {}, { tee });
+
+    expect(run.code, run.text()).toBe(0);
+    expect(run.out).toHaveLength(1);
+    const report = JSON.parse(run.out[0]!) as Record<string, any>;
+    const onChain = (await readService())!;
+    const mined = (await chain.provider.getTransactionReceipt(report.sent.txHash))!;
+    expect(report).toEqual({
+      provider: provider.address,
+      contract: deployment.address,
+      chainId: chain.chainId,
+      teeSigner: tee.address,
+      teeMode: 'dstack',
+      model: 'acme/flux-1',
+      registered: false,
+      changed: ['serviceType', 'url', 'model', 'verifiability', 'inputPrice', 'outputPrice', 'additionalInfo', 'teeSignerAddress'],
+      resetsAcknowledgement: false,
+      dryRun: false,
+      sent: { txHash: mined.hash, block: mined.blockNumber, stakeWei: parseEther('150').toString() },
+      service: {
+        provider: provider.address,
+        serviceType: 'text-to-image',
+        url: URL_A,
+        model: 'acme/flux-1',
+        verifiability: 'TeeML',
+        inputPrice: '0',
+        outputPrice: PRICE_WEI.toString(),
+        additionalInfo: onChain.additionalInfo,
+        teeSignerAddress: tee.address,
+        teeSignerAcknowledged: false,
+        updatedAt: onChain.updatedAt.toString(),
+      },
+    });
+    expect(run.err).toEqual([
+      '… loading the provider wallet',
+      '… opening the TEE key (tee.mode dev)',
+      `… reading the on-chain service of ${provider.address}`,
+      "… reading the provider wallet's balance",
+      '… sending addOrUpdateService with the stake of 150000000000000000000 wei (150.0 0G)',
+      `… sent tx ${mined.hash}; waiting for its receipt`,
+      `… tx ${mined.hash} mined in block ${mined.blockNumber}; reading the service back`,
+    ]);
+
+    const again = await runRegister({ configPath: file, json: true, quiet: true }, {}, { tee });
+    expect(again.code).toBe(0);
+    expect(again.err).toEqual([]);
+    expect(JSON.parse(again.out.join(''))).toMatchObject({ registered: true, changed: [], sent: null, service: { model: 'acme/flux-1' } });
+  });
+
   it('publishes TeeML, the TEE verifier and the image from the environment with a real TEE key', async () => {
     const tee = fakeTee('dstack');
     const { file } = writeConfig({ additionalInfo: { ProviderName: 'Acme', Country: 'DE' } });
@@ -414,6 +466,29 @@ describe('pixeld register: updates', () => {
     expect(await readService()).toMatchObject({ model: 'acme/flux-2', teeSignerAcknowledged: false });
   });
 
+  it('--json never asks: a reset is refused without --yes, even on a terminal, and sent with it', async () => {
+    const tee = fakeTee();
+    const first = writeConfig();
+    await registerAcknowledged(first.file, tee);
+    const next = writeConfig({ dataDir: first.dataDir, models: [{ id: 'acme/flux-2' }] });
+
+    const refused = await runRegister({ configPath: next.file, json: true }, { isTTY: true, stdin: Readable.from(['y\n']) }, { tee });
+    expect(refused.code).toBe(1);
+    expect(refused.out).toEqual([]);
+    expect(refused.err.at(-1)).toContain('refusing to reset the TEE acknowledgement without confirmation');
+    expect((await readService())?.model).toBe('acme/flux-1');
+
+    const sent = await runRegister({ configPath: next.file, json: true, yes: true }, {}, { tee });
+    expect(sent.code, sent.text()).toBe(0);
+    expect(JSON.parse(sent.out.join(''))).toMatchObject({
+      registered: true,
+      changed: ['model'],
+      resetsAcknowledgement: true,
+      sent: { txHash: expect.stringMatching(/^0x[0-9a-f]{64}$/) },
+      service: { model: 'acme/flux-2', teeSignerAcknowledged: false },
+    });
+  });
+
   it('--dry-run shows the reset warning but neither asks nor sends', async () => {
     const tee = fakeTee();
     const first = writeConfig();
@@ -495,6 +570,48 @@ describe('pixeld service', () => {
     expect(text).toContain(`the contract owner acknowledged signer ${tee.address}`);
     expect(text).toContain('✓ teeSignerAddress is this daemon\'s TEE key');
     expect(text).toContain('The on-chain service matches the local config');
+  });
+
+  it('--json: the service, this daemon\'s key, and a verdict per field', async () => {
+    const tee = fakeTee();
+    const { file, dataDir } = writeConfig();
+    await registerAcknowledged(file, tee);
+    const c = capture();
+    const changed = writeConfig({ dataDir, models: [{ id: 'acme/flux-1', pricePerImageWei: 5n }], url: null });
+    expect(await service({ configPath: changed.file, json: true }, c.io, { tee })).toBe(0);
+    expect(c.out).toHaveLength(1);
+    const report = JSON.parse(c.out[0]!) as Record<string, any>;
+    expect(report).toMatchObject({
+      provider: provider.address,
+      contract: deployment.address,
+      chainId: chain.chainId,
+      registered: true,
+      service: { model: 'acme/flux-1', outputPrice: PRICE_WEI.toString(), teeSignerAcknowledged: true },
+      teeKey: { address: tee.address, mode: 'dstack', insecure: false, keySource: 'test-fake' },
+      differences: 1,
+    });
+    const verdicts = Object.fromEntries((report.comparison as Array<{ field: string; verdict: string }>).map((f) => [f.field, f.verdict]));
+    expect(verdicts).toEqual({
+      serviceType: 'match',
+      url: 'unknown',
+      model: 'match',
+      verifiability: 'match',
+      inputPrice: 'match',
+      outputPrice: 'differs',
+      additionalInfo: 'match',
+      teeSignerAddress: 'match',
+    });
+    expect(report.comparison.find((f: { field: string }) => f.field === 'outputPrice')).toEqual({ field: 'outputPrice', verdict: 'differs', chain: PRICE_WEI.toString(), local: '5' });
+    expect(c.err).toEqual([
+      '… opening this daemon\'s TEE key (tee.mode dev)',
+      `… reading the on-chain service of ${provider.address} (chain ${chain.chainId})`,
+    ]);
+
+    const missing = capture();
+    await chain.revert(snapshot);
+    snapshot = await chain.snapshot();
+    expect(await service({ configPath: writeConfig().file, json: true, quiet: true }, missing.io, { tee })).toBe(1);
+    expect(JSON.parse(missing.out.join(''))).toMatchObject({ registered: false, service: null, comparison: [], differences: 0 });
   });
 
   it('flags a TEE signer that is not this daemon\'s key, and a local price change', async () => {
