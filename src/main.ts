@@ -21,6 +21,7 @@ import type { Config } from './config/schema.js';
 import { createApp } from './http/app.js';
 import { Base64Images } from './http/render.js';
 import type { BlobStore } from './images/blob-store.js';
+import { maxOutputPixels } from './images/normalize-output.js';
 import { JobEvents } from './jobs/job-events.js';
 import { SignerMismatchError } from './jobs/postgres/replica-presence.js';
 import { JobRunner } from './jobs/runner.js';
@@ -146,7 +147,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     receiptSeqFloor: (user) => journal.floorFor(user),
     providerAddress,
     jobs: config.jobs,
-    maxOutputPixels: 4 * config.limits.maxInputPixels,
+    maxOutputPixels: maxOutputPixels(config.limits),
     logger,
     now,
     onAttemptEnd: (backendId, outcome, ms) => metrics.observeAttempt(backendId, outcome, ms),

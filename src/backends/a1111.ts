@@ -1,7 +1,8 @@
 /**
  * Adapter for AUTOMATIC1111 and Forge web UIs started with `--api`. One `generate` is one
  * `POST /sdapi/v1/txt2img` (or `/img2img` for edits). While it runs, `/internal/progress` is polled for
- * this call's own task id (sent as `force_task_id`) and fed to onProgress. On abort the upstream call is
+ * this call's own task id (sent as `force_task_id`) and fed to onProgress, with the live previews when the
+ * caller wants partial images (`live_preview: true`, each new one once: A1111 numbers them). On abort the upstream call is
  * dropped and, because A1111 keeps working on a request whose client went away, the task is interrupted
  * — but only once `/internal/progress` says it is ours that runs: `/sdapi/v1/interrupt` takes no id and
  * stops whatever is running.
@@ -37,8 +38,10 @@ import { PROGRAMMING_ERROR_CODES, closeAgent, errorCode, isRecord } from './upst
 
 /** Bytes of an error body read to find the message: A1111's `body` key echoes the whole request. */
 const MAX_ERROR_BODY_BYTES = 64 * 1024;
-/** Bytes of a /internal/progress answer read; live previews are never asked for. */
+/** Bytes of a /internal/progress answer read without a live preview. */
 const MAX_PROGRESS_BODY_BYTES = 64 * 1024;
+/** ... and with one: a data URL of a full-size png (A1111's default live preview format) fits well within. */
+const MAX_LIVE_PREVIEW_BODY_BYTES = 32 * 1024 * 1024;
 /** One progress read or interrupt gives up after this long: A1111 answers them from another thread at once. */
 const CONTROL_TIMEOUT_MS = 10_000;
 /**
@@ -285,7 +288,8 @@ export function basicAuthHeader(
 
 /** What /internal/progress says about one task. */
 export type TaskState =
-  | { kind: 'active'; progress: number | undefined }
+  /** `livePreview`: a preview newer than the one asked past (`id_live_preview`), when previews were asked for. */
+  | { kind: 'active'; progress: number | undefined; livePreview?: { id: number; image: Uint8Array } }
   | { kind: 'queued' | 'completed' | 'unknown' }
   /** The server has no /internal/progress (API-only `--nowebui` builds). */
   | { kind: 'unsupported' }
@@ -296,7 +300,11 @@ export function toTaskState(body: unknown): TaskState {
   if (!isRecord(body)) return { kind: 'error', message: 'progress answer is not a JSON object' };
   if (body.active === true) {
     const p = body.progress;
-    return { kind: 'active', progress: typeof p === 'number' && Number.isFinite(p) ? Math.min(1, Math.max(0, p)) : undefined };
+    const progress = typeof p === 'number' && Number.isFinite(p) ? Math.min(1, Math.max(0, p)) : undefined;
+    const id = body.id_live_preview;
+    const image = typeof body.live_preview === 'string' ? decodeBase64Image(body.live_preview) : undefined;
+    if (image === undefined || typeof id !== 'number' || !Number.isInteger(id)) return { kind: 'active', progress };
+    return { kind: 'active', progress, livePreview: { id, image } };
   }
   if (body.queued === true) return { kind: 'queued' };
   if (body.completed === true) return { kind: 'completed' };
@@ -357,7 +365,7 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
   }
 
   /** One small JSON call for progress or interrupt, bounded by CONTROL_TIMEOUT_MS and `signal`. */
-  async function control(path: string, body: unknown, signal: AbortSignal): Promise<{ status: number; json: unknown }> {
+  async function control(path: string, body: unknown, signal: AbortSignal, maxBodyBytes = MAX_PROGRESS_BODY_BYTES): Promise<{ status: number; json: unknown }> {
     const res = await request(url(path), {
       dispatcher: agent,
       method: 'POST',
@@ -367,7 +375,7 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
       headersTimeout: CONTROL_TIMEOUT_MS,
       bodyTimeout: CONTROL_TIMEOUT_MS,
     });
-    const { bytes, overflow } = await readBody(res, MAX_PROGRESS_BODY_BYTES);
+    const { bytes, overflow } = await readBody(res, maxBodyBytes);
     let json: unknown;
     try {
       json = overflow ? undefined : JSON.parse(bytes.toString('utf8'));
@@ -377,9 +385,13 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
     return { status: res.statusCode, json };
   }
 
-  async function readTask(taskId: string, signal: AbortSignal): Promise<TaskState> {
+  /** @param previewsAfter ask for a live preview newer than this one (-1: any); undefined: no previews */
+  async function readTask(taskId: string, signal: AbortSignal, previewsAfter?: number): Promise<TaskState> {
     try {
-      const { status, json } = await control('/internal/progress', { id_task: taskId, id_live_preview: -1, live_preview: false }, signal);
+      const { status, json } =
+        previewsAfter === undefined
+          ? await control('/internal/progress', { id_task: taskId, id_live_preview: -1, live_preview: false }, signal)
+          : await control('/internal/progress', { id_task: taskId, id_live_preview: previewsAfter, live_preview: true }, signal, MAX_LIVE_PREVIEW_BODY_BYTES);
       if (status === 404) return { kind: 'unsupported' };
       if (status < 200 || status >= 300) return { kind: 'error', message: `HTTP ${status}` };
       return toTaskState(json);
@@ -388,16 +400,17 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
     }
   }
 
-  /** Feeds onProgress until `stop` fires. Polls one at a time, so a slow answer never piles up requests. */
-  async function pollProgress(taskId: string, onProgress: (percent: number) => void, stop: AbortSignal): Promise<void> {
+  /** Feeds onProgress (and onPartialImage) until `stop` fires. Polls one at a time, so a slow answer never piles up requests. */
+  async function pollProgress(taskId: string, options: BackendCallOptions, stop: AbortSignal): Promise<void> {
     let lastError: string | undefined;
+    let lastPreviewId = options.onPartialImage ? -1 : undefined;
     while (!stop.aborted) {
       try {
         await sleep(config.progressPollMs, undefined, { signal: stop });
       } catch {
         return;
       }
-      const state = await readTask(taskId, stop);
+      const state = await readTask(taskId, stop, lastPreviewId);
       if (stop.aborted) return;
       if (state.kind === 'unsupported') {
         logger.debug('backend has no /internal/progress; no progress for this call', { backendId: config.id, taskId });
@@ -407,7 +420,12 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
         logger.debug('progress read failed', { backendId: config.id, taskId, message: state.message });
       }
       lastError = state.kind === 'error' ? state.message : undefined;
-      if (state.kind === 'active' && state.progress !== undefined) onProgress(state.progress * 100);
+      if (state.kind !== 'active') continue;
+      if (state.progress !== undefined) options.onProgress(state.progress * 100);
+      if (state.livePreview !== undefined && lastPreviewId !== undefined && state.livePreview.id !== lastPreviewId) {
+        lastPreviewId = state.livePreview.id;
+        options.onPartialImage?.(state.livePreview.image);
+      }
     }
   }
 
@@ -502,7 +520,7 @@ export function createA1111Backend(config: A1111BackendConfig, deps: A1111Backen
     let submitted = false;
     try {
       // A throwing onProgress must neither fail the call nor become an unhandled rejection.
-      void pollProgress(taskId, options.onProgress, AbortSignal.any([polling.signal, signal])).catch((err: unknown) =>
+      void pollProgress(taskId, options, AbortSignal.any([polling.signal, signal])).catch((err: unknown) =>
         logger.warn('progress reporting stopped', { backendId: config.id, taskId, error: String(err) }),
       );
       let res: Dispatcher.ResponseData;

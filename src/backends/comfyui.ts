@@ -621,6 +621,19 @@ function createWaker(): Waker {
 
 
 
+/** ComfyUI's binary websocket events: a 4-byte big-endian event type, then its payload. */
+const BINARY_EVENT_PREVIEW_IMAGE = 1;
+/** A PREVIEW_IMAGE payload: a 4-byte big-endian image type, then the encoded image. */
+const PREVIEW_IMAGE_TYPES: Record<number, string> = { 1: 'image/jpeg', 2: 'image/png' };
+
+/** The image of a PREVIEW_IMAGE websocket message; undefined for other binary events and malformed ones. */
+export function previewImageOf(message: Uint8Array): Uint8Array | undefined {
+  if (message.length <= 8) return undefined;
+  const view = new DataView(message.buffer, message.byteOffset, message.byteLength);
+  if (view.getUint32(0) !== BINARY_EVENT_PREVIEW_IMAGE || PREVIEW_IMAGE_TYPES[view.getUint32(4)] === undefined) return undefined;
+  return message.subarray(8);
+}
+
 /** Nothing listens on ComfyUI's port: the process is gone, and with it its in-memory queue. */
 function isConnectionRefused(err: unknown): boolean {
   for (let e: unknown = err; e !== undefined && e !== null; e = (e as { cause?: unknown }).cause) {
@@ -788,7 +801,12 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
   /** Queues one prompt; resolves with the id ComfyUI filed it under. */
   async function submit(prompt: ApiWorkflow, promptId: string, clientId: string, options: BackendCallOptions): Promise<string> {
     const { signal, deadlineMs } = options;
-    const { res, url } = await send('/prompt', { method: 'POST', json: { prompt, client_id: clientId, prompt_id: promptId } }, signal, deadlineMs);
+    // ComfyUI renders previews only with a preview method: its --preview-method defaults to none, and each
+    // prompt's extra_data.preview_method overrides it for that prompt ('auto': TAESD when installed, else
+    // latent2rgb). Asked for only when someone streams the job: previews cost time on the GPU.
+    const extra = options.onPartialImage ? { extra_data: { preview_method: 'auto' } } : {};
+    const json = { prompt, client_id: clientId, prompt_id: promptId, ...extra };
+    const { res, url } = await send('/prompt', { method: 'POST', json }, signal, deadlineMs);
     if (res.statusCode < 200 || res.statusCode >= 300) await failStatus(res, signal, url, prompt);
     const body = await readJson(res, signal, url);
     if (!isRecord(body) || typeof body.prompt_id !== 'string' || body.prompt_id === '') {
@@ -881,7 +899,7 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
    * The call's event socket. Events are hints: each one wakes the tracking loop, which takes its answer
    * from the HTTP state, so a socket that drops, lags or reconnects can never lose a result.
    */
-  function openEvents(clientId: string, onMessage: (text: string) => void, onChange: () => void) {
+  function openEvents(clientId: string, onMessage: (text: string) => void, onPreview: (image: Uint8Array) => void, onChange: () => void) {
     const wsUrl = urlOf(`/ws?clientId=${encodeURIComponent(clientId)}`);
     wsUrl.protocol = wsUrl.protocol === 'https:' ? 'wss:' : 'ws:';
     let socket: WebSocket | undefined;
@@ -899,6 +917,7 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
       let ws: WebSocket;
       try {
         ws = new WebSocket(wsUrl, { dispatcher: agent });
+        ws.binaryType = 'arraybuffer';
       } catch (err) {
         logger.warn('could not open the ComfyUI websocket', { backendId: config.id, error: String(err) });
         settleFirst?.();
@@ -917,6 +936,10 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
       });
       ws.addEventListener('message', (event) => {
         if (typeof event.data === 'string') onMessage(event.data);
+        else if (event.data instanceof ArrayBuffer) {
+          const preview = previewImageOf(new Uint8Array(event.data));
+          if (preview !== undefined) onPreview(preview);
+        }
       });
       ws.addEventListener('error', () => undefined);
       ws.addEventListener('close', () => {
@@ -1111,6 +1134,10 @@ export function createComfyUIBackend(config: ComfyUIBackendConfig, deps: ComfyUI
     const events = openEvents(
       clientId,
       (text) => handleEvent(text, byId, tracked, options, waker),
+      // Binary events name no prompt: ComfyUI sends them to the client of the prompt running, one of ours.
+      (preview) => {
+        if (tracked.some((t) => !t.finished)) options.onPartialImage?.(preview);
+      },
       () => waker.notify(),
     );
     const submitted: string[] = [];

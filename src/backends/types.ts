@@ -45,6 +45,13 @@ export interface BackendCallOptions {
    * call it. The runner folds it into the job's progress shown to pollers.
    */
   onProgress: (percent: number) => void;
+  /**
+   * Set only when a streaming caller asked for partial images: then backends that can render previews
+   * (ComfyUI's preview frames, AUTOMATIC1111's live previews) ask for them and hand each one over as it
+   * arrives, png or jpeg bytes, after the onProgress that goes with it. Undefined: do not ask upstream for
+   * previews at all, they cost GPU time. Others never call it; the runner decides which previews are sent.
+   */
+  onPartialImage: ((image: Uint8Array) => void) | undefined;
   /** Epoch ms after which the runner gives up; adapters set their socket timeouts from it. */
   deadlineMs: number;
 }

@@ -26,6 +26,19 @@ export interface ImageRequestContext {
   tmpPath: () => string;
   /** How https image_urls are resolved and connected to when limits.fetchRemoteImages is on. @default SYSTEM_REMOTE_IMAGE_DEPS */
   remoteImages?: FetchRemoteImageDeps;
+  /** The request goes to an async submit, which answers at once: `stream: true` is refused there. @default false */
+  asyncSubmit?: boolean;
+}
+
+/** What a `stream: true` request wants besides its job. */
+export interface StreamRequest {
+  /** Partial images to send before the final one, 0–3 (`partial_images`). */
+  partialImages: number;
+}
+
+export interface ParsedImageRequest extends ImageJobRequest {
+  /** Set for `stream: true`: the answer is a `text/event-stream` of OpenAI's image events. */
+  stream: StreamRequest | undefined;
 }
 
 const MAX_SEED = 2 ** 32 - 1;
@@ -67,7 +80,7 @@ interface RawImage {
   tmpPath: string;
 }
 
-export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: ImageRequestContext): Promise<ImageJobRequest> {
+export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: ImageRequestContext): Promise<ParsedImageRequest> {
   const rawImages: RawImage[] = [];
   let rawMask: RawImage | undefined;
   const temps: string[] = [];
@@ -117,15 +130,11 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
         throw new PixeldError('unsupported_parameter', `model '${model.id}' does not accept ${ext}`, { param: ext });
       }
     }
-    if (fields.stream === true) {
-      throw new PixeldError('unsupported_parameter', 'streaming is not supported; use the async job endpoints for long jobs', {
-        param: 'stream',
-      });
-    }
     const n = fields.n ?? 1;
     if (n > model.maxN) {
       throw new PixeldError('invalid_n', `n is ${n}; model '${model.id}' makes at most ${model.maxN} images per request`, { param: 'n' });
     }
+    const stream = streamRequestOf(fields, n, ctx);
     const outputFormat = fields.output_format ?? 'png';
     const background = fields.background ?? 'auto';
     if (background === 'transparent' && outputFormat === 'jpeg') {
@@ -166,11 +175,41 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
       user: fields.user,
     };
     const fingerprint = fingerprintOf(kind, rawFields, images, mask);
-    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint };
+    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint, stream };
   } catch (err) {
     await Promise.all(temps.map(removeQuietly));
     throw err;
   }
+}
+
+/**
+ * OpenAI's stream events carry one image each and no image index, so a stream is of one image (n = 1), sent
+ * as base64. partial_images means nothing without a stream: asking for previews there is a mistake to say.
+ */
+function streamRequestOf(fields: Fields, n: number, ctx: ImageRequestContext): StreamRequest | undefined {
+  const partialImages = fields.partial_images ?? 0;
+  if (fields.stream !== true) {
+    if (partialImages > 0) {
+      throw new PixeldError('invalid_request', 'partial_images is only sent in a stream; add "stream": true or leave it out', {
+        param: 'partial_images',
+      });
+    }
+    return undefined;
+  }
+  if (ctx.asyncSubmit === true) {
+    throw new PixeldError('unsupported_parameter', 'stream is for the sync endpoints; an async submit answers at once and is polled', {
+      param: 'stream',
+    });
+  }
+  if (n > 1) {
+    throw new PixeldError('invalid_n', `n is ${n}; a stream carries one image, so stream: true needs n = 1`, { param: 'n' });
+  }
+  if (fields.response_format === 'url') {
+    throw new PixeldError('invalid_request', 'a stream carries the image as b64_json; leave response_format out or set it to b64_json', {
+      param: 'response_format',
+    });
+  }
+  return { partialImages };
 }
 
 function parseFields(raw: Record<string, unknown>): Fields {

@@ -19,6 +19,14 @@ export interface NormalizedImage {
   reencoded: boolean;
 }
 
+/**
+ * Pixels a backend's output (a final image or a preview) may have: upscaling backends deliver more than any
+ * input, but a decompression bomb is still refused before it is decoded.
+ */
+export function maxOutputPixels(limits: { maxInputPixels: number }): number {
+  return 4 * limits.maxInputPixels;
+}
+
 /** What a backend returned is not an image we can deliver. */
 export class NotAnImageError extends Error {
   override readonly name = 'NotAnImageError';

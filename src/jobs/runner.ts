@@ -11,6 +11,7 @@ import type { TeeKeyProvider } from '../tee/key-provider.js';
 import { signJob, type JobSignature } from '../tee/receipt.js';
 import type { JobEvents } from './job-events.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
+import { PartialImageHub } from './partial-images.js';
 import type { ClaimedJob, InterruptedJobPolicy, JobStore, RecoveredJobs } from './store.js';
 
 export interface RunnerDeps {
@@ -102,6 +103,8 @@ export class JobRunner {
   private readonly perImageMs = new Map<string, number[]>();
   /** Progress (0–99) of running jobs whose backend reports it. */
   private readonly progress = new Map<string, number>();
+  /** Streaming callers' partial images, by job id: handed to the backend calls of jobs someone streams. */
+  readonly partialImages = new PartialImageHub();
   private timer: NodeJS.Timeout | undefined;
   private stopped = true;
   private pumping = new Set<string>();
@@ -396,7 +399,7 @@ export class JobRunner {
     const { params } = job;
     const inputs = await Promise.all(job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i)));
     const maskInput = job.inputs.find((i) => i.role === 'mask');
-    const base: Omit<BackendCallOptions, 'n' | 'seed'> = {
+    const base: Omit<BackendCallOptions, 'n' | 'seed' | 'onPartialImage'> = {
       model: this.backendModel(job),
       prompt: params.prompt,
       size: params.size,
@@ -438,7 +441,8 @@ export class JobRunner {
       }
       let answer: BackendCallResult;
       try {
-        answer = await backend.generate({ ...base, n: want, seed, onProgress });
+        const onPartialImage = this.partialImages.forwarder(job.id, () => this.progress.get(job.id) ?? 0);
+        answer = await backend.generate({ ...base, n: want, seed, onProgress, onPartialImage });
       } finally {
         slot.held = false;
         this.releaseSlot(job.backendId);

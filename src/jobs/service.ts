@@ -4,6 +4,7 @@ import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 import type { JobEvents } from './job-events.js';
 import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput } from './model.js';
+import type { PartialImageSink } from './partial-images.js';
 import type { JobRunner } from './runner.js';
 import {
   InsufficientBalanceError,
@@ -39,6 +40,8 @@ export interface SubmitOptions {
   baseUrl: string;
   /** The request that submits the job, named in its queued line. */
   requestId: string;
+  /** A streaming caller's partial images (undefined: none wanted); released with stopPartialImages. */
+  partialImages: PartialImageSink | undefined;
 }
 
 export interface CancelOptions {
@@ -122,9 +125,12 @@ export class JobService {
           height: image.info.height,
         });
       }
+      const id = newJobId();
+      // Before the insert, after which a runner may claim the job: its first backend call must ask for previews.
+      if (options.partialImages) this.deps.runner.partialImages.attach(id, options.partialImages);
       const outcome = await store.create(
         {
-          id: newJobId(),
+          id,
           owner: options.owner,
           kind: request.kind,
           delivery: options.delivery,
@@ -144,6 +150,7 @@ export class JobService {
         options.reservation,
         limits,
       ).catch(async (err: unknown) => {
+        this.stopPartialImages(id);
         if (err instanceof QueueFullError || err instanceof ModelBusyError) throw await this.admissionRefusal(err, request);
         if (err instanceof InsufficientBalanceError) {
           throw new PixeldError(
@@ -153,6 +160,8 @@ export class JobService {
         }
         throw err;
       });
+      // A replay is another job, which this request did not start: it gets that job's completed image only.
+      if (!outcome.created) this.stopPartialImages(id);
       if (!outcome.created && outcome.job.fingerprint !== request.fingerprint) {
         throw new PixeldError(
           'idempotency_key_reused',
@@ -168,6 +177,11 @@ export class JobService {
       // Uploads still in the temp dir were not taken into the blob store (an error happened first).
       await Promise.all(temps.map((t) => removeQuietly(t.tmpPath)));
     }
+  }
+
+  /** The streaming caller is done with the job: its partial images are no longer wanted. */
+  stopPartialImages(id: string): void {
+    this.deps.runner.partialImages.detach(id);
   }
 
   /** Percent done of a running job, when its backend reports progress. */

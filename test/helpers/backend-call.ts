@@ -19,6 +19,7 @@ export function backendCallOptions(overrides: Partial<BackendCallOptions> = {}):
     signal: new AbortController().signal,
     deadlineMs: Date.now() + 60_000,
     onProgress: () => undefined,
+    onPartialImage: undefined,
     ...overrides,
   };
 }

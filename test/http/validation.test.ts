@@ -316,9 +316,13 @@ describe('JSON generations', () => {
     await expectRejected(() => postJson(GEN, { prompt: 'p', model: 'dall-e-9' }), 404, 'model_not_found', 'model');
   });
 
-  it('stream: true → 400 unsupported_parameter', async () => {
-    await expectRejected(() => postJson(GEN, { prompt: 'p', stream: true }), 400, 'unsupported_parameter', 'stream');
-    await expectRejected(() => postJson(GEN, { prompt: 'p', stream: 'true' }), 400, 'unsupported_parameter', 'stream');
+  it('stream: true (also as a string) answers an event stream; partial_images outside 0–3 or without a stream → 400', async () => {
+    const streamed = await postJson(GEN, { prompt: 'p', stream: 'true', size: '64x64' });
+    expect(streamed.status).toBe(200);
+    expect(streamed.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(streamed.text).toMatch(/^event: image_generation\.completed\ndata: \{"type":"image_generation\.completed"/);
+    await expectRejected(() => postJson(GEN, { prompt: 'p', stream: true, partial_images: 4 }), 400, 'invalid_request', 'partial_images');
+    await expectRejected(() => postJson(GEN, { prompt: 'p', partial_images: '1' }), 400, 'invalid_request', 'partial_images');
     await expectImages(await postJson(GEN, { prompt: 'p', stream: false, size: '64x64' }), 1);
   });
 
@@ -409,7 +413,10 @@ describe('multipart edits', () => {
       '64x64',
     );
     await expectRejected(() => postForm(EDIT, [['prompt', 'p'], ['image', fx.png64, 'a.png'], ['n', '0']]), 400, 'invalid_n', 'n');
-    await expectRejected(() => postForm(EDIT, [['prompt', 'p'], ['image', fx.png64, 'a.png'], ['stream', 'true']]), 400, 'unsupported_parameter', 'stream');
+    const streamed = await postForm(EDIT, [['prompt', 'p'], ['image', fx.png64, 'a.png'], ['stream', 'true'], ['partial_images', '2'], ['size', '64x64']]);
+    expect(streamed.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(streamed.text).toMatch(/^event: image_edit\.completed\n/);
+    await expectRejected(() => postForm(EDIT, [['prompt', 'p'], ['image', fx.png64, 'a.png'], ['stream', 'true'], ['n', '2']]), 400, 'invalid_n', 'n');
   });
 
   it('a non-image file named .png → 400 invalid_image', async () => {

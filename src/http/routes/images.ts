@@ -1,9 +1,11 @@
 import { Router, type Request, type Response } from 'express';
 import { PixeldError } from '../../errors.js';
+import { maxOutputPixels } from '../../images/normalize-output.js';
 import type { Job, JobKind } from '../../jobs/model.js';
 import type { AppDeps } from '../app.js';
-import { sendError } from '../errors.js';
+import { sendError, toPixeldError } from '../errors.js';
 import { parseImageRequest } from '../image-request.js';
+import { completedEvent, completedEventName, partialImageEvent, partialImageEventName, SseStream, StreamedPartialImages } from '../image-stream.js';
 import { readImageRequestBody } from '../read-body.js';
 import { renderImagesResponse, sendJson, theRouterJobBody } from '../render.js';
 import { setReceiptHeaders } from './attestation.js';
@@ -36,17 +38,20 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     maxFiles: deps.config.limits.maxInputImages + 1,
     tmpDir: deps.blobs.tmpDir,
   });
+  const asyncSubmit = mode === 'async-0g' || req.query.async === 'true';
   const request = await parseImageRequest(kind, body, {
     catalog: deps.catalog,
     limits: deps.config.limits,
     tmpPath: () => deps.blobs.tempPath(),
+    asyncSubmit,
   });
   // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
   if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
   const allowance = await deps.rateLimiter.takeImages(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
-  const delivery = mode === 'sync' && req.query.async !== 'true' ? 'sync' : 'async';
+  const delivery = asyncSubmit ? 'async' : 'sync';
+  const partials = request.stream && request.stream.partialImages > 0 ? new StreamedPartialImages(request.stream.partialImages) : undefined;
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
     reservation,
@@ -54,6 +59,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),
     requestId: req.requestId,
+    partialImages: partials,
   });
   res.setHeader('X-Job-Id', job.id);
   if (delivery === 'async') await setRetryAfterHeaders(deps, job, res);
@@ -66,14 +72,16 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     res.status(created ? 202 : 200).location(`/v1/jobs/${job.id}`).json(theRouterJobBody(job, deps.now(), undefined));
     return;
   }
-  await answerWhenDone(deps, job, req, res);
+  if (request.stream) await streamWhenDone(deps, job, partials, req, res);
+  else await answerWhenDone(deps, job, req, res);
 }
 
 /**
- * A sync caller waits on the open connection. If it goes away first, the job is cancelled: nobody is
- * left to receive the images.
+ * Waits for a sync caller's job to end. If the caller goes away first, the job is cancelled (nobody is left
+ * to receive the images) and undefined is returned; if the daemon begins to stop, the job is cancelled and
+ * the retryable 503 thrown, which tells the caller to come back.
  */
-async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Response): Promise<void> {
+async function untilSyncJobEnds(deps: AppDeps, job: Job, req: Request, res: Response): Promise<Job | undefined> {
   const gone = new AbortController();
   const onClose = () => {
     if (!res.writableFinished) gone.abort();
@@ -87,25 +95,74 @@ async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Respon
       if (unfinished) {
         await deps.service.cancel(job.id, { requestId: req.requestId, reason: 'the sync caller disconnected' });
       }
-      return;
+      return undefined;
     }
     if (stopping.aborted && unfinished) {
-      // The caller would otherwise lose its connection with no answer; a retryable 503 tells it to come back.
       await deps.service.cancel(job.id, { requestId: req.requestId, reason: 'the daemon is shutting down' });
       throw stopping.reason;
     }
     if (!ended) throw new PixeldError('job_not_found', `job ${job.id} disappeared`);
-    if (ended.status === 'completed') {
-      const response = await renderImagesResponse(ended, deps.base64Images, deps.now());
-      setReceiptHeaders(res, ended);
-      sendJson(res.status(200), response);
-      return;
-    }
-    const code = ended.error?.code ?? 'internal_error';
-    sendError(res, new PixeldError(code, ended.error?.message ?? 'the job failed'));
+    return ended;
   } finally {
     res.off('close', onClose);
   }
+}
+
+async function answerWhenDone(deps: AppDeps, job: Job, req: Request, res: Response): Promise<void> {
+  const ended = await untilSyncJobEnds(deps, job, req, res);
+  if (ended === undefined) return;
+  if (ended.status === 'completed') {
+    const response = await renderImagesResponse(ended, deps.base64Images, deps.now());
+    setReceiptHeaders(res, ended);
+    sendJson(res.status(200), response);
+    return;
+  }
+  sendError(res, failureOf(ended));
+}
+
+/**
+ * `stream: true`: the same sync job, answered as OpenAI's event stream. The headers go out at once with the
+ * job id and the key that will sign it; partial images follow as the backend renders them, then the
+ * completed event with the signed image, or an `error` event. The receipt is the job's, as for any sync
+ * answer (GET /v1/signature/{id}).
+ */
+async function streamWhenDone(
+  deps: AppDeps,
+  job: Job,
+  partials: StreamedPartialImages | undefined,
+  req: Request,
+  res: Response,
+): Promise<void> {
+  const stream = new SseStream(res);
+  stream.open({ 'ZG-Res-Key': job.id, 'X-Receipt-Signer': deps.attestation.binding.signing_address });
+  const limits = { maxPixels: maxOutputPixels(deps.config.limits) };
+  partials?.listen((image, index) => {
+    stream
+      .send(partialImageEventName(job.kind), () => partialImageEvent(job.kind, job.params, image, index, limits, deps.now()))
+      .catch((err: unknown) => deps.logger.warn('could not send a partial image', { jobId: job.id, requestId: req.requestId, error: String(err) }));
+  });
+  try {
+    const ended = await untilSyncJobEnds(deps, job, req, res);
+    if (ended === undefined) {
+      stream.abandon();
+      return;
+    }
+    if (ended.status === 'completed') {
+      const response = await renderImagesResponse(ended, deps.base64Images, deps.now());
+      await stream.send(completedEventName(job.kind), async () => completedEvent(job.kind, response));
+    } else {
+      await stream.sendError(failureOf(ended));
+    }
+  } catch (err) {
+    await stream.sendError(toPixeldError(err, deps.logger, req.requestId));
+  } finally {
+    deps.service.stopPartialImages(job.id);
+    await stream.end();
+  }
+}
+
+function failureOf(job: Job): PixeldError {
+  return new PixeldError(job.error?.code ?? 'internal_error', job.error?.message ?? 'the job failed');
 }
 
 const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
