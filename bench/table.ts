@@ -30,7 +30,7 @@ export function formatTable(rows: BenchRow[]): string {
   return notes.length === 0 ? table : `${table}\n\nNotes:\n${notes.join('\n')}`;
 }
 
-function formatNumber(n: number): string {
+export function formatNumber(n: number): string {
   if (Number.isInteger(n)) return n.toLocaleString('en-US');
   return n >= 100 ? Math.round(n).toLocaleString('en-US') : n >= 10 ? n.toFixed(1) : n.toFixed(2);
 }
