@@ -13,11 +13,11 @@ import { Wallet, parseEther } from 'ethers';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { CommandIo } from '../../src/commands/command-io.js';
 import { doctor as doctorCommand, runDoctorCli, type DoctorReport } from '../../src/commands/doctor.js';
-import { quoteReportData } from '../../src/commands/doctor/tee-checks.js';
 import { migrate } from '../../src/commands/migrate.js';
 import { register } from '../../src/commands/register.js';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { MIGRATIONS } from '../../src/jobs/sqlite/database.js';
+import { reportDataOfTdxQuote } from '../../src/tee/configfs-tsm.js';
 import { openTdxKeyProvider } from '../../src/tee/tdx-key.js';
 import type { BillingChain } from '../billing/fixture.js';
 import { completedJob, fundedUsers, NEVER, PRICE } from '../billing/fixture.js';
@@ -502,29 +502,29 @@ describe('pixeld doctor: usage', () => {
   });
 });
 
-describe('quoteReportData', () => {
+describe('reportDataOfTdxQuote, which doctor reads the daemon\'s quote with', () => {
   const reportData = Buffer.alloc(64);
   reportData.write('pixeld doctor report data', 'ascii');
 
   it('reads report_data from a v4 TDX quote, and from a v5 one after its body descriptor', () => {
     const v4 = buildFakeTdxQuote(reportData);
-    expect(quoteReportData(v4)).toEqual(reportData);
+    expect(reportDataOfTdxQuote(v4)).toEqual(reportData);
     // v5: the same TD report, preceded by a 6-byte descriptor (body type 2 = TD report 1.0, its size).
     const descriptor = Buffer.alloc(6);
     descriptor.writeUInt16LE(2, 0);
     descriptor.writeUInt32LE(584, 2);
     const v5 = Buffer.concat([v4.subarray(0, 48), descriptor, v4.subarray(48)]);
     v5.writeUInt16LE(5, 0);
-    expect(quoteReportData(v5)).toEqual(reportData);
+    expect(reportDataOfTdxQuote(v5)).toEqual(reportData);
   });
 
   it('refuses what is not a TDX quote: another TEE type, an unknown version, a short buffer', () => {
     const sgx = buildFakeTdxQuote(reportData);
     sgx.writeUInt32LE(0, 4);
-    expect(quoteReportData(sgx)).toBeUndefined();
+    expect(reportDataOfTdxQuote(sgx)).toBeUndefined();
     const v3 = buildFakeTdxQuote(reportData);
     v3.writeUInt16LE(3, 0);
-    expect(quoteReportData(v3)).toBeUndefined();
-    expect(quoteReportData(buildFakeTdxQuote(reportData).subarray(0, 600))).toBeUndefined();
+    expect(reportDataOfTdxQuote(v3)).toBeUndefined();
+    expect(reportDataOfTdxQuote(buildFakeTdxQuote(reportData).subarray(0, 600))).toBeUndefined();
   });
 });

@@ -1,6 +1,7 @@
 import type { Config } from '../../config/schema.js';
 import type { ReadinessReport } from '../../obs/readiness.js';
 import { newNonce, reportDataOf, type AttestationReport } from '../../tee/attestation.js';
+import { reportDataOfTdxQuote } from '../../tee/configfs-tsm.js';
 import { TeeError } from '../../tee/key-provider.js';
 import { devKeyExists, openDaemonTeeKey } from '../register.js';
 import { describeError, fail, pass, warn, type Check } from './check.js';
@@ -114,7 +115,9 @@ export function teeChecks(): Check[] {
         }
         if (daemonMode !== 'dev') {
           if (!body.intel_quote) return fail(`tee ${body.tee} but the report carries no quote`, this.hint);
-          const quoted = quoteReportData(Buffer.from(body.intel_quote, 'hex'));
+          // Read from the quote's layout, not verified: Intel's signature needs collateral from the network
+          // (pixeld verify fetches it). What matters here is that the TEE quoted what the daemon claims.
+          const quoted = reportDataOfTdxQuote(Buffer.from(body.intel_quote, 'hex'));
           if (!quoted) return fail('the quote is not a TDX quote (version 4 or 5, TEE type 0x81)', this.hint);
           if (!quoted.equals(expected)) return fail("the quote's report_data is not sha256(binding) ‖ our nonce", this.hint);
         }
@@ -135,19 +138,4 @@ export function billsOnChain(config: Readonly<Config>): boolean {
 
 function sameDaemonHint(url: string): string {
   return `--url ${url} and --config must name the same daemon: pass the daemon's own config, or --url of the daemon this config runs`;
-}
-
-/**
- * The 64 bytes of report_data of a TDX quote, read from its layout — not verified: that needs Intel's
- * collateral from the network (`pixeld verify` does it). Here the point is that the daemon's TEE quotes
- * what it claims. v4: 48-byte header, then the TD report with report_data at 520; v5: a 6-byte body
- * descriptor comes first.
- */
-export function quoteReportData(quote: Buffer): Buffer | undefined {
-  if (quote.length < 48) return undefined;
-  const version = quote.readUInt16LE(0);
-  if (quote.readUInt32LE(4) !== 0x81) return undefined;
-  const body = version === 4 ? 48 : version === 5 ? 54 : undefined;
-  if (body === undefined || quote.length < body + 584) return undefined;
-  return quote.subarray(body + 520, body + 584);
 }
