@@ -21,10 +21,19 @@ afterEach(async () => {
   daemon = undefined;
 });
 
-async function start(log: Partial<ConfigInput['log']> = {}, jobs: Partial<ConfigInput['jobs']> = {}, now?: () => number) {
+interface StartOptions {
+  log?: Partial<ConfigInput['log']>;
+  jobs?: Partial<ConfigInput['jobs']>;
+  now?: () => number;
+  /** Leave the runner stopped until the test starts it. */
+  noStart?: boolean;
+}
+
+async function start({ log = {}, jobs = {}, now, noStart }: StartOptions = {}) {
   const backend = new ControlledBackend('ctl', 4);
   daemon = await startTestDaemon({
     now,
+    noStart,
     config: {
       backends: [{ id: 'ctl', type: 'reference', concurrency: 1 } as ConfigInput['backends'][number]],
       models: [{ id: MODEL, backend: 'ctl', capabilities: ['generation'], sizes: ['64x64'], maxN: 4 }],
@@ -95,7 +104,7 @@ describe('request lines', () => {
   });
 
   it('log.requests: false writes no request lines', async () => {
-    const { d } = await start({ requests: false });
+    const { d } = await start({ log: { requests: false } });
     await fetch(`${d.url}/v1/models`);
     await fetch(`${d.url}/healthz`);
     await new Promise((r) => setTimeout(r, 50));
@@ -119,7 +128,7 @@ describe('job transition lines', () => {
   });
 
   it('a retry names its error code; a failure logs its code and message', async () => {
-    const { backend, d } = await start({}, { maxAttempts: 2, retryBackoffMs: 10 });
+    const { backend, d } = await start({ jobs: { maxAttempts: 2, retryBackoffMs: 10 } });
     const { jobId } = await submitAsync(d);
     (await backend.nextCall()).fail(new BackendError('ctl', 'unavailable', 'warming up'));
     (await backend.nextCall()).fail(new BackendError('ctl', 'bad_response', 'no image in the answer'));
@@ -144,7 +153,7 @@ describe('job transition lines', () => {
 
   it('a job whose lease ran out is logged as recovered by the sweep, then starts its next attempt', async () => {
     let skewMs = 0;
-    const { backend, d } = await start({}, { leaseMs: 60_000 }, () => Date.now() + skewMs);
+    const { backend, d } = await start({ jobs: { leaseMs: 60_000 }, now: () => Date.now() + skewMs });
     const { jobId } = await submitAsync(d);
     const stalled = await backend.nextCall();
     // As if this replica had stalled for ten minutes: the lease it holds is long past.
@@ -163,6 +172,20 @@ describe('job transition lines', () => {
     expect(second).toMatchObject({ attempt: 2 });
   });
 
+  it('a job left processing by a crash is logged as recovered at the next start, then runs', async () => {
+    const { backend, d } = await start({ noStart: true });
+    const { jobId } = await submitAsync(d);
+    // As if the last process had claimed it and died: the row says processing, nobody runs it.
+    expect((await d.daemon.store.claimNext('ctl', 'the-crashed-process', Date.now(), 60_000))?.id).toBe(jobId);
+    await d.daemon.start();
+    await (await backend.nextCall()).succeed();
+    await until(() => linesOf(d, jobId).find((l) => l.message === 'job completed'), 'the completion');
+    const lines = linesOf(d, jobId).filter((l) => l.level !== 'debug');
+    expect(lines.map((l) => l.message)).toEqual(['job queued', 'job recovered', 'job started', 'job completed']);
+    expect(lines[1]).toMatchObject({ level: 'warn', outcome: 'requeued', cause: 'restart' });
+    expect(lines[2]).toMatchObject({ attempt: 2 });
+  });
+
   it('the prompt is in no line by default, and in the queued line with log.prompts', async () => {
     const quiet = await start();
     const first = await submitAsync(quiet.d, { negative_prompt: 'no seagulls' });
@@ -173,7 +196,7 @@ describe('job transition lines', () => {
     await quiet.d.close();
     daemon = undefined;
 
-    const told = await start({ prompts: true });
+    const told = await start({ log: { prompts: true } });
     const second = await submitAsync(told.d, { negative_prompt: 'no seagulls' });
     const queued = await until(() => linesOf(told.d, second.jobId).find((l) => l.message === 'job queued'), 'the queued line');
     expect(queued).toMatchObject({ prompt: PROMPT, negativePrompt: 'no seagulls' });
