@@ -221,6 +221,16 @@ describe('pixeld doctor on broken set-ups', () => {
     expect(run.lines.at(-1)).toBe('19 passed, 0 warning(s), 1 failed, 1 skipped');
   });
 
+  it("a backend its adapter refuses: ✗ with the adapter's message, not a connection hint", async () => {
+    const run = await doctorWith((c) => {
+      c.backends.push({ id: 'comfy', type: 'comfyui', baseUrl: 'http://127.0.0.1:8188', workflows: {} });
+      c.models.push({ id: 'sdxl', backend: 'comfy', capabilities: ['generation'], sizes: ['512x512'] });
+    });
+    expect(run.code).toBe(1);
+    expect(line(run, 'backend comfy reachable')).toMatch(/^  ✗ backend comfy reachable: config: backends\.comfy\.workflows: no workflow configured/);
+    expect(fixOf(run, 'backend comfy reachable')).toBe('correct backends[id=comfy]; the daemon refuses this backend at start too');
+  });
+
   it('a backend that accepts the connection and never answers: ✗ after the check timeout, not a hang', async () => {
     const silent = createHttpServer(() => undefined);
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));

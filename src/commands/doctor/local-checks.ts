@@ -108,8 +108,14 @@ export function backendChecks(config: Readonly<Config>, options: BackendCheckOpt
         if (backendConfig.concurrency === 0) {
           return skip(`skipped: concurrency 0, another replica runs this backend's jobs`);
         }
+        let made: ImageBackend;
         try {
-          await adapter(state).checkHealth(signal);
+          made = adapter(state);
+        } catch (err) {
+          return fail(describeError(err), `correct backends[id=${backendConfig.id}]; the daemon refuses this backend at start too`);
+        }
+        try {
+          await made.checkHealth(signal);
         } catch (err) {
           return fail(`${where ? `${where}: ` : ''}${describeError(err)}`, this.hint);
         }

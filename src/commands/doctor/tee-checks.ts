@@ -35,7 +35,7 @@ export function teeChecks(): Check[] {
       title: 'TEE key',
       // The dev key, and dstack's settlement journal, live in the data dir.
       needs: ['data-dir'],
-      hint: `check tee.dstack.endpoint (the guest agent socket, /var/run/dstack.sock) or tee.tdx.* (${TEE_DOCS})`,
+      hint: `check tee.dstack.endpoint: the guest agent's socket, /var/run/dstack.sock mounted into the container (${TEE_DOCS})`,
       async run(state) {
         const config = state.config!;
         if (config.tee.mode === 'tdx') {
