@@ -119,7 +119,7 @@ function checkConfig(configPath: string | undefined, state: DoctorState): CheckR
       ...base,
       status: 'fail',
       summary: err.message.replace(/^config: /, ''),
-      hint: 'fix the key named, see config/pixeld.example.yaml; every other check needs a valid config',
+      hint: 'correct what the message names (config/pixeld.example.yaml documents every key; --config or PIXELD_CONFIG names the file); every other check needs a valid config',
     };
   }
 }

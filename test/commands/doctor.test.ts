@@ -455,6 +455,14 @@ describe('pixeld doctor on broken set-ups', () => {
     expect(line(run, 'service TEE signer')).toBe(`  ✓ service TEE signer: ${daemon.daemon.tee.address}, this config's key`);
   });
 
+  it('a config file that is not there: ✗ naming it, exit 1', async () => {
+    const run = await doctor(['--config', '/nonexistent/pixeld.yaml']);
+    expect(run.code).toBe(1);
+    expect(run.lines[0]).toBe('Config');
+    expect(run.lines[1]).toBe('  ✗ config: file not found: /nonexistent/pixeld.yaml');
+    expect(run.lines.at(-1)).toBe('0 passed, 0 warning(s), 1 failed, 0 skipped');
+  });
+
   it('an invalid config: ✗ naming the key, nothing else checked', async () => {
     const config = baseConfig();
     config.chain.chainId = 'thirty';
@@ -469,7 +477,7 @@ describe('pixeld doctor on broken set-ups', () => {
           group: 'config',
           status: 'fail',
           summary: 'chain.chainId: Invalid input: expected number, received string',
-          hint: 'fix the key named, see config/pixeld.example.yaml; every other check needs a valid config',
+          hint: 'correct what the message names (config/pixeld.example.yaml documents every key; --config or PIXELD_CONFIG names the file); every other check needs a valid config',
         },
       ],
     });
