@@ -197,6 +197,13 @@ describe('loadConfig: environment', () => {
   it('an invalid PIXELD_LOG_LEVEL → ConfigError naming log.level', () => {
     expect(configError({ env: { PIXELD_LOG_LEVEL: 'loud' } }).message).toMatch(/^config: log\.level: /);
   });
+
+  it('PIXELD_LOG_FORMAT overrides log.format and keeps the other log keys; an invalid one names log.format', () => {
+    const file = write('pixeld.yaml', 'log:\n  format: pretty\n  prompts: true\n');
+    expect(load({ configPath: file, env: { PIXELD_LOG_FORMAT: 'json' } }).config.log).toEqual({ level: 'info', format: 'json', requests: true, prompts: true });
+    expect(load({ configPath: file, env: {} }).config.log.format).toBe('pretty');
+    expect(configError({ env: { PIXELD_LOG_FORMAT: 'xml' } }).message).toMatch(/^config: log\.format: /);
+  });
 });
 
 describe('loadConfig: errors are one line naming the key', () => {
