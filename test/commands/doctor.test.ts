@@ -373,6 +373,22 @@ describe('pixeld doctor on broken set-ups', () => {
     }
   });
 
+  it('a daemon that is up but not ready: ⚠ naming the part /readyz reports failing', async () => {
+    const port = await closedPort();
+    const devDir = tempDir('pixeld-doctor-unready-');
+    const backends = [{ id: 'gpu', type: 'openai', baseUrl: `http://127.0.0.1:${port}/v1` }];
+    const models = [{ id: 'flux', backend: 'gpu', capabilities: ['generation'], sizes: ['512x512'] }];
+    const d = await startTestDaemon({ dataDir: devDir, config: { backends, models } as Partial<ConfigInput> });
+    try {
+      const run = await doctor(['--config', writeConfig({ dataDir: devDir, backends, models }), '--url', d.url], {});
+      expect(line(run, 'daemon answers')).toMatch(new RegExp(`^  ⚠ daemon answers: ${escape(d.url)} is up but not ready: backend gpu failing: `));
+      expect(fixOf(run, 'daemon answers')).toBe(`see ${d.url}/readyz; the checks here name the part to fix`);
+      expect(line(run, 'attestation')).toMatch(/^  ✓ /);
+    } finally {
+      await d.close();
+    }
+  });
+
   it("tdx mode: the key is the daemon's, attested by a configfs-tsm quote over doctor's nonce", async () => {
     const tsm = await createFakeTsm();
     const tdxDir = tempDir('pixeld-doctor-tdx-');
