@@ -97,6 +97,10 @@ describe('replica presence (PostgreSQL)', () => {
     for (const orphan of [orphanPending, orphanRunning]) {
       expect(await store.get(orphan.id)).toMatchObject({ status: 'cancelled', error: { code: 'job_cancelled' } });
     }
+    // The job's history says so, with the replica that was running it when it had one.
+    const history = await store.jobEvents(orphanRunning.id);
+    expect(history.map((e) => e.type)).toEqual(['queued', 'started', 'cancelled']);
+    expect(history[2]).toMatchObject({ atMs: clock, attempt: 1, replica: 'replica-a', detail: { error: { code: 'job_cancelled' } } });
     // An async job is polled for, from anywhere; a live replica's sync job has its caller.
     expect((await store.get(asyncOfB.id))!.status).toBe('pending');
     expect((await store.get(syncOfA.id))!.status).toBe('pending');
