@@ -1,7 +1,17 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE, processIo, type CommandIo } from './command-io.js';
+import {
+  commandOutput,
+  EXIT_FAILED,
+  EXIT_OK,
+  EXIT_USAGE,
+  OUTPUT_FLAGS,
+  OUTPUT_USAGE,
+  processIo,
+  type CommandIo,
+  type OutputOptions,
+} from './command-io.js';
 import { chainChecks } from './doctor/chain-checks.js';
 import { runChecks, type CheckGroup, type CheckResult, type CheckStatus, type DoctorState } from './doctor/check.js';
 import { backendChecks, storageChecks } from './doctor/local-checks.js';
@@ -16,7 +26,7 @@ import { teeChecks } from './doctor/tee-checks.js';
  * Exit status: 0 no check failed (warnings allowed), 1 a check failed, 2 bad arguments.
  */
 
-export const DOCTOR_USAGE = `Usage: pixeld doctor [--config <file>] [--url <daemon>] [--no-generation] [--json]
+export const DOCTOR_USAGE = `Usage: pixeld doctor [--config <file>] [--url <daemon>] [--no-generation] [--json] [--quiet]
 
 Checks this provider's set-up, one line per check (✓ pass, ⚠ warning, ✗ fail, – skipped because a check
 it depends on did not pass), with a fix for every ✗ and ⚠: the config; the data dir and free space; the
@@ -27,19 +37,21 @@ wallet's gas; the unsettled fees and the next settlement round.
 
   --url <url>         The running daemon (default: provider.service.url, else http://<server.host>:<server.port>)
   --no-generation     Check that each backend answers, without asking it for an image
-  --json              Print one JSON object: {"ok", "checks": [{"id", "group", "status", "summary", "hint"?}]}
+${OUTPUT_USAGE}
   -c, --config <file> Config file (default: $PIXELD_CONFIG, else config/pixeld.yaml); use the daemon's
+
+--json prints {"ok", "checks": [{"id", "group", "status", "summary", "hint"?}]}, status one of pass, warn,
+fail, skip; meanwhile each check's mark and title go to stderr as it ends.
 
 Exit status: 0 nothing failed (warnings allowed), 1 a check failed, 2 bad arguments.
 `;
 
-export interface DoctorOptions {
+export interface DoctorOptions extends OutputOptions {
   configPath?: string | undefined;
   /** The running daemon's base URL. */
   url?: string | undefined;
   /** Ask each backend for an image. @default true */
   generation?: boolean | undefined;
-  json?: boolean | undefined;
   /** How long one check may take, unless it sets its own (a generation takes jobs.attemptTimeoutMs). @default 15_000 */
   checkTimeoutMs?: number | undefined;
 }
@@ -63,16 +75,18 @@ const GROUP_TITLES: Record<CheckGroup, string> = {
 
 export async function doctor(options: DoctorOptions, io: Pick<CommandIo, 'stdout' | 'stderr' | 'env'>): Promise<number> {
   const state: DoctorState = { env: io.env, cleanups: [] };
+  const output = commandOutput(io, options);
   let group: CheckGroup | undefined;
   const print = (result: CheckResult, title: string) => {
-    if (options.json) return;
+    // The human report streams as checks end, so it is its own progress; under --json stderr carries it.
+    if (options.json) output.progress(`${MARKS[result.status]} ${title}`);
     if (result.group !== group) {
-      if (group !== undefined) io.stdout('');
+      if (group !== undefined) output.line('');
       group = result.group;
-      io.stdout(GROUP_TITLES[group]);
+      output.line(GROUP_TITLES[group]);
     }
-    io.stdout(`  ${MARKS[result.status]} ${title}: ${result.summary}`);
-    if (result.hint && (result.status === 'fail' || result.status === 'warn')) io.stdout(`      fix: ${result.hint}`);
+    output.line(`  ${MARKS[result.status]} ${title}: ${result.summary}`);
+    if (result.hint && (result.status === 'fail' || result.status === 'warn')) output.line(`      fix: ${result.hint}`);
   };
 
   const results: CheckResult[] = [];
@@ -96,13 +110,10 @@ export async function doctor(options: DoctorOptions, io: Pick<CommandIo, 'stdout
   }
 
   const ok = results.every((r) => r.status !== 'fail');
-  if (options.json) {
-    io.stdout(JSON.stringify({ ok, checks: results } satisfies DoctorReport));
-  } else {
-    const count = (s: CheckStatus) => results.filter((r) => r.status === s).length;
-    io.stdout('');
-    io.stdout(`${count('pass')} passed, ${count('warn')} warning(s), ${count('fail')} failed, ${count('skip')} skipped`);
-  }
+  output.result({ ok, checks: results } satisfies DoctorReport);
+  const count = (s: CheckStatus) => results.filter((r) => r.status === s).length;
+  output.line('');
+  output.line(`${count('pass')} passed, ${count('warn')} warning(s), ${count('fail')} failed, ${count('skip')} skipped`);
   return ok ? EXIT_OK : EXIT_FAILED;
 }
 
@@ -144,7 +155,7 @@ export async function runDoctorCli(argv: string[], io: Pick<CommandIo, 'stdout' 
         config: { type: 'string', short: 'c' },
         url: { type: 'string' },
         'no-generation': { type: 'boolean' },
-        json: { type: 'boolean' },
+        ...OUTPUT_FLAGS,
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -160,5 +171,8 @@ export async function runDoctorCli(argv: string[], io: Pick<CommandIo, 'stdout' 
     io.stderr(`pixeld doctor: --url ${values.url}: must be an http(s) URL, e.g. http://127.0.0.1:8080\n\n${DOCTOR_USAGE}`);
     return EXIT_USAGE;
   }
-  return doctor({ configPath: values.config, url: values.url, generation: !values['no-generation'], json: values.json }, io);
+  return doctor(
+    { configPath: values.config, url: values.url, generation: !values['no-generation'], json: values.json, quiet: values.quiet },
+    io,
+  );
 }

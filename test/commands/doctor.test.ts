@@ -182,6 +182,13 @@ describe('pixeld doctor on a healthy set-up', () => {
     const run = await doctorWith(() => undefined, ['--json', '--no-generation']);
     expect(run.code).toBe(0);
     expect(run.lines).toHaveLength(1);
+    // Meanwhile each check's mark and title on stderr, for a person watching; --quiet drops them.
+    expect(run.stderr).toHaveLength(19);
+    expect(run.stderr.slice(0, 2)).toEqual(['… ✓ config', '… ✓ data dir writable']);
+    expect(run.stderr).toContain('… – backend reference generates');
+    const quiet = await doctorWith(() => undefined, ['--json', '--quiet', '--no-generation']);
+    expect(quiet.stderr).toEqual([]);
+    expect((JSON.parse(quiet.lines[0]!) as DoctorReport).ok).toBe(true);
     const report = JSON.parse(run.lines[0]!) as DoctorReport;
     expect(report.ok).toBe(true);
     expect(report.checks.map((c) => c.id)).toEqual([
