@@ -133,6 +133,8 @@ export interface JobReport {
     finishedMs: number | null;
     expiresMs: number | null;
     resultsDeletedMs: number | null;
+    /** An edit's uploaded images and mask, as received (their bytes are gone once the job finished). */
+    inputs: Job['inputs'];
     /** Only with --show-prompt. */
     prompt?: string;
     negativePrompt?: string | null;
@@ -325,6 +327,7 @@ function jobReport(job: Job, events: JobEvent[], receipt: ReceiptRecord | undefi
       finishedMs: job.finishedMs ?? null,
       expiresMs: job.expiresMs ?? null,
       resultsDeletedMs: job.resultsDeletedMs ?? null,
+      inputs: job.inputs,
       ...(showPrompt ? { prompt: job.params.prompt, negativePrompt: job.params.negativePrompt ?? null } : {}),
     },
     timeline: events,
@@ -377,6 +380,9 @@ function describeJob(r: JobReport): string[] {
     `  asked for    ${job.n} × ${job.size}, quality ${job.quality}, ${job.outputFormat} as ${job.responseFormat}, seed ${job.seed}` +
       `, ${formatWei(job.pricePerImageWei)} per image`,
   );
+  for (const input of job.inputs) {
+    lines.push(`  input        ${input.role}, ${input.mediaType} ${input.width}×${input.height}, ${input.bytes} bytes, sha256 ${input.sha256}`);
+  }
   lines.push(`  replicas     submitted to ${job.submittedBy ?? '(not recorded)'}, ran by ${job.ranBy ?? '(never ran)'}`);
   lines.push(`  idempotency  ${job.idempotencyKey ? 'an Idempotency-Key was sent' : 'no Idempotency-Key'}`);
   lines.push(

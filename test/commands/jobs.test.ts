@@ -156,7 +156,17 @@ describe.each([
     const claim = (await jobs.claimNext('gpu0', 'replica-b', T0 + 10_050, 60_000))!;
     await jobs.fail(failed.id, claim.leaseToken, { code: 'upstream_error', message: 'the backend answered 500' }, T0 + 11_000, T0 + 90_000_000);
 
-    const cancelled = newJob({ createdMs: T0 + 20_000, owner: 'router-key-7', model: 'sdxl', backendId: 'gpu1' });
+    const cancelled = newJob({
+      createdMs: T0 + 20_000,
+      owner: 'router-key-7',
+      model: 'sdxl',
+      backendId: 'gpu1',
+      kind: 'edit',
+      inputs: [
+        { role: 'image', sha256: 'd'.repeat(64), mediaType: 'image/jpeg', bytes: 50_000, width: 640, height: 480 },
+        { role: 'mask', sha256: 'e'.repeat(64), mediaType: 'image/png', bytes: 900, width: 640, height: 480 },
+      ],
+    });
     await jobs.create(cancelled, 0);
     await jobs.cancel(cancelled.id, T0 + 21_000, T0 + 90_000_000);
 
@@ -296,6 +306,9 @@ describe.each([
     expect(failed.out).toContain('  not signed (only a completed job is)');
     expect(failed.out.at(-1)).toBe('  nothing to settle');
     const cancelled = await run(runJobCli, ids.cancelled);
+    expect(cancelled.out).toContain('  model        sdxl on backend gpu1, edit, async');
+    expect(cancelled.out).toContain(`  input        image, image/jpeg 640×480, 50000 bytes, sha256 ${'d'.repeat(64)}`);
+    expect(cancelled.out).toContain(`  input        mask, image/png 640×480, 900 bytes, sha256 ${'e'.repeat(64)}`);
     expect(cancelled.out).toContain('  replicas     submitted to (not recorded), ran by (never ran)');
     expect(cancelled.out).toContain('  +1.0 s  cancelled: job_cancelled: cancelled by the caller');
     expect(cancelled.out).toContain('  none: the job never ran');
