@@ -47,6 +47,7 @@ export function listJobsQuery(filter: JobListFilter, params: SqlParams): string 
 
 /** One row of jobActivityQuery; PostgreSQL returns its BIGINT and NUMERIC aggregates as text. */
 export interface ActivityRow {
+  /** finished_ms divided by the bucket length (integer division): the bucket's index since the epoch. */
   bucket: number | string;
   succeeded: number | string;
   failed: number | string;
