@@ -19,6 +19,8 @@ Commands:
   accounts         Users' on-chain balances next to their unsettled and reserved fees
   earnings         Receipts per day: settled, settled short, unsettled, off chain
   migrate          Apply the missing schema migrations to the configured database (pixeld migrate --help)
+  doctor           Check config, storage, backends, TEE, the running daemon, chain, service and gas,
+                   one line each with a fix (pixeld doctor --help)
   help             Show this help
 
 Options:
@@ -57,6 +59,12 @@ settle options:
 migrate options:
   --json              Print what was applied as one JSON object
 
+doctor options:
+  --url <daemon>      The running daemon (default: provider.service.url, else the listen address)
+  --no-generation     Check each backend answers without asking it for an image
+  --json, --quiet     One JSON object {ok, checks:[{id, group, status, summary, hint?}]} / no progress
+  Exit status 1 when a check fails (✗), 2 for bad arguments.
+
 Environment:
   PORT, HOST, PIXELD_DATA_DIR, PIXELD_DATABASE_URL, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
   override the matching config keys (see config/pixeld.example.yaml).
@@ -83,6 +91,7 @@ const COMMANDS: Record<string, CommandRunner> = {
   accounts: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('accounts', argv),
   earnings: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('earnings', argv),
   migrate: async (argv) => (await import('./commands/migrate.js')).runMigrateCli(argv),
+  doctor: async (argv) => (await import('./commands/doctor.js')).runDoctorCli(argv),
 };
 
 async function main(argv: string[]): Promise<number> {
