@@ -300,7 +300,7 @@ export class JobRunner {
     try {
       if (!backend) throw new PixeldError('internal_error', `backend '${job.backendId}' is not configured any more`);
       log.info('job started', { replica: this.deps.replicaId, model: job.model, n: job.params.n });
-      const result = await this.produce(job, backend, controller.signal, deadlineMs, slot);
+      const { result, upstream } = await this.produce(job, backend, controller.signal, deadlineMs, slot, log);
       const signing = { seqFloor: this.deps.receiptSeqFloor?.(job.owner) ?? 0n, sign: (seq: bigint) => this.sign(job, result, seq) };
       const finishedMs = now();
       writingOutcome = true;
@@ -314,6 +314,7 @@ export class JobRunner {
           requested: job.params.n,
           ms: finishedMs - startedMs,
           ...(result.warnings.length > 0 ? { warnings: result.warnings } : {}),
+          ...(upstream.length > 0 ? { upstream } : {}),
         });
       } else {
         outcome = 'dropped';
@@ -395,7 +396,8 @@ export class JobRunner {
     signal: AbortSignal,
     deadlineMs: number,
     slot: { held: boolean },
-  ): Promise<JobResult> {
+    log: Logger,
+  ): Promise<{ result: JobResult; upstream: Array<Record<string, string>> }> {
     const { params } = job;
     const inputs = await Promise.all(job.inputs.filter((i) => i.role === 'image').map((i) => this.inputImage(i)));
     const maskInput = job.inputs.find((i) => i.role === 'mask');
@@ -420,6 +422,8 @@ export class JobRunner {
     const delivered: Array<NormalizedImage & { sha256: string }> = [];
     let duplicates = 0;
     const warnings = new Set<string>();
+    // The trace ids of the backend's answers (one per call), so one job's line leads to the upstream's logs.
+    const upstream: Array<Record<string, string>> = [];
     let lastRejection: string | undefined;
     let nextSeed = params.seed;
     const callLimit = Math.ceil(params.n / backend.maxImagesPerCall) + this.deps.jobs.maxTopUpCalls;
@@ -440,6 +444,7 @@ export class JobRunner {
         slot.held = true;
       }
       let answer: BackendCallResult;
+      const callStartedMs = this.deps.now();
       try {
         const onPartialImage = this.partialImages.forwarder(job.id, () => this.progress.get(job.id) ?? 0);
         answer = await backend.generate({ ...base, n: want, seed, onProgress, onPartialImage });
@@ -447,6 +452,14 @@ export class JobRunner {
         slot.held = false;
         this.releaseSlot(job.backendId);
       }
+      if (answer.response.headers) upstream.push(answer.response.headers);
+      log.debug('backend call answered', {
+        call: call + 1,
+        n: want,
+        images: answer.images.length,
+        ms: this.deps.now() - callStartedMs,
+        ...(answer.response.headers ? { upstream: answer.response.headers } : {}),
+      });
       for (const w of answer.warnings) warnings.add(w.feature ? `${w.feature}: ${w.message}` : w.message);
       for (const bytes of answer.images.slice(0, want)) {
         try {
@@ -479,7 +492,7 @@ export class JobRunner {
       images.push({ sha256: stored.sha256, mediaType: image.mediaType, bytes: stored.bytes, width: image.width, height: image.height });
     }
     const first = delivered[0]!;
-    return {
+    const result: JobResult = {
       created: Math.floor(this.deps.now() / 1000),
       images,
       size: `${first.width}x${first.height}`,
@@ -489,6 +502,7 @@ export class JobRunner {
       fileToken: newToken(),
       warnings: [...warnings],
     };
+    return { result, upstream };
   }
 
   /** Signed inside the completion, so no completed job is ever without its signatures. */

@@ -1,6 +1,8 @@
 import { Writable } from 'node:stream';
+import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backends/errors.js';
+import type { ImageBackend } from '../../src/backends/types.js';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { createLogger, resolveLogFormat } from '../../src/obs/logger.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
@@ -118,7 +120,7 @@ describe('job transition lines', () => {
     const { jobId, requestId } = await submitAsync(d, { n: 2 });
     await (await backend.nextCall()).succeed();
     await until(() => linesOf(d, jobId).find((l) => l.message === 'job completed'), 'the completion');
-    const lines = linesOf(d, jobId);
+    const lines = linesOf(d, jobId).filter((l) => l.level !== 'debug');
     expect(lines.map((l) => l.message)).toEqual(['job queued', 'job started', 'job completed']);
     expect(lines[0]).toMatchObject({ requestId, model: MODEL, backendId: 'ctl', delivery: 'async', n: 2, owner: expect.any(String) });
     expect(lines[1]).toMatchObject({ attempt: 1, replica: expect.any(String), backendId: 'ctl' });
@@ -184,6 +186,38 @@ describe('job transition lines', () => {
     expect(lines.map((l) => l.message)).toEqual(['job queued', 'job recovered', 'job started', 'job completed']);
     expect(lines[1]).toMatchObject({ level: 'warn', outcome: 'requeued', cause: 'restart' });
     expect(lines[2]).toMatchObject({ attempt: 2 });
+  });
+
+  it('the backend\'s trace headers go into the job\'s completed line and each call\'s debug line', async () => {
+    let calls = 0;
+    const traced: ImageBackend = {
+      id: 'ctl',
+      type: 'traced',
+      maxImagesPerCall: 1,
+      rerunInterruptedJobs: true,
+      async generate(options) {
+        calls += 1;
+        const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: { r: calls * 60, g: 0, b: 0 } } }).png().toBuffer();
+        return { images: [png], warnings: [], response: { timestampMs: Date.now(), modelId: options.model, headers: { 'x-request-id': `upstream-${calls}` } } };
+      },
+      async checkHealth() {},
+    };
+    daemon = await startTestDaemon({
+      config: {
+        backends: [{ id: 'ctl', type: 'reference', concurrency: 1 } as ConfigInput['backends'][number]],
+        models: [{ id: MODEL, backend: 'ctl', capabilities: ['generation'], sizes: ['64x64'], maxN: 4 }],
+        log: { level: 'debug' },
+      },
+      backends: new Map([['ctl', traced]]),
+    });
+    const { jobId } = await submitAsync(daemon, { n: 2 });
+    const completed = await until(() => linesOf(daemon!, jobId).find((l) => l.message === 'job completed'), 'the completion');
+    expect(completed.upstream).toEqual([{ 'x-request-id': 'upstream-1' }, { 'x-request-id': 'upstream-2' }]);
+    const perCall = linesOf(daemon, jobId).filter((l) => l.message === 'backend call answered');
+    expect(perCall).toEqual([
+      expect.objectContaining({ level: 'debug', call: 1, n: 1, images: 1, ms: expect.any(Number), upstream: { 'x-request-id': 'upstream-1' } }),
+      expect.objectContaining({ level: 'debug', call: 2, n: 1, images: 1, ms: expect.any(Number), upstream: { 'x-request-id': 'upstream-2' } }),
+    ]);
   });
 
   it('the prompt is in no line by default, and in the queued line with log.prompts', async () => {
