@@ -18,6 +18,8 @@ Commands:
   settle           Settle unsettled receipts on chain now, one round (pixeld settle --help)
   accounts         Users' on-chain balances next to their unsettled and reserved fees
   earnings         Receipts per day: settled, settled short, unsettled, off chain
+  jobs             The newest jobs, by status, user or model, a page at a time (pixeld jobs --help)
+  job              What happened to one job: timeline, attempts, images, receipt, settlement (pixeld job --help)
   migrate          Apply the missing schema migrations to the configured database (pixeld migrate --help)
   doctor           Check config, storage, backends, TEE, the running daemon, chain, service and gas,
                    one line each with a fix (pixeld doctor --help)
@@ -90,6 +92,8 @@ const COMMANDS: Record<string, CommandRunner> = {
   settle: async (argv) => (await import('./commands/settle.js')).runSettleCli(argv),
   accounts: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('accounts', argv),
   earnings: async (argv) => (await import('./commands/ledger.js')).runLedgerCli('earnings', argv),
+  jobs: async (argv) => (await import('./commands/jobs.js')).runJobsCli(argv),
+  job: async (argv) => (await import('./commands/jobs.js')).runJobCli(argv),
   migrate: async (argv) => (await import('./commands/migrate.js')).runMigrateCli(argv),
   doctor: async (argv) => (await import('./commands/doctor.js')).runDoctorCli(argv),
 };
