@@ -49,6 +49,7 @@ register options:
   --url <url>         Public base URL (default: provider.service.url)
   --yes, -y           Do not ask before a change that resets the TEE acknowledgement
   --dry-run           Show the change and send nothing
+  --json              One JSON object on stdout at the end; never asks (a reset needs --yes)
   Needs chain.* and the provider wallet (env PIXELD_PROVIDER_KEY or provider.wallet.keystoreFile).
 
 service options:
@@ -58,17 +59,19 @@ settle options:
   --dry-run           Prepare, sign and preview only: nothing persisted or sent
   Exit status 1 when another settler holds the lock, the chain fails, or an item is not settled.
 
-migrate options:
-  --json              Print what was applied as one JSON object
-
 doctor options:
   --url <daemon>      The running daemon (default: provider.service.url, else the listen address)
   --no-generation     Check each backend answers without asking it for an image
   --json, --quiet     One JSON object {ok, checks:[{id, group, status, summary, hint?}]} / no progress
   Exit status 1 when a check fails (✗), 2 for bad arguments.
 
+settle, register, migrate, service, accounts, earnings, jobs, job:
+  --json              One JSON object on stdout at the end (wei and nonces as decimal strings)
+  -q, --quiet         No progress lines (each step goes to stderr as it happens)
+
 Environment:
-  PORT, HOST, PIXELD_DATA_DIR, PIXELD_DATABASE_URL, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL
+  PORT, HOST, PIXELD_DATA_DIR, PIXELD_DATABASE_URL, PIXELD_CONFIG, PIXELD_PUBLIC_BASE_URL, PIXELD_LOG_LEVEL,
+  PIXELD_LOG_FORMAT
   override the matching config keys (see config/pixeld.example.yaml).
 `;
 
