@@ -1,4 +1,5 @@
 import type { JobSignature } from '../tee/receipt.js';
+import type { WebhookFormat } from '../webhooks/outbox.js';
 import { reviveParams, type Job, type JobError, type JobResult } from './model.js';
 import type { JobEvent, JobEventType } from './store.js';
 
@@ -42,6 +43,8 @@ export interface JobRow {
   results_deleted_ms: IntColumn | null;
   submitted_by: string | null;
   ran_by: string | null;
+  webhook_url: string | null;
+  webhook_format: string | null;
 }
 
 export function jobFromRow(row: JobRow): Job {
@@ -75,6 +78,7 @@ export function jobFromRow(row: JobRow): Job {
     resultsDeletedMs: intOrUndefined(row.results_deleted_ms),
     submittedBy: row.submitted_by ?? undefined,
     ranBy: row.ran_by ?? undefined,
+    webhook: row.webhook_url === null ? undefined : { url: row.webhook_url, format: row.webhook_format as WebhookFormat },
   };
 }
 

@@ -4,6 +4,7 @@ import type { ModelConfig } from '../config/schema.js';
 import type { ErrorCode } from '../errors.js';
 import type { InputImageInfo } from '../images/inspect-input.js';
 import type { JobSignature } from '../tee/receipt.js';
+import type { WebhookFormat } from '../webhooks/outbox.js';
 
 /**
  * A job's life: pending → processing → completed | failed | cancelled. A processing job whose attempt
@@ -121,6 +122,13 @@ export interface Job {
   submittedBy: string | undefined;
   /** The replica running the job, or that ran its last attempt; undefined until claimed. */
   ranBy: string | undefined;
+  /** Where the job's end is announced (checked at submit), in which poll shape; undefined: nowhere. */
+  webhook: JobWebhook | undefined;
+}
+
+export interface JobWebhook {
+  url: string;
+  format: WebhookFormat;
 }
 
 /** ≥ 128 random bits, hex only: 0G's SDK puts ids into URLs unencoded. */

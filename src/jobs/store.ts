@@ -1,8 +1,9 @@
 import type { JobSignature } from '../tee/receipt.js';
+import type { WebhookOutbox } from '../webhooks/outbox.js';
 import type { Job, JobError, JobResult, JobStatus } from './model.js';
 
 /** What the HTTP layer hands the store; the store fills in the lifecycle fields. */
-export type NewJob = Partial<Pick<Job, 'submittedBy'>> &
+export type NewJob = Partial<Pick<Job, 'submittedBy' | 'webhook'>> &
   Pick<
   Job,
   | 'id'
@@ -206,7 +207,11 @@ export interface NewJobEvent {
 /** The most buckets one `jobActivity` call returns: a chart has no use for more. */
 export const MAX_ACTIVITY_BUCKETS = 10_000;
 
-export interface JobStore {
+/**
+ * Jobs, and the outbox of their webhook deliveries (a job's delivery is written with its terminal transition,
+ * by the stores' trigger on the jobs table).
+ */
+export interface JobStore extends WebhookOutbox {
   /**
    * Inserts a pending job. When the job carries an Idempotency-Key that this owner used within
    * `idempotencyTtlMs`, nothing is inserted and the earlier job is returned with `created: false`.

@@ -45,6 +45,7 @@ export const TABLES = [
   'blobs',
   'rate_limit_buckets',
   'job_events',
+  'webhook_deliveries',
 ];
 
 /** Empties every pixeld table (the schema stays): a fresh store for the next test. */

@@ -128,6 +128,28 @@ describe('postgres job store across processes (two pools on one database)', () =
     for (const id of ids) expect((await a.get(id))!.attempts).toBe(1);
   });
 
+  it('never leases one webhook delivery to two workers at once (FOR UPDATE SKIP LOCKED)', async () => {
+    const ids = new Set<string>();
+    for (let i = 0; i < 40; i += 1) {
+      const job = newJob({ webhook: { url: 'https://hooks.example.com/x', format: '0g' } });
+      await a.create(job, 0);
+      await a.cancel(job.id, 2_000, 9_000);
+      ids.add(job.id);
+    }
+    const taken: string[] = [];
+    // Six workers per process, all at once, each taking two at a time until nothing is due.
+    const worker = async (store: JobStore) => {
+      for (;;) {
+        const batch = await store.claimWebhookDeliveries(3_000, 60_000, 2);
+        if (batch.length === 0) return;
+        taken.push(...batch.map((d) => d.jobId));
+      }
+    };
+    await Promise.all([...Array.from({ length: 6 }, () => worker(a)), ...Array.from({ length: 6 }, () => worker(b))]);
+    expect(taken).toHaveLength(40);
+    expect(new Set(taken)).toEqual(ids);
+  });
+
   it('numbers one owner’s concurrent completions from two processes 1…n, each once, in the order they commit', async () => {
     const owner = '0x00000000000000000000000000000000000000b2';
     const claims: Array<{ id: string; token: string }> = [];

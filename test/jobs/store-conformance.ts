@@ -556,6 +556,135 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
       expect(syncEvents[1]!.detail).toMatchObject({ error: { code: 'job_cancelled', message: expect.stringContaining('daemon restarted') } });
     });
 
+    describe('webhook outbox', () => {
+      const HOOK = { url: 'https://hooks.example.com/pixeld', format: '0g' as const };
+
+      it('writes one pending delivery with the terminal transition of a job that has a webhook, none for others', async () => {
+        const plain = newJob();
+        const completed = newJob({ webhook: HOOK });
+        const failed = newJob({ webhook: { url: 'https://hooks.example.com/b', format: 'therouter' } });
+        const cancelled = newJob({ webhook: HOOK, owner: 'bob' });
+        for (const job of [plain, completed, failed]) await store.create(job, 0);
+        await store.create(cancelled, 0);
+        expect((await store.get(completed.id))!.webhook).toEqual(HOOK);
+        expect((await store.get(plain.id))!.webhook).toBeUndefined();
+        // Claiming and running write nothing: only a job's end does.
+        const c1 = (await store.claimNext('b1', REPLICA, T0, 1000))!;
+        const c2 = (await store.claimNext('b1', REPLICA, T0, 1000))!;
+        const c3 = (await store.claimNext('b1', REPLICA, T0, 1000))!;
+        expect([c1.id, c2.id, c3.id]).toEqual([plain.id, completed.id, failed.id]);
+        expect(await store.webhookDeliveries(completed.id)).toEqual([]);
+        await store.complete(plain.id, c1.leaseToken, result(['s']), SIGNING, T0 + 1, T0 + 100);
+        await store.complete(completed.id, c2.leaseToken, result(['s']), SIGNING, T0 + 2, T0 + 100);
+        await store.fail(failed.id, c3.leaseToken, { code: 'upstream_error', message: 'x' }, T0 + 3, T0 + 100);
+        await store.cancel(cancelled.id, T0 + 4, T0 + 100);
+        // A cancel of a finished job is no transition: no second delivery.
+        await store.cancel(completed.id, T0 + 5, T0 + 100);
+
+        expect(await store.webhookDeliveries(plain.id)).toEqual([]);
+        const [done] = await store.webhookDeliveries(completed.id);
+        expect(done).toEqual({
+          id: expect.stringMatching(/^msg_[0-9a-f]{32}$/),
+          jobId: completed.id,
+          event: 'job.completed',
+          owner: 'alice',
+          url: HOOK.url,
+          format: '0g',
+          state: 'pending',
+          attempts: 0,
+          createdMs: T0 + 2,
+          nextAttemptMs: T0 + 2,
+          lastAttemptMs: undefined,
+          lastStatus: undefined,
+          lastError: undefined,
+          finishedMs: undefined,
+        });
+        expect(await store.webhookDeliveries(failed.id)).toEqual([
+          expect.objectContaining({ event: 'job.failed', format: 'therouter', url: 'https://hooks.example.com/b' }),
+        ]);
+        expect(await store.webhookDeliveries(cancelled.id)).toEqual([expect.objectContaining({ event: 'job.cancelled', owner: 'bob' })]);
+        const ids = new Set([done!.id, ...(await store.webhookDeliveries(failed.id)).map((d) => d.id)]);
+        expect(ids.size).toBe(2);
+      });
+
+      it('writes the delivery of a job a recovery fails or cancels', async () => {
+        const interrupted = newJob({ webhook: HOOK });
+        const sync = newJob({ webhook: HOOK, delivery: 'sync' });
+        await store.create(interrupted, 0);
+        await store.claimNext('b1', REPLICA, T0, 1000);
+        await store.create(sync, 0);
+        await store.recoverInterrupted(REPLICA, () => 'fail', 3, T0 + 10, T0 + 100);
+        expect(await store.webhookDeliveries(interrupted.id)).toEqual([expect.objectContaining({ event: 'job.failed', createdMs: T0 + 10 })]);
+        expect(await store.webhookDeliveries(sync.id)).toEqual([expect.objectContaining({ event: 'job.cancelled' })]);
+      });
+
+      it('leases due deliveries to one worker at a time, takes them back when the lease runs out, and records attempts', async () => {
+        const job = newJob({ webhook: HOOK });
+        await store.create(job, 0);
+        const claimed = (await store.claimNext('b1', REPLICA, T0, 1000))!;
+        await store.complete(job.id, claimed.leaseToken, result(['s']), SIGNING, T0 + 10, T0 + 100);
+
+        expect(await store.claimWebhookDeliveries(T0 + 9, 1000, 10)).toEqual([]);
+        const [first] = await store.claimWebhookDeliveries(T0 + 10, 1000, 10);
+        expect(first).toMatchObject({ jobId: job.id, state: 'pending', leaseToken: expect.any(String) });
+        // Leased: nobody else gets it until the lease runs out (a worker that died mid-attempt).
+        expect(await store.claimWebhookDeliveries(T0 + 500, 1000, 10)).toEqual([]);
+        const [again] = await store.claimWebhookDeliveries(T0 + 1011, 1000, 10);
+        expect(again!.id).toBe(first!.id);
+        expect(again!.leaseToken).not.toBe(first!.leaseToken);
+        // The first worker lost its lease: its outcome is not written.
+        expect(await store.recordWebhookAttempt(first!.id, first!.leaseToken, { state: 'delivered', status: 200 }, T0 + 1012)).toBe(false);
+
+        const retry = { state: 'pending' as const, status: 503, error: 'the receiver answered HTTP 503', nextAttemptMs: T0 + 5000 };
+        expect(await store.recordWebhookAttempt(again!.id, again!.leaseToken, retry, T0 + 1020)).toBe(true);
+        expect((await store.webhookDeliveries(job.id))[0]).toMatchObject({
+          state: 'pending',
+          attempts: 1,
+          lastAttemptMs: T0 + 1020,
+          lastStatus: 503,
+          lastError: 'the receiver answered HTTP 503',
+          nextAttemptMs: T0 + 5000,
+          finishedMs: undefined,
+        });
+        expect(await store.claimWebhookDeliveries(T0 + 4999, 1000, 10)).toEqual([]);
+        const [third] = await store.claimWebhookDeliveries(T0 + 5000, 1000, 10);
+        expect(third!.id).toBe(first!.id);
+        expect(await store.recordWebhookAttempt(third!.id, third!.leaseToken, { state: 'delivered', status: 204 }, T0 + 5001)).toBe(true);
+        expect((await store.webhookDeliveries(job.id))[0]).toMatchObject({
+          state: 'delivered',
+          attempts: 2,
+          lastStatus: 204,
+          lastError: undefined,
+          nextAttemptMs: undefined,
+          finishedMs: T0 + 5001,
+        });
+        // Delivered is final: never taken again, and its lease token writes nothing more.
+        expect(await store.claimWebhookDeliveries(T0 + 99_999, 1000, 10)).toEqual([]);
+        expect(await store.recordWebhookAttempt(third!.id, third!.leaseToken, { state: 'failed', status: undefined, error: 'x' }, T0 + 6000)).toBe(false);
+      });
+
+      it('takes due deliveries oldest first up to the limit, records giving up, and forgets them with the job', async () => {
+        const jobs = [newJob({ webhook: HOOK }), newJob({ webhook: HOOK }), newJob({ webhook: HOOK })];
+        for (const job of jobs) await store.create(job, 0);
+        for (const [i, job] of [...jobs].reverse().entries()) await store.cancel(job.id, T0 + 10 + i, T0 + 100);
+        const taken = await store.claimWebhookDeliveries(T0 + 100, 1000, 2);
+        expect(taken.map((d) => d.jobId)).toEqual([jobs[2]!.id, jobs[1]!.id]);
+        const gaveUp = { state: 'failed' as const, status: undefined, error: 'no answer within 10000 ms' };
+        expect(await store.recordWebhookAttempt(taken[0]!.id, taken[0]!.leaseToken, gaveUp, T0 + 200)).toBe(true);
+        expect((await store.webhookDeliveries(jobs[2]!.id))[0]).toMatchObject({
+          state: 'failed',
+          attempts: 1,
+          lastStatus: undefined,
+          lastError: 'no answer within 10000 ms',
+          nextAttemptMs: undefined,
+          finishedMs: T0 + 200,
+        });
+        expect(await store.deleteFinishedBefore(T0 + 1000, 10)).toBe(3);
+        for (const job of jobs) expect(await store.webhookDeliveries(job.id)).toEqual([]);
+        expect(await store.claimWebhookDeliveries(T0 + 99_999, 1000, 10)).toEqual([]);
+      });
+    });
+
     it('summarises run and total times as nearest-rank percentiles of the jobs that succeeded', async () => {
       // Twenty jobs in one bucket, run times 10..200 ms and totals 1010..1200 ms, finished out of order.
       const runs = Array.from({ length: 20 }, (_, i) => (i + 1) * 10);

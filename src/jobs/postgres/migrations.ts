@@ -224,6 +224,49 @@ export const POSTGRES_MIGRATIONS: readonly PostgresMigration[] = [
       );
     `,
   },
+  {
+    version: 5,
+    name: 'webhooks: the URL on jobs, the outbox of deliveries and its trigger',
+    sql: `
+      ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
+      ALTER TABLE jobs ADD COLUMN webhook_format TEXT CHECK (webhook_format IN ('0g', 'therouter'));
+      -- One delivery per job end; its id is the webhook-id every attempt sends.
+      CREATE TABLE webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        event TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        url TEXT NOT NULL,
+        format TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_ms BIGINT NOT NULL,
+        next_attempt_ms BIGINT,
+        lease_token TEXT,
+        lease_expires_ms BIGINT,
+        last_attempt_ms BIGINT,
+        last_status INTEGER,
+        last_error TEXT,
+        finished_ms BIGINT,
+        UNIQUE (job_id, event)
+      );
+      CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms) WHERE state = 'pending';
+      -- The delivery is written in the transaction of whichever statement ends the job (complete, fail,
+      -- cancel, a recovery), so no terminal transition can commit without it.
+      CREATE FUNCTION jobs_webhook_outbox() RETURNS trigger LANGUAGE plpgsql AS $fn$
+      BEGIN
+        INSERT INTO webhook_deliveries (id, job_id, event, owner, url, format, state, created_ms, next_attempt_ms)
+        VALUES ('msg_' || replace(gen_random_uuid()::text, '-', ''), NEW.id, 'job.' || NEW.status, NEW.owner, NEW.webhook_url,
+          NEW.webhook_format, 'pending', NEW.finished_ms, NEW.finished_ms)
+        ON CONFLICT (job_id, event) DO NOTHING;
+        RETURN NULL;
+      END
+      $fn$;
+      CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON jobs FOR EACH ROW
+        WHEN (NEW.webhook_url IS NOT NULL AND OLD.status IN ('pending', 'processing') AND NEW.status IN ('completed', 'failed', 'cancelled'))
+        EXECUTE FUNCTION jobs_webhook_outbox();
+    `,
+  },
 ];
 
 export interface AppliedMigration {

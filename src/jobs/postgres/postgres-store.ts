@@ -20,6 +20,7 @@ import {
   type ReceiptSigning,
   type Reservation,
 } from '../store.js';
+import { attemptColumns, webhookDeliveryFromRow, type WebhookDeliveryRow } from '../../webhooks/outbox.js';
 import { ADVISORY_LOCK, inTransaction, JOB_EVENTS_CHANNEL } from './pool.js';
 
 /**
@@ -209,8 +210,8 @@ export function postgresJobStore(pool: Pool): JobStore {
           `WITH changed AS (
              INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, images_requested, inputs,
                request_sha256, price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms,
-               submitted_by, last_event_seq)
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16, 1)
+               submitted_by, last_event_seq, webhook_url, webhook_format)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $15, $16, 1, $17, $18)
              RETURNING *),
            events AS (${insertEvents('changed', [{ type: 'queued', atMs: 'created_ms' }])})
            SELECT * FROM changed`,
@@ -231,6 +232,8 @@ export function postgresJobStore(pool: Pool): JobStore {
             job.baseUrl,
             job.createdMs,
             job.submittedBy ?? null,
+            job.webhook?.url ?? null,
+            job.webhook?.format ?? null,
           ],
         );
         if (job.inputs.length > 0) await addRefs(c, job.id, 'input', job.inputs.map((i) => i.sha256));
@@ -513,6 +516,38 @@ export function postgresJobStore(pool: Pool): JobStore {
         [backendId, limit],
       );
       return rows.map((r) => r.d);
+    },
+
+    async claimWebhookDeliveries(nowMs, leaseMs, limit) {
+      const token = newToken();
+      // SKIP LOCKED: replicas' workers share the due deliveries, and never take one another holds.
+      const { rows } = await pool.query<WebhookDeliveryRow>(
+        `WITH due AS (
+           SELECT id FROM webhook_deliveries
+           WHERE state = 'pending' AND next_attempt_ms <= $3 AND (lease_expires_ms IS NULL OR lease_expires_ms < $3)
+           ORDER BY next_attempt_ms LIMIT $4 FOR UPDATE SKIP LOCKED)
+         UPDATE webhook_deliveries d SET lease_token = $1, lease_expires_ms = $2 FROM due WHERE d.id = due.id
+         RETURNING d.*`,
+        [token, nowMs + leaseMs, nowMs, limit],
+      );
+      return rows
+        .sort((a, b) => Number(a.next_attempt_ms) - Number(b.next_attempt_ms))
+        .map((row) => ({ ...webhookDeliveryFromRow(row), leaseToken: token }));
+    },
+
+    async recordWebhookAttempt(id, leaseToken, outcome, nowMs) {
+      const c = attemptColumns(outcome);
+      return changed(
+        `UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_ms = $1, state = $2, last_status = $3, last_error = $4,
+           next_attempt_ms = $5, finished_ms = CASE WHEN $2 = 'pending' THEN NULL ELSE $1::bigint END, lease_token = NULL, lease_expires_ms = NULL
+         WHERE id = $6 AND lease_token = $7 AND state = 'pending'`,
+        [nowMs, c.state, c.status, c.error, c.nextAttemptMs, id, leaseToken],
+      );
+    },
+
+    async webhookDeliveries(jobId) {
+      const { rows } = await pool.query<WebhookDeliveryRow>('SELECT * FROM webhook_deliveries WHERE job_id = $1 ORDER BY created_ms, id', [jobId]);
+      return rows.map(webhookDeliveryFromRow);
     },
 
     async ping() {

@@ -160,6 +160,38 @@ export const MIGRATIONS: readonly string[] = [
      detail TEXT NOT NULL,
      PRIMARY KEY (job_id, seq)
    ) WITHOUT ROWID;`,
+  // Webhooks: the URL (and poll shape) a job's end is announced to, and the outbox of deliveries. The trigger
+  // writes a job's delivery in the transaction of whichever verb ends it (complete, fail, cancel, a recovery),
+  // so no terminal transition can commit without it; the id is the webhook-id every attempt sends.
+  `ALTER TABLE jobs ADD COLUMN webhook_url TEXT;
+   ALTER TABLE jobs ADD COLUMN webhook_format TEXT CHECK (webhook_format IN ('0g', 'therouter'));
+   CREATE TABLE webhook_deliveries (
+     id TEXT PRIMARY KEY,
+     job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+     event TEXT NOT NULL,
+     owner TEXT NOT NULL,
+     url TEXT NOT NULL,
+     format TEXT NOT NULL,
+     state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+     attempts INTEGER NOT NULL DEFAULT 0,
+     created_ms INTEGER NOT NULL,
+     next_attempt_ms INTEGER,
+     lease_token TEXT,
+     lease_expires_ms INTEGER,
+     last_attempt_ms INTEGER,
+     last_status INTEGER,
+     last_error TEXT,
+     finished_ms INTEGER,
+     UNIQUE (job_id, event)
+   );
+   CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms) WHERE state = 'pending';
+   CREATE TRIGGER jobs_webhook_outbox AFTER UPDATE OF status ON jobs
+   WHEN NEW.webhook_url IS NOT NULL AND OLD.status IN ('pending', 'processing') AND NEW.status IN ('completed', 'failed', 'cancelled')
+   BEGIN
+     INSERT OR IGNORE INTO webhook_deliveries (id, job_id, event, owner, url, format, state, created_ms, next_attempt_ms)
+     VALUES ('msg_' || lower(hex(randomblob(16))), NEW.id, 'job.' || NEW.status, NEW.owner, NEW.webhook_url, NEW.webhook_format,
+       'pending', NEW.finished_ms, NEW.finished_ms);
+   END;`,
 ];
 
 /** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
@@ -173,6 +205,7 @@ export const MIGRATION_NAMES: readonly string[] = [
   'jobs record the replica that accepted and the one that ran them',
   'settlement items by user and nonce',
   'job history: events per job, images delivered, indexes for listing jobs and their activity',
+  'webhooks: the URL on jobs, the outbox of deliveries and its trigger',
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */

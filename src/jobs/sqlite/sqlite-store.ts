@@ -20,6 +20,7 @@ import {
   type ReceiptSigning,
   type Reservation,
 } from '../store.js';
+import { attemptColumns, webhookDeliveryFromRow, type WebhookDeliveryRow } from '../../webhooks/outbox.js';
 import { seqKey } from './database.js';
 
 /**
@@ -37,9 +38,11 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     ),
     insert: db.prepare(
       `INSERT INTO jobs (id, owner, kind, delivery, model, backend_id, status, params, inputs, request_sha256,
-         price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms, submitted_by)
+         price_per_image_wei, fingerprint, idempotency_key, base_url, created_ms, updated_ms, run_after_ms, submitted_by,
+         webhook_url, webhook_format)
        VALUES (@id, @owner, @kind, @delivery, @model, @backend_id, 'pending', @params, @inputs, @request_sha256,
-         @price_per_image_wei, @fingerprint, @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms, @submitted_by)`,
+         @price_per_image_wei, @fingerprint, @idempotency_key, @base_url, @created_ms, @created_ms, @created_ms, @submitted_by,
+         @webhook_url, @webhook_format)`,
     ),
     insertRef: db.prepare<[string, string, string]>('INSERT OR IGNORE INTO blob_refs (job_id, sha256, role) VALUES (?, ?, ?)'),
     dropRefs: db.prepare<[string, string]>('DELETE FROM blob_refs WHERE job_id = ? AND role = ?'),
@@ -145,6 +148,20 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     jobEvents: db.prepare<[string], JobEventRow>('SELECT * FROM job_events WHERE job_id = ? ORDER BY seq'),
     dropEvents: db.prepare<[string]>('DELETE FROM job_events WHERE job_id = ?'),
     statusOf: db.prepare<[string], { status: JobStatus }>('SELECT status FROM jobs WHERE id = ?'),
+    claimWebhookDeliveries: db.prepare<[string, number, number, number, number], WebhookDeliveryRow>(
+      `UPDATE webhook_deliveries SET lease_token = ?, lease_expires_ms = ?
+       WHERE id IN (SELECT id FROM webhook_deliveries
+                    WHERE state = 'pending' AND next_attempt_ms <= ? AND (lease_expires_ms IS NULL OR lease_expires_ms < ?)
+                    ORDER BY next_attempt_ms LIMIT ?)
+       RETURNING *`,
+    ),
+    recordWebhookAttempt: db.prepare(
+      `UPDATE webhook_deliveries SET attempts = attempts + 1, last_attempt_ms = @now_ms, state = @state, last_status = @status,
+         last_error = @error, next_attempt_ms = @next_attempt_ms, finished_ms = CASE WHEN @state = 'pending' THEN NULL ELSE @now_ms END,
+         lease_token = NULL, lease_expires_ms = NULL
+       WHERE id = @id AND lease_token = @lease_token AND state = 'pending'`,
+    ),
+    webhookDeliveries: db.prepare<[string], WebhookDeliveryRow>('SELECT * FROM webhook_deliveries WHERE job_id = ? ORDER BY created_ms, id'),
     ping: db.prepare('SELECT 1'),
   };
 
@@ -207,6 +224,8 @@ export function sqliteJobStore(db: Database.Database): JobStore {
       base_url: job.baseUrl,
       created_ms: job.createdMs,
       submitted_by: job.submittedBy ?? null,
+      webhook_url: job.webhook?.url ?? null,
+      webhook_format: job.webhook?.format ?? null,
     });
     for (const input of job.inputs) stmt.insertRef.run(job.id, input.sha256, 'input');
     record(job.id, job.createdMs, { type: 'queued' });
@@ -447,6 +466,21 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     },
     async recentPerImageMs(backendId, limit) {
       return stmt.recentDurations.all(backendId, limit).map((r) => r.d);
+    },
+    async claimWebhookDeliveries(nowMs, leaseMs, limit) {
+      const token = newToken();
+      return stmt.claimWebhookDeliveries
+        .all(token, nowMs + leaseMs, nowMs, nowMs, limit)
+        .sort((a, b) => Number(a.next_attempt_ms) - Number(b.next_attempt_ms))
+        .map((row) => ({ ...webhookDeliveryFromRow(row), leaseToken: token }));
+    },
+    async recordWebhookAttempt(id, leaseToken, outcome, nowMs) {
+      const c = attemptColumns(outcome);
+      const params = { now_ms: nowMs, state: c.state, status: c.status, error: c.error, next_attempt_ms: c.nextAttemptMs, id, lease_token: leaseToken };
+      return stmt.recordWebhookAttempt.run(params).changes > 0;
+    },
+    async webhookDeliveries(jobId) {
+      return stmt.webhookDeliveries.all(jobId).map(webhookDeliveryFromRow);
     },
     async ping() {
       stmt.ping.get();
