@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { DASHBOARD_CSP, THUMBNAIL_PX, WRONG_TOKENS_PER_MINUTE } from '../../src/http/routes/dashboard.js';
 import { SESSION_COOKIE, SESSION_MS } from '../../src/http/dashboard/session.js';
+import { startFakeDstackAgent } from '../fakes/dstack-guest-agent.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
 const MODEL = 'ref-model';
@@ -238,6 +239,25 @@ describe('/dashboard', () => {
     // A free model: no receipt.
     expect(state.earnings.totals).toMatchObject({ receipts: 0, settled: { wei: '0', og: '0.0' } });
     expect(state.settlement).toEqual({ enabled: false, running: false, next_scheduled_ms: null, batches: [] });
+  });
+
+  it('in dstack mode shows that the quote binds this signer', async () => {
+    const agent = await startFakeDstackAgent();
+    try {
+      daemon = await startTestDaemon({ config: { ...config(), tee: { mode: 'dstack', dstack: { endpoint: agent.socketPath } } } });
+      const state = (await (await fetch(`${daemon.url}/dashboard/api/state`, { headers: admin })).json()) as Record<string, any>;
+      expect(state.attestation).toMatchObject({
+        tee: 'dstack',
+        signing_address: daemon.daemon.tee.address,
+        quote_provider: 'dstack-guest-agent',
+        quote_binds_signer: true,
+        error: null,
+      });
+    } finally {
+      await daemon?.close();
+      daemon = undefined;
+      await agent.close();
+    }
   });
 
   it('serves a thumbnail of a result image as webp within 96 px, admin-only, and a grey box once the result expired', async () => {

@@ -1,4 +1,3 @@
-import { Quote } from '@phala/dcap-qvl';
 import { formatEther } from 'ethers';
 import { nextScheduledRound } from '../../billing/settlement/triggers.js';
 import { statusName } from '../../billing/settlement/types.js';
@@ -6,6 +5,7 @@ import type { EarningsTotals, SettlementBatch } from '../../billing/store.js';
 import { isExpired, type Job } from '../../jobs/model.js';
 import type { JobActivityBucket } from '../../jobs/store.js';
 import { reportDataOf } from '../../tee/attestation.js';
+import { reportDataOfTdxQuote } from '../../tee/configfs-tsm.js';
 import { PIXELD_VERSION } from '../../version.js';
 import type { AppDeps } from '../app.js';
 
@@ -177,20 +177,10 @@ async function attestationStatus(deps: AppDeps): Promise<Record<string, unknown>
       ...base,
       report_ms: attestation.cachedReportMs ?? null,
       quote_provider: report.quote_provider,
-      quote_binds_signer: report.intel_quote === null ? null : quoteReportData(report.intel_quote) === reportDataOf(attestation.binding, undefined).toString('hex'),
+      quote_binds_signer: report.intel_quote === null ? null : reportDataOfTdxQuote(Buffer.from(report.intel_quote, 'hex'))?.toString('hex') === reportDataOf(attestation.binding, undefined).toString('hex'),
       error: null,
     };
   } catch (err) {
     return { ...base, report_ms: null, quote_provider: null, quote_binds_signer: null, error: (err as Error).message };
-  }
-}
-
-/** The 64 bytes of report_data a TDX quote carries (hex); undefined when the bytes are not a TD quote. */
-function quoteReportData(quoteHex: string): string | undefined {
-  try {
-    const td = Quote.parse(Buffer.from(quoteHex, 'hex')).report.asTd10();
-    return td ? Buffer.from(td.reportData).toString('hex') : undefined;
-  } catch {
-    return undefined;
   }
 }
