@@ -40,6 +40,11 @@ import { AttestationService } from './tee/attestation.js';
 import { TeeError, type TeeKeyProvider } from './tee/key-provider.js';
 import { openTeeKeyProvider } from './tee/open-key-provider.js';
 import { PIXELD_VERSION } from './version.js';
+import { webhookAddressPolicy } from './webhooks/allow-list.js';
+import { WebhookDeliveryWorker } from './webhooks/delivery-worker.js';
+import { WebhookSecrets } from './webhooks/secrets.js';
+import { systemWebhookNet, type WebhookNetDeps } from './webhooks/webhook-url.js';
+import { Webhooks } from './webhooks/webhooks.js';
 
 export interface DaemonOptions {
   config: Readonly<Config>;
@@ -51,6 +56,11 @@ export interface DaemonOptions {
   /** Environment the provider wallet and API keys are read from. @default process.env */
   env?: NodeJS.ProcessEnv;
   now?: () => number;
+  /**
+   * The resolver and CAs webhook URLs are checked and delivered with (tests: a stub resolver and a test CA).
+   * The addresses allowed are always the config's. @default the system resolver and Node's CAs
+   */
+  webhookResolver?: Omit<WebhookNetDeps, 'policy'>;
 }
 
 export interface Daemon {
@@ -60,6 +70,8 @@ export interface Daemon {
   runner: JobRunner;
   service: JobService;
   sweeper: Sweeper;
+  /** Sends the outbox's webhook deliveries. */
+  webhookWorker: WebhookDeliveryWorker;
   blobs: BlobStore;
   tee: TeeKeyProvider;
   /** Settles receipts on chain; undefined when the chain or the provider wallet is not configured. */
@@ -259,12 +271,25 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     backendIds: config.backends.map((b) => b.id),
     info: { version: PIXELD_VERSION, signer: tee.address, teeMode: tee.mode, replica: replicaId },
   });
+  const base64Images = new Base64Images(blobs);
+  const webhookSecrets = WebhookSecrets.fromTeeKey(tee);
+  const webhookPolicy = webhookAddressPolicy(config.webhooks.allowPrivate);
+  const webhookNet = options.webhookResolver ? { ...options.webhookResolver, policy: webhookPolicy } : systemWebhookNet(webhookPolicy);
+  const webhookWorker = new WebhookDeliveryWorker({
+    store,
+    secrets: webhookSecrets,
+    images: base64Images,
+    net: webhookNet,
+    config: config.webhooks,
+    logger,
+    now,
+  });
   const app = createApp({
     config,
     catalog,
     service,
     blobs,
-    base64Images: new Base64Images(blobs),
+    base64Images,
     readiness,
     attestation,
     auth,
@@ -277,6 +302,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     startedAtSeconds: Math.floor(now() / 1000),
     admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler, replicaId, presence },
     metrics,
+    webhooks: new Webhooks({ secrets: webhookSecrets, net: webhookNet, config: config.webhooks }),
+    webhookOutbox: store,
   });
   let server: Server | undefined;
 
@@ -287,6 +314,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     runner,
     service,
     sweeper,
+    webhookWorker,
     blobs,
     tee,
     settler,
@@ -295,6 +323,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     async start() {
       await runner.start();
       sweeper.start();
+      webhookWorker.start();
       // Before the server listens: no 0G user is billed at a price the chain has not been compared with.
       await priceGuard?.start();
       if (settler) {
@@ -330,6 +359,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
         server.closeIdleConnections();
         await runner.stop();
         await sweeper.stop();
+        await webhookWorker.stop();
         await presence?.stop();
         // Requests still open are answering (sync waiters with 503, long polls with the job's state);
         // give them a moment to finish before the remaining sockets are cut.
@@ -339,6 +369,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
       } else {
         await runner.stop();
         await sweeper.stop();
+        await webhookWorker.stop();
         await presence?.stop();
       }
       await Promise.all([...backends.values()].map((b) => b.close?.()));

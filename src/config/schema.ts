@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { isAllowListEntry } from '../webhooks/allow-list.js';
 
 /**
  * The whole configuration, validated once at start-up and frozen. Every limit names its unit and has
@@ -11,6 +12,14 @@ const addressString = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'must be a 0x-pref
 const authMethod = z.enum(['0g', 'api-key']);
 /** Owner ids of API keys cannot look like addresses, so they never collide with 0G users. */
 const ownerId = z.string().regex(/^[A-Za-z][\w.-]{0,63}$/, 'letters, digits, _ . -, starting with a letter');
+/** A webhook URL as the config may name one: https, no credentials (the address is checked at delivery). */
+const webhookUrl = z
+  .string()
+  .refine((text) => URL.canParse(text) && new URL(text).protocol === 'https:', 'must be an https URL')
+  .refine((text) => !URL.canParse(text) || (new URL(text).username === '' && new URL(text).password === ''), 'must not carry credentials');
+const webhookAllowEntry = z
+  .string()
+  .refine(isAllowListEntry, 'must be a CIDR (10.0.0.0/8, fd00::/8), an IP address, or a host name');
 const apiKeySchema = z.union([
   z.object({ owner: ownerId, sha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters') }).strict(),
   z.object({ owner: ownerId, env: z.string().min(1) }).strict(),
@@ -507,6 +516,29 @@ export const configSchema = z
         maxLongPollSeconds: z.number().int().min(1).max(600).default(60),
         /** How long an Idempotency-Key is remembered. */
         idempotencyTtlMs: z.number().int().min(1000).default(24 * 60 * 60_000),
+      })
+      .strict()
+      .prefault({}),
+    webhooks: z
+      .object({
+        /**
+         * Where webhook URLs may point besides the public internet: CIDRs (`10.20.0.0/16`), single addresses, or
+         * host names (which may then resolve to any address). For receivers on the provider's own network.
+         */
+        allowPrivate: z.array(webhookAllowEntry).default([]),
+        /** A webhook URL per API-key owner, for that owner's jobs whose submit names none. */
+        ownerUrls: z.record(ownerId, webhookUrl).default({}),
+        /** One delivery attempt, connection and answer included. */
+        attemptTimeoutMs: z.number().int().min(100).default(10_000),
+        /** How long a delivery is retried after the job ended before it is given up. */
+        retryForMs: z.number().int().min(0).default(24 * 60 * 60_000),
+        /** Wait before the second attempt; doubles with each further one (with jitter), up to maxRetryDelayMs. */
+        firstRetryDelayMs: z.number().int().min(100).default(5_000),
+        maxRetryDelayMs: z.number().int().min(100).default(60 * 60_000),
+        /** How often the delivery worker looks for due deliveries. */
+        pollIntervalMs: z.number().int().min(10).default(1_000),
+        /** Deliveries one replica attempts at once. */
+        maxConcurrentDeliveries: z.number().int().min(1).max(256).default(8),
       })
       .strict()
       .prefault({}),

@@ -26,6 +26,9 @@ import { jobRoutes } from './routes/jobs.js';
 import { metricsRoutes } from './routes/metrics.js';
 import type { DaemonMetrics } from '../obs/metrics.js';
 import { serviceInfoRoutes } from './routes/service-info.js';
+import { webhookRoutes } from './routes/webhooks.js';
+import type { WebhookOutbox } from '../webhooks/outbox.js';
+import type { Webhooks } from '../webhooks/webhooks.js';
 
 declare module 'express-serve-static-core' {
   interface Request {
@@ -60,6 +63,10 @@ export interface AppDeps {
   admin: AdminDeps;
   /** The Prometheus registry `GET /metrics` serves, and the HTTP histogram each request is observed in. */
   metrics: DaemonMetrics;
+  /** Submits' webhook URLs, checked; owners' signing secrets. */
+  webhooks: Webhooks;
+  /** The outbox, read by polls for the `webhook` field. */
+  webhookOutbox: WebhookOutbox;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -101,9 +108,10 @@ export function createApp(deps: AppDeps): Express {
   app.use(serviceInfoRoutes(deps));
   app.use(attestationRoutes(deps));
   // Everything below needs a caller.
-  app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs', '/v1/user', '/v1/receipts'], authenticate(deps.auth));
+  app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs', '/v1/user', '/v1/receipts', '/v1/webhooks'], authenticate(deps.auth));
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
+  app.use(webhookRoutes(deps));
   app.use(billingRoutes(deps));
   // The provider's own routes: the admin token, never a caller's credentials.
   app.use(adminRoutes(deps));

@@ -39,6 +39,8 @@ export interface StreamRequest {
 export interface ParsedImageRequest extends ImageJobRequest {
   /** Set for `stream: true`: the answer is a `text/event-stream` of OpenAI's image events. */
   stream: StreamRequest | undefined;
+  /** `webhook_url` as sent, where the job's end is to be announced; its address is checked by the submit (webhooks/). */
+  webhookUrl: string | undefined;
 }
 
 const MAX_SEED = 2 ** 32 - 1;
@@ -70,6 +72,7 @@ const fieldsSchema = z.object({
   negative_prompt: z.string().max(32_000).optional(),
   num_inference_steps: intField(1, 1000).optional(),
   guidance_scale: numberField(0, 100).optional(),
+  webhook_url: z.string({ error: 'webhook_url must be a string (an https URL)' }).optional(),
 });
 
 type Fields = z.infer<typeof fieldsSchema>;
@@ -175,7 +178,7 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
       user: fields.user,
     };
     const fingerprint = fingerprintOf(kind, rawFields, images, mask);
-    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint, stream };
+    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint, stream, webhookUrl: fields.webhook_url };
   } catch (err) {
     await Promise.all(temps.map(removeQuietly));
     throw err;

@@ -125,20 +125,32 @@ function httpsUrl(text: string, param: string): URL {
   return url;
 }
 
+/** A URL's host without IPv6 brackets, as it is looked up and allow-listed. */
+export function hostOf(url: URL): string {
+  return url.hostname.replace(/^\[(.*)\]$/, '$1');
+}
+
+/**
+ * Every address of the URL's host, resolved once (an IP literal is its own address); a failed lookup throws
+ * its error, an aborted one the deadline's reason. Shared with webhook deliveries (webhooks/webhook-url.ts),
+ * which check the addresses against their own allow-list and connect through `answerOnly` the same way.
+ */
+export async function resolveHost(lookup: FetchRemoteImageDeps['lookup'], url: URL, deadline: AbortSignal): Promise<LookupAddress[]> {
+  const host = hostOf(url);
+  const family = isIP(host);
+  if (family !== 0) return [{ address: host, family }];
+  return untilAborted(lookup(host, { all: true }), deadline);
+}
+
 /** Resolves the URL's host once and returns the address to connect to, if every address it has is allowed. */
 async function checkedAddress(deps: FetchRemoteImageDeps, url: URL, param: string, deadline: AbortSignal): Promise<LookupAddress> {
-  const host = url.hostname.replace(/^\[(.*)\]$/, '$1');
-  const family = isIP(host);
+  const host = hostOf(url);
   let addresses: LookupAddress[];
-  if (family !== 0) {
-    addresses = [{ address: host, family }];
-  } else {
-    try {
-      addresses = await untilAborted(deps.lookup(host, { all: true }), deadline);
-    } catch (err) {
-      if (deadline.aborted) throw err;
-      throw fetchFailed(param, url, `its host ${host} does not resolve`, err);
-    }
+  try {
+    addresses = await resolveHost(deps.lookup, url, deadline);
+  } catch (err) {
+    if (deadline.aborted) throw err;
+    throw fetchFailed(param, url, `its host ${host} does not resolve`, err);
   }
   const refused = addresses.filter((a) => !deps.isAllowedAddress(a.address));
   if (refused.length > 0 || addresses.length === 0) {
@@ -152,7 +164,7 @@ async function checkedAddress(deps: FetchRemoteImageDeps, url: URL, param: strin
 }
 
 /** A lookup for undici's connector that can only give the address already checked, so nothing resolves twice. */
-function answerOnly(hostname: string, checked: LookupAddress): LookupFunction {
+export function answerOnly(hostname: string, checked: LookupAddress): LookupFunction {
   return (name, options, callback) => {
     if (name !== hostname) {
       callback(Object.assign(new Error(`lookup of ${name} while fetching from ${hostname}`), { code: 'ENOTFOUND' }), '', 0);

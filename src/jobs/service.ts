@@ -3,7 +3,7 @@ import { PixeldError } from '../errors.js';
 import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 import type { JobEvents } from './job-events.js';
-import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput } from './model.js';
+import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput, type JobWebhook } from './model.js';
 import type { PartialImageSink } from './partial-images.js';
 import type { JobRunner } from './runner.js';
 import {
@@ -42,6 +42,8 @@ export interface SubmitOptions {
   requestId: string;
   /** A streaming caller's partial images (undefined: none wanted); released with stopPartialImages. */
   partialImages: PartialImageSink | undefined;
+  /** Where the job's end is announced (already checked); undefined: nowhere. */
+  webhook: JobWebhook | undefined;
 }
 
 export interface CancelOptions {
@@ -145,6 +147,7 @@ export class JobService {
           baseUrl: options.baseUrl,
           createdMs: now(),
           submittedBy: this.deps.replicaId,
+          webhook: options.webhook,
         },
         jobs.idempotencyTtlMs,
         options.reservation,

@@ -106,6 +106,7 @@ describe('config/pixeld.example.yaml', () => {
     expect(config.billing).toEqual(defaults.billing);
     expect(config.limits).toEqual(defaults.limits);
     expect(config.jobs).toEqual(defaults.jobs);
+    expect(config.webhooks).toEqual(defaults.webhooks);
     expect(config.dataDir).toBe(path.resolve(REPO, defaults.dataDir));
   });
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { ImageBackend } from '../../src/backends/types.js';
 import { configSchema, DEVELOPMENT_DEFAULTS, type Config, type ConfigInput } from '../../src/config/schema.js';
-import { createDaemon, type Daemon } from '../../src/main.js';
+import { createDaemon, type Daemon, type DaemonOptions } from '../../src/main.js';
 import { createLogger, type Logger } from '../../src/obs/logger.js';
 import type { TeeKeyProvider } from '../../src/tee/key-provider.js';
 import { Writable } from 'node:stream';
@@ -31,6 +31,8 @@ export interface TestDaemonOptions {
   tee?: TeeKeyProvider;
   /** Environment the provider wallet and API keys are read from. @default process.env */
   env?: NodeJS.ProcessEnv;
+  /** The resolver and CAs webhooks use (the addresses allowed stay the config's). */
+  webhookResolver?: DaemonOptions['webhookResolver'];
 }
 
 export function tempDir(prefix = 'pixeld-test-'): string {
@@ -63,7 +65,15 @@ export async function startTestDaemon(options: TestDaemonOptions = {}): Promise<
       },
     }),
   });
-  const daemon = await createDaemon({ config, logger, backends: options.backends, tee: options.tee, now: options.now, env: options.env });
+  const daemon = await createDaemon({
+    config,
+    logger,
+    backends: options.backends,
+    tee: options.tee,
+    now: options.now,
+    env: options.env,
+    webhookResolver: options.webhookResolver,
+  });
   if (!options.noStart) await daemon.start();
   const server = await daemon.listen();
   const { port } = server.address() as AddressInfo;

@@ -47,6 +47,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
   if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
+  const webhook = await deps.webhooks.forSubmit(req.owner, request.webhookUrl, mode === 'async-0g' ? '0g' : 'therouter');
   const allowance = await deps.rateLimiter.takeImages(req.owner, request.params.n);
   for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
   const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
@@ -60,6 +61,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     baseUrl: baseUrlOf(deps, req),
     requestId: req.requestId,
     partialImages: partials,
+    webhook,
   });
   res.setHeader('X-Job-Id', job.id);
   if (delivery === 'async') await setRetryAfterHeaders(deps, job, res);

@@ -1,6 +1,8 @@
 import { Router, type Request, type Response } from 'express';
 import { PixeldError } from '../../errors.js';
 import { isExpired, isTerminal, JOB_ID_PATTERN, type Job } from '../../jobs/model.js';
+import { webhookPollField } from '../../webhooks/job-body.js';
+import type { WebhookFormat } from '../../webhooks/outbox.js';
 import type { AppDeps } from '../app.js';
 import { setReceiptHeaders } from './attestation.js';
 import { expiredError, renderImagesResponse, sendJson, theRouterJobBody, zeroGPollBody, type ImagesResponse } from '../render.js';
@@ -19,14 +21,14 @@ export function jobRoutes(deps: AppDeps): Router {
     if (job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
     const response = await responseIfCompleted(deps, job);
     await setPollHeaders(deps, job, res);
-    sendJson(res, zeroGPollBody(job, response, deps.service.progressOf(job.id)));
+    sendJson(res, await withWebhook(deps, job, '0g', zeroGPollBody(job, response, deps.service.progressOf(job.id))));
   });
 
   router.get('/v1/jobs/:jobId', async (req, res) => {
     const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
     const response = job.status === 'completed' && !isExpired(job, deps.now()) ? await responseIfCompleted(deps, job) : undefined;
     await setPollHeaders(deps, job, res);
-    sendJson(res, theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id)));
+    sendJson(res, await withWebhook(deps, job, 'therouter', theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id))));
   });
 
   const cancel = (shape: '0g' | 'therouter') => async (req: Request, res: Response) => {
@@ -40,6 +42,13 @@ export function jobRoutes(deps: AppDeps): Router {
   router.post('/v1/async/jobs/:jobId/cancel', cancel('0g'));
   router.post('/v1/jobs/:jobId/cancel', cancel('therouter'));
   return router;
+}
+
+/** The poll body with its `webhook` field (where the job's end goes, how the delivery stands) when the job has one. */
+async function withWebhook(deps: AppDeps, job: Job, format: WebhookFormat, body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  if (job.webhook === undefined) return body;
+  const [delivery] = isTerminal(job.status) ? await deps.webhookOutbox.webhookDeliveries(job.id) : [];
+  return { ...body, webhook: webhookPollField(job, delivery, format) };
 }
 
 async function findJob(deps: AppDeps, req: Request, id: string): Promise<Job> {
