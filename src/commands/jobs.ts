@@ -6,6 +6,8 @@ import type { BillingStore, ReceiptRecord, SettlementBatch } from '../billing/st
 import type { Config } from '../config/schema.js';
 import { JOB_ID_PATTERN, type Job, type JobError, type JobStatus } from '../jobs/model.js';
 import { openStores, StoreNotFoundError } from '../jobs/open-stores.js';
+import type { WebhookDelivery, WebhookFormat } from '../webhooks/outbox.js';
+import { printableUrl } from '../webhooks/webhook-url.js';
 import { MAX_JOB_LIST_LIMIT, type JobEvent, type JobEventType, type JobStore } from '../jobs/store.js';
 import {
   CommandError,
@@ -163,6 +165,31 @@ export interface JobReport {
     /** InferenceServing's status for the user's item (SUCCESS, PARTIAL …); null until the batch confirmed. */
     itemStatus: string | null;
   } | null;
+  /** Where the job's end is announced and how its delivery went; null when the job has no webhook. */
+  webhook: {
+    /** Without its query, which may hold the receiver's token. */
+    url: string;
+    format: WebhookFormat;
+    /** Empty until the job ends. */
+    deliveries: WebhookDeliveryReport[];
+  } | null;
+}
+
+/** One delivery of the job's end (times in unix ms; null where there is none yet). */
+export interface WebhookDeliveryReport {
+  /** The webhook-id every attempt sends. */
+  id: string;
+  event: WebhookDelivery['event'];
+  state: WebhookDelivery['state'];
+  attempts: number;
+  createdMs: number;
+  nextAttemptMs: number | null;
+  lastAttemptMs: number | null;
+  /** The receiver's HTTP status at the last attempt; null when it gave none. */
+  lastStatus: number | null;
+  lastError: string | null;
+  /** When it was delivered or given up. */
+  finishedMs: number | null;
 }
 
 async function openDatabase(config: Readonly<Config>): Promise<{ jobs: JobStore; billing: BillingStore; close: () => Promise<void> }> {
@@ -274,7 +301,8 @@ export async function showJobCommand(options: JobShowOptions, io: CommandIo): Pr
       const events = await db.jobs.jobEvents(job.id);
       const receipt = await db.billing.getReceipt(job.id);
       const batch = receipt?.batchId === undefined ? undefined : await db.billing.getBatch(receipt.batchId);
-      const report = jobReport(job, events, receipt, batch, options.showPrompt === true);
+      const deliveries = job.webhook === undefined ? [] : await db.jobs.webhookDeliveries(job.id);
+      const report = jobReport(job, events, receipt, batch, deliveries, options.showPrompt === true);
       out.result(report);
       for (const line of describeJob(report)) out.line(line);
       return EXIT_OK;
@@ -310,7 +338,14 @@ function errorIn(event: JobEvent): JobError | null {
   return error === undefined ? null : error;
 }
 
-function jobReport(job: Job, events: JobEvent[], receipt: ReceiptRecord | undefined, batch: SettlementBatch | undefined, showPrompt: boolean): JobReport {
+function jobReport(
+  job: Job,
+  events: JobEvent[],
+  receipt: ReceiptRecord | undefined,
+  batch: SettlementBatch | undefined,
+  deliveries: WebhookDelivery[],
+  showPrompt: boolean,
+): JobReport {
   const stored = job.resultsDeletedMs === undefined;
   const itemResult = batch?.results?.find((r) => r.user.toLowerCase() === receipt?.user.toLowerCase());
   return {
@@ -366,6 +401,25 @@ function jobReport(job: Job, events: JobEvent[], receipt: ReceiptRecord | undefi
             settledMs: receipt.settledMs ?? null,
             itemStatus: itemResult === undefined ? null : (STATUS_NAMES[itemResult.status] ?? `status ${itemResult.status}`),
           },
+    webhook:
+      job.webhook === undefined
+        ? null
+        : {
+            url: printableUrl(job.webhook.url),
+            format: job.webhook.format,
+            deliveries: deliveries.map((d) => ({
+              id: d.id,
+              event: d.event,
+              state: d.state,
+              attempts: d.attempts,
+              createdMs: d.createdMs,
+              nextAttemptMs: d.nextAttemptMs ?? null,
+              lastAttemptMs: d.lastAttemptMs ?? null,
+              lastStatus: d.lastStatus ?? null,
+              lastError: d.lastError ?? null,
+              finishedMs: d.finishedMs ?? null,
+            })),
+          },
   };
 }
 
@@ -418,6 +472,13 @@ function describeJob(r: JobReport): string[] {
     lines.push(`  ${image.index}  ${image.mediaType}  ${image.width}×${image.height}  ${image.bytes} bytes  sha256 ${image.sha256}  ${where}`);
   }
 
+  if (r.webhook !== null) {
+    lines.push('', 'Webhook');
+    lines.push(`  url          ${r.webhook.url} (${r.webhook.format === '0g' ? "0G's" : "theRouter's"} poll body)`);
+    if (r.webhook.deliveries.length === 0) lines.push('  delivery     none yet: one is sent when the job ends');
+    for (const d of r.webhook.deliveries) lines.push(...describeDelivery(d, at));
+  }
+
   lines.push('', 'Signature and receipt');
   if (r.signature === null) lines.push('  not signed (only a completed job is)');
   else lines.push(`  signed by    ${r.signature.signingAddress}`, `  signed text  ${r.signature.text}`);
@@ -442,6 +503,21 @@ function describeJob(r: JobReport): string[] {
     const replaced = s.txHashes.filter((h) => h !== tx);
     if (replaced.length > 0) lines.push(`  replaced     ${replaced.join(', ')}`);
     if (s.settledMs !== null) lines.push(`  settled      ${utc(s.settledMs)} UTC`);
+  }
+  return lines;
+}
+
+function describeDelivery(d: WebhookDeliveryReport, at: (ms: number) => string): string[] {
+  const tries = `${d.attempts} attempt(s)`;
+  const last = d.lastStatus === null ? (d.lastError ?? '') : `HTTP ${d.lastStatus}`;
+  const lines = [`  delivery     ${d.id}  ${d.event}, queued ${at(d.createdMs)}`];
+  if (d.state === 'delivered') {
+    lines.push(`  status       delivered ${at(d.finishedMs!)} after ${tries}, ${last}`);
+  } else if (d.state === 'failed') {
+    lines.push(`  status       given up ${at(d.finishedMs!)} after ${tries}: ${d.lastError ?? 'no reason recorded'}`);
+  } else {
+    lines.push(`  status       pending, ${tries}` + (d.attempts === 0 ? '' : `; last ${at(d.lastAttemptMs!)}: ${d.lastError ?? last}`));
+    if (d.nextAttemptMs !== null) lines.push(`  next         ${at(d.nextAttemptMs)} (${utc(d.nextAttemptMs)} UTC)`);
   }
   return lines;
 }

@@ -114,6 +114,7 @@ describe.each([
   let s: Setup;
   let user: string;
   const ids = { retried: '', failed: '', cancelled: '', pending: '' };
+  let newJob: (over: Partial<NewJob>) => NewJob;
   const run = async (cli: typeof runJobsCli, ...args: string[]) => {
     const { io, out, err } = capture();
     const code = await cli([...args, '--config', s.configFile], io);
@@ -124,7 +125,7 @@ describe.each([
     s = await setup();
     const { jobs } = s.stores;
     user = (Wallet.createRandom() as HDNodeWallet).address;
-    const newJob = (over: Partial<NewJob>): NewJob => ({
+    newJob = (over) => ({
       id: newJobId(),
       owner: user,
       kind: 'generation',
@@ -339,6 +340,52 @@ describe.each([
     expect(report.receipt).toMatchObject({ seq: '1', feeWei: '2000000000000000', images: 2, state: 'unsettled', leafHash: expect.stringMatching(/^0x[0-9a-f]{64}$/) });
     expect(report.receipt!.leaf).toHaveLength(9);
     expect(report.settlement).toBeNull();
+  });
+
+  it('shows the webhook delivery of a job that has one: pending with its last error and next attempt, then delivered', async () => {
+    const { jobs } = s.stores;
+    const job = newJob({ createdMs: T0 + 40_000, webhook: { url: 'https://hooks.router.example/pixeld?token=s3cret', format: 'therouter' } });
+    await jobs.create(job, 0);
+    const waiting = await run(runJobCli, job.id);
+    expect(waiting.out).toContain("  url          https://hooks.router.example/pixeld (theRouter's poll body)");
+    expect(waiting.out).toContain('  delivery     none yet: one is sent when the job ends');
+
+    await jobs.cancel(job.id, T0 + 41_000, T0 + 90_000_000);
+    const [claimed] = await jobs.claimWebhookDeliveries(T0 + 41_000, 60_000, 1);
+    const retry = { state: 'pending' as const, status: 503, error: 'the receiver answered HTTP 503', nextAttemptMs: T0 + 46_500 };
+    await jobs.recordWebhookAttempt(claimed!.id, claimed!.leaseToken, retry, T0 + 41_500);
+    const pending = await run(runJobCli, job.id);
+    expect(pending.out).toContain(`  delivery     ${claimed!.id}  job.cancelled, queued +1.0 s`);
+    expect(pending.out).toContain('  status       pending, 1 attempt(s); last +1.5 s: the receiver answered HTTP 503');
+    expect(pending.out).toContain('  next         +6.5 s (2026-12-04 12:00:46 UTC)');
+    expect(pending.out.join('\n')).not.toContain('s3cret');
+
+    const [again] = await jobs.claimWebhookDeliveries(T0 + 46_500, 60_000, 1);
+    await jobs.recordWebhookAttempt(again!.id, again!.leaseToken, { state: 'delivered', status: 204 }, T0 + 46_600);
+    const delivered = await run(runJobCli, job.id);
+    expect(delivered.out).toContain('  status       delivered +6.6 s after 2 attempt(s), HTTP 204');
+    const report = JSON.parse((await run(runJobCli, job.id, '--json')).out[0]!) as JobReport;
+    expect(report.webhook).toEqual({
+      url: 'https://hooks.router.example/pixeld',
+      format: 'therouter',
+      deliveries: [
+        {
+          id: claimed!.id,
+          event: 'job.cancelled',
+          state: 'delivered',
+          attempts: 2,
+          createdMs: T0 + 41_000,
+          nextAttemptMs: null,
+          lastAttemptMs: T0 + 46_600,
+          lastStatus: 204,
+          lastError: null,
+          finishedMs: T0 + 46_600,
+        },
+      ],
+    });
+    // A job without a webhook has no such section.
+    expect((await run(runJobCli, ids.failed)).out).not.toContain('Webhook');
+    expect((JSON.parse((await run(runJobCli, ids.failed, '--json')).out[0]!) as JobReport).webhook).toBeNull();
   });
 
   it('says clearly when there is no such job', async () => {
