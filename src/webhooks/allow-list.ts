@@ -11,7 +11,8 @@ const HOST_NAME = /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-
 
 /** A CIDR, a single IP address, or a host name. */
 export function isAllowListEntry(entry: string): boolean {
-  if (entry.includes('/')) return ipaddr.isValidCIDR(entry);
+  // node's isIP on the address part: ipaddr.js would also take shorthand like 10.0.0/8.
+  if (entry.includes('/')) return isIP(entry.slice(0, entry.indexOf('/'))) !== 0 && ipaddr.isValidCIDR(entry);
   return isIP(entry) !== 0 || HOST_NAME.test(entry);
 }
 
