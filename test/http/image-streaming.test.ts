@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
+import { createServer, get as httpGet, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { hashMessage, recoverAddress } from 'ethers';
 import express from 'express';
@@ -352,5 +352,35 @@ describe('SseStream', () => {
     // 270 ms without events after the second one: heartbeats 50 ms apart (at least two, on a busy machine too).
     expect(comments.length).toBeGreaterThanOrEqual(2);
     expect(new Set(comments)).toEqual(new Set([': keep-alive']));
+  });
+
+  it('holds further events while the client does not read (the socket must drain first), and sends them all once it does', async () => {
+    const EVENTS = 6;
+    const written: number[] = [];
+    let allSent: Promise<unknown> | undefined;
+    const app = express();
+    app.get('/events', (_req, res) => {
+      const stream = new SseStream(res);
+      stream.open({});
+      const sends = Array.from({ length: EVENTS }, (_, i) =>
+        stream.send('big', async () => Buffer.from(JSON.stringify({ i, pad: 'x'.repeat(4 * 1024 * 1024) }))).then(() => written.push(i)),
+      );
+      allSent = Promise.all(sends).then(() => stream.end());
+    });
+    server = createServer(app);
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    const response = await new Promise<IncomingMessage>((resolve) => httpGet(`http://127.0.0.1:${port}/events`, resolve));
+    response.pause();
+    await new Promise((r) => setTimeout(r, 300));
+    // 24 MiB queued, nothing read: the stream stopped well short of writing it all into Node's buffers.
+    expect(written.length).toBeLessThan(EVENTS);
+    const chunks: Buffer[] = [];
+    response.on('data', (c: Buffer) => chunks.push(c));
+    response.resume();
+    await new Promise((resolve) => response.on('end', resolve));
+    await allSent;
+    expect(written).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(parseSse(Buffer.concat(chunks).toString('utf8')).events.map((e) => e.data.i)).toEqual([0, 1, 2, 3, 4, 5]);
   });
 });
