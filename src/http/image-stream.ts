@@ -1,6 +1,6 @@
 import type { Response } from 'express';
 import type { PixeldError } from '../errors.js';
-import { NotAnImageError, normalizeOutputImage } from '../images/normalize-output.js';
+import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../images/normalize-output.js';
 import type { JobKind, JobParams } from '../jobs/model.js';
 import type { PartialImageSink } from '../jobs/partial-images.js';
 import { jsonBody, type ImagesResponse } from './render.js';
@@ -152,7 +152,7 @@ export async function partialImageEvent(
   limits: PartialImageLimits,
   nowMs: number,
 ): Promise<Buffer | undefined> {
-  let converted;
+  let converted: NormalizedImage;
   try {
     converted = await normalizeOutputImage(preview, {
       outputFormat: params.outputFormat,
