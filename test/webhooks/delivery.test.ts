@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { rmSync } from 'node:fs';
+import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backends/errors.js';
 import type { ConfigInput } from '../../src/config/schema.js';
@@ -155,6 +156,31 @@ describe('webhook deliveries', () => {
     expect(byPath['/b']).toMatchObject({ id: cancelled.body.id, status: 'cancelled', error: { code: 'job_cancelled' } });
     const polled = await until('the delivered state', () => poll(daemon.url, `/v1/jobs/${failing.body.id}`), (b) => b.webhook?.status === 'delivered');
     expect(polled.webhook).toMatchObject({ status: 'delivered', event: 'job.failed', attempts: 1, last_status_code: 204, finished_at: expect.any(Number) });
+  });
+
+  it('takes webhook_url on sync submits and multipart edits too', async () => {
+    const { backend, daemon } = await start();
+    const hook = await receiver(daemon.url);
+    const sync = submit(daemon.url, { webhook_url: hook.url('hooks.example.test', '/sync') }, '/v1/images/generations');
+    await (await backend.nextCall()).succeed();
+    const answered = await sync;
+    expect(answered.res.status).toBe(200);
+    const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#336699' } }).png().toBuffer();
+    const form = new FormData();
+    form.set('model', MODEL);
+    form.set('prompt', 'make it winter');
+    form.set('size', '64x64');
+    form.set('webhook_url', hook.url('hooks.example.test', '/edit'));
+    form.set('image', new Blob([png], { type: 'image/png' }), 'photo.png');
+    const edit = await fetch(`${daemon.url}/v1/async/images/edits`, { method: 'POST', headers: auth(), body: form });
+    expect(edit.status).toBe(202);
+    const { jobId } = (await edit.json()) as { jobId: string };
+    await (await backend.nextCall()).succeed();
+    await until('two deliveries', () => hook.events.size, (n) => n === 2);
+    const byPath = Object.fromEntries([...hook.events.values()].map((e) => [e.path, e.body]));
+    expect(byPath['/sync']).toMatchObject({ id: answered.res.headers.get('x-job-id'), object: 'image_job', status: 'succeeded' });
+    expect(byPath['/sync']!.result.data[0].b64_json).toBe(answered.body.data[0].b64_json);
+    expect(byPath['/edit']).toMatchObject({ jobId, status: 'completed' });
   });
 
   it('delivers after a daemon restart between attempts, with the same webhook-id', async () => {
