@@ -1,5 +1,7 @@
 import { createHash } from 'node:crypto';
+import { readdir } from 'node:fs/promises';
 import net from 'node:net';
+import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
@@ -110,6 +112,32 @@ describe('n above the images a minute allows', () => {
       expect(((await res.json()) as { error: unknown }).error).toMatchObject({ code: 'invalid_n', param: 'n', type: 'invalid_request_error' });
       expect(res.headers.get('x-should-retry')).toBe('false');
       expect(res.headers.get('retry-after')).toBeNull();
+    } finally {
+      await d.close();
+    }
+  });
+});
+
+describe('a refusal after the upload was read', () => {
+  it('removes the uploaded files: an edit over the images a minute allows leaves nothing in the temp dir', async () => {
+    const d = await startTestDaemon({
+      config: { rateLimits: { requestsPerMinute: 100, imagesPerMinute: 2 }, backends: [{ id: 'reference', type: 'reference', latencyMsPerImage: 0 }] },
+    });
+    try {
+      const png = await sharp({ create: { width: 64, height: 64, channels: 3, background: '#336699' } }).png().toBuffer();
+      const edit = (n: number) => {
+        const form = new FormData();
+        form.set('prompt', 'a refused edit');
+        form.set('size', '256x256');
+        form.set('n', String(n));
+        form.set('image', new Blob([png], { type: 'image/png' }), 'in.png');
+        return fetch(`${d.url}/v1/async/images/edits`, { method: 'POST', body: form });
+      };
+      expect((await edit(2)).status).toBe(202);
+      const refused = await edit(1);
+      expect(refused.status).toBe(429);
+      expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('rate_limit_exceeded');
+      expect(await readdir(d.daemon.blobs.tmpDir)).toEqual([]);
     } finally {
       await d.close();
     }

@@ -1,10 +1,11 @@
 import { Router, type Request, type Response } from 'express';
 import { PixeldError } from '../../errors.js';
+import { removeQuietly } from '../../images/blob-store.js';
 import { maxOutputPixels } from '../../images/normalize-output.js';
 import type { Job, JobKind } from '../../jobs/model.js';
 import type { AppDeps } from '../app.js';
 import { sendError, toPixeldError } from '../errors.js';
-import { parseImageRequest } from '../image-request.js';
+import { parseImageRequest, type ParsedImageRequest } from '../image-request.js';
 import { completedEvent, completedEventName, partialImageEvent, partialImageEventName, SseStream, StreamedPartialImages } from '../image-stream.js';
 import { readImageRequestBody } from '../read-body.js';
 import { renderImagesResponse, sendJson, theRouterJobBody } from '../render.js';
@@ -45,12 +46,11 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     tmpPath: () => deps.blobs.tempPath(),
     asyncSubmit,
   });
-  // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
-  if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
-  const webhook = await deps.webhooks.forSubmit(req.owner, request.webhookUrl, mode === 'async-0g' ? '0g' : 'therouter');
-  const allowance = await deps.rateLimiter.takeImages(req.owner, request.params.n);
-  for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
-  const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
+  const { webhook, reservation } = await admit(deps, req, res, request, mode).catch(async (err: unknown) => {
+    // The uploads are the service's from submit on; refused before it, they are ours to remove.
+    await Promise.all([...request.images, ...(request.mask ? [request.mask] : [])].map((i) => removeQuietly(i.tmpPath)));
+    throw err;
+  });
   const delivery = asyncSubmit ? 'async' : 'sync';
   const partials = request.stream && request.stream.partialImages > 0 ? new StreamedPartialImages(request.stream.partialImages) : undefined;
   const { job, created } = await deps.service.submit(request, {
@@ -76,6 +76,17 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   }
   if (request.stream) await streamWhenDone(deps, job, partials, req, res);
   else await answerWhenDone(deps, job, req, res);
+}
+
+/** The checks between a parsed request and its job: price guard, webhook URL, image allowance, reservation. */
+async function admit(deps: AppDeps, req: Request, res: Response, request: ParsedImageRequest, mode: Mode) {
+  // Never bill a 0G user more than the chain advertises for this model (billing/price guard).
+  if (req.account !== undefined) deps.priceGuard?.assertBillable(request.model.id);
+  const webhook = await deps.webhooks.forSubmit(req.owner, request.webhookUrl, mode === 'async-0g' ? '0g' : 'therouter');
+  const allowance = await deps.rateLimiter.takeImages(req.owner, request.params.n);
+  for (const [name, value] of Object.entries(allowance.headers)) res.setHeader(name, value);
+  const reservation = await deps.admission.reservationFor(req.owner, req.account, request.model.pricePerImageWei);
+  return { webhook, reservation };
 }
 
 /**
