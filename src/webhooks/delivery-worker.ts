@@ -62,7 +62,10 @@ export class WebhookDeliveryWorker {
     this.timer.unref();
   }
 
-  /** Stops taking deliveries and aborts those under way; their leases run out and they are attempted again. */
+  /**
+   * Stops taking deliveries and aborts those under way, recording each as due at once: the next start (or
+   * another replica) sends it again, with the same webhook-id.
+   */
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.stopping.abort(new Error('the daemon is stopping'));
@@ -84,16 +87,9 @@ export class WebhookDeliveryWorker {
     }
   }
 
-  /** Every attempt started by the last polls has been recorded. */
-  async idle(): Promise<void> {
-    await this.polling;
-    await Promise.allSettled([...this.inFlight]);
-  }
-
   private async attempt(delivery: ClaimedWebhookDelivery): Promise<void> {
     const { store, logger } = this.deps;
     const outcome = await this.send(delivery);
-    if (this.stopping.signal.aborted && outcome.state !== 'delivered') return; // cut off by the stop: the lease brings it back
     const recorded = await store.recordWebhookAttempt(delivery.id, delivery.leaseToken, outcome, this.deps.now());
     const fields = { deliveryId: delivery.id, jobId: delivery.jobId, event: delivery.event, url: printableUrl(delivery.url), attempt: delivery.attempts + 1 };
     if (!recorded) {
@@ -126,6 +122,9 @@ export class WebhookDeliveryWorker {
       if (status === 410) return { state: 'failed', status, error: 'the receiver answered 410 Gone: it wants no more deliveries' };
       error = status >= 300 && status < 400 ? `the receiver answered HTTP ${status} (redirects are not followed)` : `the receiver answered HTTP ${status}`;
     } catch (err) {
+      if (this.stopping.signal.aborted) {
+        return { state: 'pending', status: undefined, error: 'the daemon stopped during this attempt', nextAttemptMs: this.deps.now() };
+      }
       if (err instanceof WebhookUrlError && err.kind === 'refused') return { state: 'failed', status: undefined, error: err.message };
       error = err instanceof WebhookUrlError ? err.message : connectionError(err, config.attemptTimeoutMs);
     }

@@ -30,7 +30,7 @@ export class WebhookReceiver {
   readonly received: ReceivedWebhook[] = [];
   /** The first verified delivery of each webhook-id: what a deduplicating receiver acts on. */
   readonly events = new Map<string, ReceivedWebhook>();
-  /** The status answered to the next requests (one per request, the last repeating). */
+  /** The status answered to the next requests (one per request, the last repeating); 0 never answers. */
   answers: number[] = [204];
   /** Headers sent with a non-2xx answer (e.g. a redirect's Location). */
   answerHeaders: Record<string, string> = {};
@@ -60,6 +60,7 @@ export class WebhookReceiver {
         };
         this.received.push(delivery);
         const status = this.answers.length > 1 ? this.answers.shift()! : this.answers[0]!;
+        if (status === 0) return;
         if (status >= 200 && status < 300 && verified && !this.events.has(delivery.id)) this.events.set(delivery.id, delivery);
         res.writeHead(status, status >= 300 ? this.answerHeaders : {}).end();
       });

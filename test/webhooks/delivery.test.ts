@@ -209,6 +209,31 @@ describe('webhook deliveries', () => {
     }
   });
 
+  it('sends an attempt cut off by a stop again right after the restart, not when its lease would have run out', async () => {
+    const dataDir = tempDir();
+    try {
+      const first = await start(undefined, dataDir);
+      const hook = await receiver(first.daemon.url);
+      hook.answers = [0, 204];
+      const { body } = await submit(first.daemon.url, { webhook_url: hook.url('hooks.example.test') });
+      await (await first.backend.nextCall()).succeed();
+      await until('the hanging attempt', () => hook.received.length, (n) => n === 1);
+      await first.daemon.close();
+      daemons = daemons.filter((d) => d !== first.daemon);
+
+      const restarted = Date.now();
+      const second = await start(undefined, dataDir);
+      // The lease is 2 × attemptTimeoutMs + 10 s = 14 s; the stop recorded the attempt as due at once instead.
+      await until('the delivery after the restart', () => hook.events.size, (n) => n === 1, 5_000);
+      expect(Date.now() - restarted).toBeLessThan(5_000);
+      expect(new Set(hook.received.map((r) => r.id)).size).toBe(1);
+      const [delivery] = await until('the delivered state', () => second.daemon.daemon.store.webhookDeliveries(body.jobId), ([d]) => d?.state === 'delivered');
+      expect(delivery!.attempts).toBe(2);
+    } finally {
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
   it('gives up at 410 Gone, and after retryForMs', async () => {
     const { backend, daemon } = await start({ allowPrivate: ['127.0.0.1/32'], ...FAST_RETRIES, retryForMs: 250 });
     const gone = await receiver(daemon.url);
