@@ -1,4 +1,3 @@
-import { SettlementJournal } from './tee/settlement-journal.js';
 import { mkdirSync } from 'node:fs';
 import type { Server } from 'node:http';
 import { hostname } from 'node:os';
@@ -19,6 +18,7 @@ import type { ImageBackend } from './backends/types.js';
 import { ConfigError, loadConfig, type LoadedConfig } from './config/load.js';
 import type { Config } from './config/schema.js';
 import { createApp } from './http/app.js';
+import { DASHBOARD_SESSION_SECRET_USE } from './http/dashboard/session.js';
 import { Base64Images } from './http/render.js';
 import type { BlobStore } from './images/blob-store.js';
 import { maxOutputPixels } from './images/normalize-output.js';
@@ -37,8 +37,10 @@ import { createLogger, resolveLogFormat, type Logger } from './obs/logger.js';
 import { DaemonMetrics } from './obs/metrics.js';
 import { Readiness } from './obs/readiness.js';
 import { AttestationService } from './tee/attestation.js';
+import { teeDerivedSecret } from './tee/derived-secret.js';
 import { TeeError, type TeeKeyProvider } from './tee/key-provider.js';
 import { openTeeKeyProvider } from './tee/open-key-provider.js';
+import { SettlementJournal } from './tee/settlement-journal.js';
 import { PIXELD_VERSION } from './version.js';
 import { webhookAddressPolicy } from './webhooks/allow-list.js';
 import { WebhookDeliveryWorker } from './webhooks/delivery-worker.js';
@@ -300,7 +302,15 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     logger,
     now,
     startedAtSeconds: Math.floor(now() / 1000),
-    admin: { token: AdminToken.fromConfig(config.admin, env), runner, store, settler, replicaId, presence },
+    admin: {
+      token: AdminToken.fromConfig(config.admin, env),
+      runner,
+      store,
+      settler,
+      replicaId,
+      presence,
+      dashboardSecret: teeDerivedSecret(tee, DASHBOARD_SESSION_SECRET_USE),
+    },
     metrics,
     webhooks: new Webhooks({ secrets: webhookSecrets, net: webhookNet, config: config.webhooks }),
     webhookOutbox: store,

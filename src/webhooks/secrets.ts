@@ -1,13 +1,13 @@
-import { createHash, createHmac } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
+import { teeDerivedSecret } from '../tee/derived-secret.js';
 import type { TeeKeyProvider } from '../tee/key-provider.js';
 
 /**
- * Per-owner webhook secrets (Standard Webhooks' `whsec_<base64>`), derived rather than stored: the provider
- * key is the sha256 of the TEE key's signature over a fixed text (RFC 6979 signatures are deterministic, and
- * unforgeable without the key), and each owner's secret is an HMAC of the owner id under it. So every replica
- * holding the key derives the same secrets, a restart keeps them, nothing secret sits on disk, and knowing
- * one owner's secret says nothing of another's.
+ * Per-owner webhook secrets (Standard Webhooks' `whsec_<base64>`), derived rather than stored: each owner's
+ * secret is an HMAC of the owner id under a secret derived from the TEE key (teeDerivedSecret). So every
+ * replica holding the key derives the same secrets, a restart keeps them, nothing secret sits on disk, and
+ * knowing one owner's secret says nothing of another's.
  */
 
 const PROVIDER_KEY_TEXT = 'pixeld webhook signing key v1';
@@ -16,7 +16,7 @@ export class WebhookSecrets {
   private constructor(private readonly providerKey: Buffer) {}
 
   static fromTeeKey(tee: Pick<TeeKeyProvider, 'signer'>): WebhookSecrets {
-    return new WebhookSecrets(createHash('sha256').update(tee.signer.signMessageSync(PROVIDER_KEY_TEXT)).digest());
+    return new WebhookSecrets(teeDerivedSecret(tee, PROVIDER_KEY_TEXT));
   }
 
   /** The owner's secret, `whsec_` and 32 bytes in base64. */

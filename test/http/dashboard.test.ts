@@ -1,9 +1,13 @@
 import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { DASHBOARD_CSP, THUMBNAIL_PX, WRONG_TOKENS_PER_MINUTE } from '../../src/http/routes/dashboard.js';
 import { SESSION_COOKIE, SESSION_MS } from '../../src/http/dashboard/session.js';
+import { openDevKeyProvider } from '../../src/tee/dev-key.js';
 import { startFakeDstackAgent } from '../fakes/dstack-guest-agent.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 
@@ -149,17 +153,26 @@ describe('/dashboard', () => {
     expect(await page.text()).toContain('action="/dashboard/login"');
   });
 
-  it('accepts a session cookie from another daemon with the same admin token, not from one with another token', async () => {
-    daemon = await startTestDaemon({ config: config() });
-    const other = await startTestDaemon({ config: config('another-token') });
-    const twin = await startTestDaemon({ config: config() });
+  it('accepts a session cookie from another daemon with the same admin token and TEE key, not from one with another token or key', async () => {
+    // Replicas share the TEE key; a daemon on another key (another data dir's dev key) is another provider.
+    const keyDir = mkdtempSync(path.join(tmpdir(), 'pixeld-dashboard-key-'));
+    const sharedKey = openDevKeyProvider({ dataDir: keyDir, nodeEnv: 'test', allowInProduction: false });
+    daemon = await startTestDaemon({ config: config(), tee: sharedKey });
+    const other = await startTestDaemon({ config: config('another-token'), tee: sharedKey });
+    const twin = await startTestDaemon({ config: config(), tee: sharedKey });
+    const otherKey = await startTestDaemon({ config: config() });
     try {
       const cookie = sessionCookie(await login(daemon.url, ADMIN_TOKEN));
       expect((await fetch(`${twin.url}/dashboard/api/state`, { headers: { cookie } })).status).toBe(200);
       expect((await fetch(`${other.url}/dashboard/api/state`, { headers: { cookie } })).status).toBe(401);
+      // Knowing the config (the token's sha256) is not enough to mint a session: the TEE key is part of it.
+      expect(otherKey.daemon.tee.address).not.toBe(sharedKey.address);
+      expect((await fetch(`${otherKey.url}/dashboard/api/state`, { headers: { cookie } })).status).toBe(401);
     } finally {
       await other.close();
       await twin.close();
+      await otherKey.close();
+      rmSync(keyDir, { recursive: true, force: true });
     }
   });
 

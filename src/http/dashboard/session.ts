@@ -4,8 +4,10 @@ import type { AdminToken } from '../../auth/admin-token.js';
 
 /**
  * The dashboard's login session: a cookie `v1.<expiresMs>.<mac>`, the mac an HMAC of the expiry under a
- * key derived from the admin token (AdminToken.derivedKey). Nothing is stored: every replica sharing the
- * admin token checks every replica's cookies, and changing the token ends every session. A session cannot
+ * key derived from both the admin token (AdminToken.derivedKey) and the TEE key (a secret only it can
+ * compute), so reading `admin.tokenSha256` from the config is not enough to forge one. Nothing is stored:
+ * every replica sharing the token and the key checks every replica's cookies, and changing either ends every
+ * session. A session cannot
  * be revoked alone before it expires: logging out clears the cookie in that browser.
  */
 
@@ -13,6 +15,8 @@ export const SESSION_COOKIE = 'pixeld_dashboard';
 /** How long a login lasts. */
 export const SESSION_MS = 12 * 60 * 60 * 1000;
 const KEY_PURPOSE = 'pixeld dashboard session/1';
+/** What the TEE key signs to derive the session's second secret. */
+export const DASHBOARD_SESSION_SECRET_USE = 'pixeld dashboard session key v1';
 const COOKIE_PATH = '/dashboard';
 
 export interface DashboardSessions {
@@ -22,10 +26,14 @@ export interface DashboardSessions {
   verify(value: string, nowMs: number): boolean;
 }
 
-/** Undefined when no admin token is configured: then nobody logs in. */
-export function dashboardSessions(token: AdminToken): DashboardSessions | undefined {
-  const key = token.derivedKey(KEY_PURPOSE);
-  if (key === undefined) return undefined;
+/**
+ * Undefined when no admin token is configured: then nobody logs in.
+ * @param teeSecret teeDerivedSecret(tee, DASHBOARD_SESSION_SECRET_USE)
+ */
+export function dashboardSessions(token: AdminToken, teeSecret: Buffer): DashboardSessions | undefined {
+  const tokenKey = token.derivedKey(KEY_PURPOSE);
+  if (tokenKey === undefined) return undefined;
+  const key = createHmac('sha256', teeSecret).update(tokenKey).digest();
   const macOf = (expiresMs: string) => createHmac('sha256', key).update(`v1.${expiresMs}`).digest();
   return {
     issue(nowMs) {

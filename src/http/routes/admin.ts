@@ -19,6 +19,8 @@ export interface AdminDeps {
   replicaId: string;
   /** The live replicas sharing the database; undefined on SQLite (one process). */
   presence: ReplicaPresence | undefined;
+  /** The TEE-derived half of the dashboard's session key (src/http/dashboard/session.ts). */
+  dashboardSecret: Buffer;
 }
 
 /**

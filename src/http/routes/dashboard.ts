@@ -43,7 +43,7 @@ export const DASHBOARD_CSP = [
 export function dashboardRoutes(deps: AppDeps): Router {
   const router = Router();
   const assets = loadDashboardAssets();
-  const sessions = dashboardSessions(deps.admin.token);
+  const sessions = dashboardSessions(deps.admin.token, deps.admin.dashboardSecret);
   const wrongTokens = new TokenBuckets(WRONG_TOKENS_PER_MINUTE, deps.now);
   const placeholder = sharp({ create: { width: THUMBNAIL_PX, height: THUMBNAIL_PX, channels: 3, background: '#d8dbe0' } }).webp().toBuffer();
 
