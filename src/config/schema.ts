@@ -514,6 +514,10 @@ export const configSchema = z
         orphanGraceMs: z.number().int().min(0).default(10 * 60_000),
         /** Longest `?wait=` a poll may ask for. */
         maxLongPollSeconds: z.number().int().min(1).max(600).default(60),
+        /** Longest one job event stream (GET …/events) stays open; the client then reconnects with Last-Event-ID. */
+        eventStreamMaxSeconds: z.number().int().min(1).max(3600).default(600),
+        /** Job event streams one owner may hold open on one replica at a time; more get 429. */
+        maxEventStreamsPerOwner: z.number().int().min(1).max(1000).default(10),
         /** How long an Idempotency-Key is remembered. */
         idempotencyTtlMs: z.number().int().min(1000).default(24 * 60 * 60_000),
       })

@@ -22,6 +22,7 @@ import { attestationRoutes } from './routes/attestation.js';
 import { billingRoutes } from './routes/billing.js';
 import { dashboardRoutes } from './routes/dashboard.js';
 import { imageRoutes } from './routes/images.js';
+import { jobEventStreamRoutes } from './routes/job-event-stream.js';
 import { jobRoutes } from './routes/jobs.js';
 import { metricsRoutes } from './routes/metrics.js';
 import type { DaemonMetrics } from '../obs/metrics.js';
@@ -111,6 +112,7 @@ export function createApp(deps: AppDeps): Express {
   app.use(['/v1/images', '/v1/proxy/images', '/v1/async', '/v1/jobs', '/v1/user', '/v1/receipts', '/v1/webhooks'], authenticate(deps.auth));
   app.use(imageRoutes(deps));
   app.use(jobRoutes(deps));
+  app.use(jobEventStreamRoutes(deps));
   app.use(webhookRoutes(deps));
   app.use(billingRoutes(deps));
   // The provider's own routes: the admin token, never a caller's credentials.

@@ -39,6 +39,11 @@ export interface StreamRequest {
 export interface ParsedImageRequest extends ImageJobRequest {
   /** Set for `stream: true`: the answer is a `text/event-stream` of OpenAI's image events. */
   stream: StreamRequest | undefined;
+  /**
+   * `partial_images` on an async submit: previews wanted on the job's event stream (GET …/events), 0–3.
+   * Always 0 on the sync endpoints, where partial images go into the `stream: true` answer instead.
+   */
+  eventPartialImages: number;
   /** `webhook_url` as sent, where the job's end is to be announced; its address is checked by the submit (webhooks/). */
   webhookUrl: string | undefined;
 }
@@ -178,7 +183,8 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
       user: fields.user,
     };
     const fingerprint = fingerprintOf(kind, rawFields, images, mask);
-    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint, stream, webhookUrl: fields.webhook_url };
+    const eventPartialImages = ctx.asyncSubmit === true ? (fields.partial_images ?? 0) : 0;
+    return { kind, model, params, images, mask, requestSha256: body.sha256, fingerprint, stream, eventPartialImages, webhookUrl: fields.webhook_url };
   } catch (err) {
     await Promise.all(temps.map(removeQuietly));
     throw err;
@@ -187,13 +193,14 @@ export async function parseImageRequest(kind: JobKind, body: RequestBody, ctx: I
 
 /**
  * OpenAI's stream events carry one image each and no image index, so a stream is of one image (n = 1), sent
- * as base64. partial_images means nothing without a stream: asking for previews there is a mistake to say.
+ * as base64. partial_images means nothing in a sync answer without a stream: asking for previews there is a
+ * mistake to say (an async submit sends them to the job's event stream).
  */
 function streamRequestOf(fields: Fields, n: number, ctx: ImageRequestContext): StreamRequest | undefined {
   const partialImages = fields.partial_images ?? 0;
   if (fields.stream !== true) {
-    if (partialImages > 0) {
-      throw new PixeldError('invalid_request', 'partial_images is only sent in a stream; add "stream": true or leave it out', {
+    if (partialImages > 0 && ctx.asyncSubmit !== true) {
+      throw new PixeldError('invalid_request', 'partial_images is only sent in a stream; add "stream": true, submit the job async and read its events, or leave it out', {
         param: 'partial_images',
       });
     }

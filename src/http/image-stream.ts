@@ -49,12 +49,16 @@ export class SseStream {
     this.armHeartbeat();
   }
 
-  /** Queues an event whose data is produced by `data` (undefined: nothing to send after all). */
-  send(event: string, data: () => Promise<Buffer | undefined>): Promise<void> {
+  /**
+   * Queues an event whose data is produced by `data` (undefined: nothing to send after all). An `id` is the
+   * event's place in a resumable stream: the client sends the last one it saw back as Last-Event-ID.
+   */
+  send(event: string, data: () => Promise<Buffer | undefined>, id?: number): Promise<void> {
     return this.enqueue(async () => {
       const body = await data();
       if (body === undefined) return;
-      await this.write(Buffer.concat([Buffer.from(`event: ${event}\ndata: `), body, Buffer.from('\n\n')]));
+      const head = id === undefined ? `event: ${event}\ndata: ` : `id: ${id}\nevent: ${event}\ndata: `;
+      await this.write(Buffer.concat([Buffer.from(head), body, Buffer.from('\n\n')]));
     });
   }
 
@@ -152,18 +156,8 @@ export async function partialImageEvent(
   limits: PartialImageLimits,
   nowMs: number,
 ): Promise<Buffer | undefined> {
-  let converted: NormalizedImage;
-  try {
-    converted = await normalizeOutputImage(preview, {
-      outputFormat: params.outputFormat,
-      outputCompression: params.outputCompression,
-      background: params.background,
-      maxPixels: limits.maxPixels,
-    });
-  } catch (err) {
-    if (err instanceof NotAnImageError) return undefined;
-    throw err;
-  }
+  const converted = await convertedPreview(params, preview, limits);
+  if (converted === undefined) return undefined;
   return Buffer.from(
     JSON.stringify({
       type: partialImageEventName(kind),
@@ -176,6 +170,21 @@ export async function partialImageEvent(
       created_at: Math.floor(nowMs / 1000),
     }),
   );
+}
+
+/** A backend's preview in the job's output format, or undefined when it is not an image we can convert. */
+export async function convertedPreview(params: JobParams, preview: Uint8Array, limits: PartialImageLimits): Promise<NormalizedImage | undefined> {
+  try {
+    return await normalizeOutputImage(preview, {
+      outputFormat: params.outputFormat,
+      outputCompression: params.outputCompression,
+      background: params.background,
+      maxPixels: limits.maxPixels,
+    });
+  } catch (err) {
+    if (err instanceof NotAnImageError) return undefined;
+    throw err;
+  }
 }
 
 /**

@@ -26,6 +26,12 @@ export class PartialImageHub {
     this.sinks.delete(jobId);
   }
 
+  /** The async job's previews for event streams, while it is attached here (it was submitted to this replica). */
+  liveOf(jobId: string): LivePartialImages | undefined {
+    const sink = this.sinks.get(jobId)?.sink;
+    return sink instanceof LivePartialImages ? sink : undefined;
+  }
+
   /**
    * The preview handler for one backend call of this job, or undefined when nobody streams it (the backend
    * then does not ask for previews). Backends send a preview per sampler step or so; they are spread over
@@ -41,5 +47,29 @@ export class PartialImageHub {
       entry.sink.deliver(image, entry.sent);
       entry.sent += 1;
     };
+  }
+}
+
+/**
+ * An async job's partial images (`partial_images` on an async submit), for the event streams
+ * (GET …/events) open on this replica. A stream that opens late gets the previews sent so far, then the
+ * rest as they come; at most `max` are ever kept, and none once the job ends (the submit detaches it).
+ */
+export class LivePartialImages implements PartialImageSink {
+  private readonly sent: Array<{ image: Uint8Array; index: number }> = [];
+  private readonly listeners = new Set<(image: Uint8Array, index: number) => void>();
+
+  constructor(readonly max: number) {}
+
+  deliver(image: Uint8Array, index: number): void {
+    this.sent.push({ image, index });
+    for (const listener of this.listeners) listener(image, index);
+  }
+
+  /** Returns the function that stops listening. */
+  listen(listener: (image: Uint8Array, index: number) => void): () => void {
+    for (const { image, index } of this.sent) listener(image, index);
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 }

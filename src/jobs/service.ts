@@ -4,13 +4,14 @@ import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
 import type { JobEvents } from './job-events.js';
 import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput, type JobWebhook } from './model.js';
-import type { PartialImageSink } from './partial-images.js';
+import type { LivePartialImages, PartialImageSink } from './partial-images.js';
 import type { JobRunner } from './runner.js';
 import {
   InsufficientBalanceError,
   ModelBusyError,
   QueueFullError,
   type AdmissionLimits,
+  type JobEvent,
   type JobStore,
   type Reservation,
 } from './store.js';
@@ -187,6 +188,11 @@ export class JobService {
     this.deps.runner.partialImages.detach(id);
   }
 
+  /** An async job's previews for event streams, while this replica holds them (it took the submit). */
+  livePartialImagesOf(id: string): LivePartialImages | undefined {
+    return this.deps.runner.partialImages.liveOf(id);
+  }
+
   /** Percent done of a running job, when its backend reports progress. */
   progressOf(id: string): number | undefined {
     return this.deps.runner.progressOf(id);
@@ -194,6 +200,16 @@ export class JobService {
 
   async get(id: string): Promise<Job | undefined> {
     return this.deps.store.get(id);
+  }
+
+  /** The job's history, oldest first ([] for an unknown job). */
+  async jobEvents(id: string): Promise<JobEvent[]> {
+    return this.deps.store.jobEvents(id);
+  }
+
+  /** Resolves when this process hears the job ended (from any replica on PostgreSQL); rejects when `signal` aborts first. */
+  untilFinished(id: string, signal: AbortSignal): Promise<void> {
+    return this.deps.events.untilFinished(id, signal);
   }
 
   /** Cancels a pending or running job; a finished job is returned as it is. */

@@ -3,6 +3,7 @@ import { PixeldError } from '../../errors.js';
 import { removeQuietly } from '../../images/blob-store.js';
 import { maxOutputPixels } from '../../images/normalize-output.js';
 import type { Job, JobKind } from '../../jobs/model.js';
+import { LivePartialImages } from '../../jobs/partial-images.js';
 import type { AppDeps } from '../app.js';
 import { sendError, toPixeldError } from '../errors.js';
 import { parseImageRequest, type ParsedImageRequest } from '../image-request.js';
@@ -53,6 +54,7 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   });
   const delivery = asyncSubmit ? 'async' : 'sync';
   const partials = request.stream && request.stream.partialImages > 0 ? new StreamedPartialImages(request.stream.partialImages) : undefined;
+  const livePartials = request.eventPartialImages > 0 ? new LivePartialImages(request.eventPartialImages) : undefined;
   const { job, created } = await deps.service.submit(request, {
     owner: req.owner,
     reservation,
@@ -60,10 +62,11 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     idempotencyKey,
     baseUrl: baseUrlOf(deps, req),
     requestId: req.requestId,
-    partialImages: partials,
+    partialImages: partials ?? livePartials,
     webhook,
   });
   res.setHeader('X-Job-Id', job.id);
+  if (livePartials !== undefined && created) releaseWhenEnded(deps, job);
   if (delivery === 'async') await setRetryAfterHeaders(deps, job, res);
 
   if (mode === 'async-0g') {
@@ -76,6 +79,17 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
   }
   if (request.stream) await streamWhenDone(deps, job, partials, req, res);
   else await answerWhenDone(deps, job, req, res);
+}
+
+/**
+ * An async job's previews are kept for its event streams until it ends, then let go: nobody streams them
+ * from a job that is over. The wait re-reads the job each second, as a sync request's does.
+ */
+function releaseWhenEnded(deps: AppDeps, job: Job): void {
+  deps.service
+    .waitForEnd(job.id, Number.MAX_SAFE_INTEGER, deps.service.shutdownSignal)
+    .catch((err: unknown) => deps.logger.warn('lost track of a job with partial images', { jobId: job.id, error: String(err) }))
+    .finally(() => deps.service.stopPartialImages(job.id));
 }
 
 /** The checks between a parsed request and its job: price guard, webhook URL, image allowance, reservation. */

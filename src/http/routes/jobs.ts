@@ -16,20 +16,14 @@ import { expiredError, renderImagesResponse, sendJson, theRouterJobBody, zeroGPo
 export function jobRoutes(deps: AppDeps): Router {
   const router = Router();
 
-  router.get('/v1/async/jobs/:jobId', async (req, res) => {
-    const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
-    if (job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
-    const response = await responseIfCompleted(deps, job);
-    await setPollHeaders(deps, job, res);
-    sendJson(res, await withWebhook(deps, job, '0g', zeroGPollBody(job, response, deps.service.progressOf(job.id))));
-  });
-
-  router.get('/v1/jobs/:jobId', async (req, res) => {
-    const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
-    const response = job.status === 'completed' && !isExpired(job, deps.now()) ? await responseIfCompleted(deps, job) : undefined;
-    await setPollHeaders(deps, job, res);
-    sendJson(res, await withWebhook(deps, job, 'therouter', theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id))));
-  });
+  for (const [path, shape] of [['/v1/async/jobs/:jobId', '0g'], ['/v1/jobs/:jobId', 'therouter']] as const) {
+    router.get(path, async (req, res) => {
+      const job = await waitIfAsked(deps, req, await findJob(deps, req, String(req.params.jobId)));
+      const body = await pollBody(deps, job, shape);
+      await setPollHeaders(deps, job, res);
+      sendJson(res, body);
+    });
+  }
 
   const cancel = (shape: '0g' | 'therouter') => async (req: Request, res: Response) => {
     const found = await findJob(deps, req, String(req.params.jobId));
@@ -44,6 +38,20 @@ export function jobRoutes(deps: AppDeps): Router {
   return router;
 }
 
+/**
+ * What a poll of the job answers now, in 0G's shape or theRouter's. A 0G poll of a completed job whose
+ * images have expired is a 404, thrown here.
+ */
+export async function pollBody(deps: AppDeps, job: Job, shape: WebhookFormat): Promise<Record<string, unknown>> {
+  const expired = job.status === 'completed' && isExpired(job, deps.now());
+  if (shape === '0g') {
+    if (expired) throw expiredError(job);
+    return withWebhook(deps, job, '0g', zeroGPollBody(job, await responseIfCompleted(deps, job), deps.service.progressOf(job.id)));
+  }
+  const response = expired ? undefined : await responseIfCompleted(deps, job);
+  return withWebhook(deps, job, 'therouter', theRouterJobBody(job, deps.now(), response, deps.service.progressOf(job.id)));
+}
+
 /** The poll body with its `webhook` field (where the job's end goes, how the delivery stands) when the job has one. */
 async function withWebhook(deps: AppDeps, job: Job, format: WebhookFormat, body: Record<string, unknown>): Promise<Record<string, unknown>> {
   if (job.webhook === undefined) return body;
@@ -51,7 +59,8 @@ async function withWebhook(deps: AppDeps, job: Job, format: WebhookFormat, body:
   return { ...body, webhook: webhookPollField(job, delivery, format) };
 }
 
-async function findJob(deps: AppDeps, req: Request, id: string): Promise<Job> {
+/** The caller's job of this id; 404 for an unknown id and for someone else's job alike. */
+export async function findJob(deps: AppDeps, req: Request, id: string): Promise<Job> {
   const job = JOB_ID_PATTERN.test(id) ? await deps.service.get(id) : undefined;
   // Someone else's job reads exactly like a job that does not exist, so ids cannot be probed.
   if (!job || job.owner !== req.owner) throw new PixeldError('job_not_found', `no job with id ${id}`);
