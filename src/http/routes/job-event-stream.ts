@@ -99,7 +99,7 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
   cap.unref();
   const signal = AbortSignal.any([stop.signal, deps.service.shutdownSignal]);
   const limits = { maxPixels: maxOutputPixels(deps.config.limits) };
-  const unlisten = deps.service.livePartialImagesOf(job.id)?.listen((image, index) => {
+  const relayPartialImage = (image: Uint8Array, index: number) => {
     stream
       .send('job.partial_image', async () => {
         const converted = await convertedPreview(job.params, image, limits);
@@ -112,7 +112,8 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
         });
       })
       .catch((err: unknown) => deps.logger.warn('could not send a partial image', { jobId: job.id, requestId: req.requestId, error: String(err) }));
-  });
+  };
+  let unlisten: (() => void) | undefined;
   try {
     let sentSeq = after;
     let status: JobStatus | undefined;
@@ -131,6 +132,8 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
         }
         const last = events.filter((e) => e.type !== 'results_expired').at(-1);
         if (last !== undefined && TERMINAL_EVENTS.has(last.type)) break;
+        // Previews belong after the started event that this stream has now sent (a late stream gets those sent so far).
+        if (status === 'processing') unlisten ??= deps.service.livePartialImagesOf(job.id)?.listen(relayPartialImage);
       }
       const now = deps.service.progressOf(job.id);
       // This replica runs the job, whose started event the store has but this stream has not read yet.
