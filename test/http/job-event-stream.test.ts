@@ -1,8 +1,10 @@
 import { createHash } from 'node:crypto';
+import Database from 'better-sqlite3';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backends/errors.js';
 import type { ConfigInput } from '../../src/config/schema.js';
+import { sqliteFile } from '../../src/jobs/open-stores.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
 import { startTestDaemon, type TestDaemon } from '../helpers/daemon.js';
 import { openSse, type SseConnection, type SseEvent } from '../helpers/sse.js';
@@ -64,6 +66,11 @@ async function pollBody(url: string): Promise<Record<string, any>> {
   const res = await fetch(url);
   expect(res.status).toBe(200);
   return (await res.json()) as Record<string, any>;
+}
+
+async function waitForCompleted(url: string, jobId: string): Promise<void> {
+  const res = await fetch(`${url}/v1/async/jobs/${jobId}?wait=10`);
+  expect(((await res.json()) as Record<string, any>).status).toBe('completed');
 }
 
 describe('job event stream', () => {
@@ -238,6 +245,22 @@ describe('job event stream', () => {
       expect((await stream.errorBody()).error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_request', param });
     }
     await (await backend.nextCall()).succeed();
+  });
+
+  it('a job that ended before histories were kept streams nothing and ends at once', async () => {
+    const { backend, url } = await start();
+    const jobId = await submit(url);
+    await (await backend.nextCall()).succeed();
+    await waitForCompleted(url, jobId);
+    const db = new Database(sqliteFile(daemon!.config));
+    try {
+      db.prepare('DELETE FROM job_events WHERE job_id = ?').run(jobId);
+    } finally {
+      db.close();
+    }
+    const before = Date.now();
+    expect(await (await events(`${url}/v1/async/jobs/${jobId}/events`)).rest(3_000)).toEqual([]);
+    expect(Date.now() - before).toBeLessThan(2_000);
   });
 
   it('a stream stays open at most jobs.eventStreamMaxSeconds; the client resumes where it stopped', async () => {

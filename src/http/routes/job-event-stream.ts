@@ -1,7 +1,7 @@
 import { Router, type Request, type Response } from 'express';
 import { PixeldError } from '../../errors.js';
 import { maxOutputPixels } from '../../images/normalize-output.js';
-import { isExpired, type Job, type JobStatus } from '../../jobs/model.js';
+import { isExpired, isTerminal, type Job, type JobStatus } from '../../jobs/model.js';
 import type { JobEvent, JobEventType } from '../../jobs/store.js';
 import type { WebhookFormat } from '../../webhooks/outbox.js';
 import type { AppDeps } from '../app.js';
@@ -94,6 +94,8 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
     stop.abort();
   };
   res.on('close', onClose);
+  // Gone while the job was looked up: its close event has already passed.
+  if (res.socket === null || res.socket.destroyed) onClose();
   // The client reconnects with Last-Event-ID and misses nothing; the cap frees sockets held by forgotten clients.
   const cap = setTimeout(() => stop.abort(), deps.config.jobs.eventStreamMaxSeconds * 1000);
   cap.unref();
@@ -132,6 +134,8 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
         }
         const last = events.filter((e) => e.type !== 'results_expired').at(-1);
         if (last !== undefined && TERMINAL_EVENTS.has(last.type)) break;
+        // A job that ended before job histories were kept has none, and will get no more.
+        if (last === undefined && isTerminal((await deps.service.get(job.id))?.status ?? 'failed')) break;
         // Previews belong after the started event that this stream has now sent (a late stream gets those sent so far).
         if (status === 'processing') unlisten ??= deps.service.livePartialImagesOf(job.id)?.listen(relayPartialImage);
       }
