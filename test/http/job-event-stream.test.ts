@@ -244,6 +244,9 @@ describe('job event stream', () => {
       expect(stream.status).toBe(400);
       expect((await stream.errorBody()).error).toMatchObject({ type: 'invalid_request_error', code: 'invalid_request', param });
     }
+    // An empty one is no last event at all: the stream starts from the beginning.
+    const fromStart = await events(`${url}/v1/async/jobs/${jobId}/events`, { 'Last-Event-ID': '' });
+    expect((await fromStart.next())?.id).toBe('1');
     await (await backend.nextCall()).succeed();
   });
 

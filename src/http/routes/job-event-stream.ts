@@ -73,12 +73,15 @@ export function jobEventStreamRoutes(deps: AppDeps): Router {
   return router;
 }
 
-/** The seq to resume after: Last-Event-ID (as EventSource sends it on reconnecting), else `?last_event_id`, else 0. */
+/**
+ * The seq to resume after: Last-Event-ID (as EventSource sends it on reconnecting), else `?last_event_id`, else 0.
+ * Empty is the start, as an event stream's empty last event id means none.
+ */
 function resumePoint(req: Request): number {
   const header = req.headers['last-event-id'];
   const query = req.query.last_event_id;
   const [raw, param] = header !== undefined ? [header, 'Last-Event-ID'] : [query, 'last_event_id'];
-  if (raw === undefined) return 0;
+  if (raw === undefined || raw === '') return 0;
   if (typeof raw !== 'string' || !/^\d{1,15}$/.test(raw)) {
     throw new PixeldError('invalid_request', `${param} must be the id of an event of this job's stream (a whole number)`, { param });
   }
