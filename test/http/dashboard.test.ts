@@ -111,6 +111,12 @@ describe('/dashboard', () => {
     expect(html).toContain('Wrong admin token.');
     expect(html).toContain('<form method="post" action="/dashboard/login"');
     expect((await login(url, '')).status).toBe(401);
+    // Not the form (a script's JSON, a hostile body): 415, and no guess spent.
+    for (let i = 0; i < WRONG_TOKENS_PER_MINUTE; i += 1) {
+      const json = await fetch(`${url}/dashboard/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"token":"x"}' });
+      expect(json.status).toBe(415);
+      expect(await json.json()).toMatchObject({ error: { code: 'unsupported_media_type' } });
+    }
 
     for (let i = 2; i < WRONG_TOKENS_PER_MINUTE; i += 1) expect((await login(url, `wrong-${i}`)).status).toBe(401);
     const limited = await login(url, ADMIN_TOKEN);

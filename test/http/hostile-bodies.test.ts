@@ -20,8 +20,11 @@ const MAX_BODY_BYTES = 64 * KiB;
 const MAX_FILE_BYTES = 16 * KiB;
 const ADMIN_TOKEN = 'admin-token-for-hostile-bodies';
 const BOUNDARY = 'hostile-bodies-boundary';
-/** What a route may answer a hostile body with: images, a job, or a refusal that is the caller's. */
-const ANSWERS = [200, 202, 400, 401, 404, 409, 413, 415, 501];
+/**
+ * What a route may answer a hostile body with: images, a job, the dashboard's logout redirect (it reads no
+ * body), or a refusal that is the caller's.
+ */
+const ANSWERS = [200, 202, 303, 400, 401, 404, 409, 413, 415, 501];
 
 let t: TestDaemon;
 let port: number;

@@ -109,6 +109,10 @@ export function dashboardRoutes(deps: AppDeps): Router {
 
   router.post('/dashboard/login', express.urlencoded({ extended: false, limit: '4kb', parameterLimit: 10 }), (req, res) => {
     if (sessions === undefined) return sendHtml(res, 401, loginPage(assets, { error: closedMessage, closed: true }));
+    // Only the form logs in; anything else is no guess at the token, so it spends none of the client's.
+    if (!req.is('application/x-www-form-urlencoded')) {
+      throw new PixeldError('unsupported_media_type', 'log in with the form: Content-Type application/x-www-form-urlencoded, field token');
+    }
     const retryAfterSeconds = waitSeconds(req);
     if (retryAfterSeconds !== undefined) {
       res.setHeader('Retry-After', String(retryAfterSeconds));
