@@ -22,7 +22,7 @@ import { DASHBOARD_SESSION_SECRET_USE } from './http/dashboard/session.js';
 import { Base64Images } from './http/render.js';
 import type { BlobStore } from './images/blob-store.js';
 import { maxOutputPixels } from './images/normalize-output.js';
-import { JobEvents } from './jobs/job-events.js';
+import { JobSignals } from './jobs/job-signals.js';
 import { SignerMismatchError } from './jobs/postgres/replica-presence.js';
 import { JobRunner } from './jobs/runner.js';
 import { JobService } from './jobs/service.js';
@@ -112,8 +112,8 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   const store = stores.jobs;
   const billing = stores.billing;
   const replicaId = replicaIdOf(config);
-  const events = new JobEvents();
-  const notifications = stores.listenForJobEvents(events, (err) =>
+  const signals = new JobSignals();
+  const notifications = stores.listenForJobSignals(signals, (err) =>
     logger.warn('database: the connection listening for other replicas\' job events failed; opening it again', { error: String(err) }),
   );
   await notifications.ready;
@@ -150,7 +150,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     config.backends.find((b) => b.id === job.backendId)?.rerunInterruptedJobs === false ? 'fail' : 'rerun';
   const runner = new JobRunner({
     store,
-    events,
+    signals,
     replicaId,
     interruptedJobPolicy,
     blobs,
@@ -183,7 +183,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
   }
   const service = new JobService({
     store,
-    events,
+    signals,
     replicaId,
     blobs,
     runner,

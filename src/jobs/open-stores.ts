@@ -16,8 +16,8 @@ import { createPostgresPool, redactDatabaseUrl } from './postgres/pool.js';
 import { postgresJobStore } from './postgres/postgres-store.js';
 import { MIGRATION_NAMES, MIGRATIONS, openSqliteDatabase } from './sqlite/database.js';
 import { sqliteJobStore } from './sqlite/sqlite-store.js';
-import type { JobEvents } from './job-events.js';
-import { listenForJobEvents, type JobNotifications } from './postgres/job-notifications.js';
+import type { JobSignals } from './job-signals.js';
+import { listenForJobSignals, type JobNotifications } from './postgres/job-notifications.js';
 import { ReplicaPresence, type ReplicaPresenceOptions } from './postgres/replica-presence.js';
 import type { JobStore } from './store.js';
 
@@ -49,7 +49,7 @@ export interface Stores {
    * connection hears every replica; a SQLite file has one process, whose runner and service report
    * everything themselves, so there is nothing to hear.
    */
-  listenForJobEvents(events: JobEvents, onError: (err: Error) => void): JobNotifications;
+  listenForJobSignals(signals: JobSignals, onError: (err: Error) => void): JobNotifications;
   /**
    * The owners' rate-limit buckets: in the database on PostgreSQL, so the replicas share one allowance per
    * owner; in this process on SQLite, whose file has one daemon.
@@ -116,8 +116,8 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
       jobs,
       billing: postgresBillingStore(pool),
       migrations,
-      listenForJobEvents: (events, onError) =>
-        listenForJobEvents({ url, events, connectTimeoutMs: config.database.connectTimeoutMs, onError }),
+      listenForJobSignals: (signals, onError) =>
+        listenForJobSignals({ url, signals, connectTimeoutMs: config.database.connectTimeoutMs, onError }),
       rateLimitBuckets: (limits, now) => postgresRateLimitBuckets(pool, limits, now),
       openBlobStore: ({ minFreeBytes, now }) => initialised(new PostgresBlobStore({ pool, dataDir: config.dataDir, minFreeBytes, now })),
       replicaPresence: (presence) => new ReplicaPresence({ ...presence, pool }),
@@ -141,7 +141,7 @@ export async function openStores(config: StoreConfig, options: OpenStoresOptions
     jobs,
     billing: sqliteBillingStore(db),
     migrations,
-    listenForJobEvents: () => ({ ready: Promise.resolve(), close: async () => undefined }),
+    listenForJobSignals: () => ({ ready: Promise.resolve(), close: async () => undefined }),
     rateLimitBuckets: memoryRateLimitBuckets,
     openBlobStore: ({ minFreeBytes }) => initialised(new FileBlobStore(config.dataDir, minFreeBytes)),
     replicaPresence: () => undefined,

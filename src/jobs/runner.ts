@@ -9,7 +9,7 @@ import { NotAnImageError, normalizeOutputImage, type NormalizedImage } from '../
 import type { Logger } from '../obs/logger.js';
 import type { TeeKeyProvider } from '../tee/key-provider.js';
 import { signJob, type JobSignature } from '../tee/receipt.js';
-import type { JobEvents } from './job-events.js';
+import type { JobSignals } from './job-signals.js';
 import { newToken, type Job, type JobError, type JobResult, type StoredImage } from './model.js';
 import { PartialImageHub } from './partial-images.js';
 import type { ClaimedJob, InterruptedJobPolicy, JobStore, RecoveredJobs } from './store.js';
@@ -17,7 +17,7 @@ import type { ClaimedJob, InterruptedJobPolicy, JobStore, RecoveredJobs } from '
 export interface RunnerDeps {
   store: JobStore;
   /** Where queued and cancelled jobs are heard of (this process's and, on PostgreSQL, every replica's). */
-  events: JobEvents;
+  signals: JobSignals;
   /** This replica's name, recorded on the jobs it claims. */
   replicaId: string;
   /** Whether a job cut off by a crash may run again (its backend's rerunInterruptedJobs). */
@@ -134,8 +134,8 @@ export class JobRunner {
     }
     this.stopped = false;
     this.unsubscribe = [
-      this.deps.events.onQueued((backendId) => this.wake(backendId)),
-      this.deps.events.onCancelled((jobId) => this.abort(jobId)),
+      this.deps.signals.onQueued((backendId) => this.wake(backendId)),
+      this.deps.signals.onCancelled((jobId) => this.abort(jobId)),
     ];
     this.timer = setInterval(() => this.wakeAll(), IDLE_POLL_MS);
     this.timer.unref();
@@ -330,7 +330,7 @@ export class JobRunner {
       clearInterval(renewal);
       this.running.delete(job.id);
       this.progress.delete(job.id);
-      this.deps.events.finished(job.id);
+      this.deps.signals.finished(job.id);
     }
   }
 

@@ -2,7 +2,7 @@ import type { Config } from '../config/schema.js';
 import { PixeldError } from '../errors.js';
 import { removeQuietly, type BlobStore } from '../images/blob-store.js';
 import type { Logger } from '../obs/logger.js';
-import type { JobEvents } from './job-events.js';
+import type { JobSignals } from './job-signals.js';
 import { isTerminal, newJobId, type ImageJobRequest, type Job, type JobInput, type JobWebhook } from './model.js';
 import type { LivePartialImages, PartialImageSink } from './partial-images.js';
 import type { JobRunner } from './runner.js';
@@ -18,7 +18,7 @@ import {
 
 export interface JobServiceDeps {
   store: JobStore;
-  events: JobEvents;
+  signals: JobSignals;
   /** This replica's name, recorded on the jobs it accepts. */
   replicaId: string;
   blobs: BlobStore;
@@ -174,7 +174,7 @@ export class JobService {
       }
       if (outcome.created) {
         this.logQueued(outcome.job, options.requestId);
-        this.deps.events.queued(backendId);
+        this.deps.signals.queued(backendId);
       }
       return outcome;
     } finally {
@@ -209,20 +209,20 @@ export class JobService {
 
   /** Resolves when this process hears the job ended (from any replica on PostgreSQL); rejects when `signal` aborts first. */
   untilFinished(id: string, signal: AbortSignal): Promise<void> {
-    return this.deps.events.untilFinished(id, signal);
+    return this.deps.signals.untilFinished(id, signal);
   }
 
   /** Cancels a pending or running job; a finished job is returned as it is. */
   async cancel(id: string, options: CancelOptions): Promise<Job | undefined> {
-    const { store, now, jobs, events } = this.deps;
+    const { store, now, jobs, signals } = this.deps;
     const before = await store.get(id);
     const job = await store.cancel(id, now(), now() + jobs.resultTtlMs);
     if (job?.status === 'cancelled' && before !== undefined && before.status !== 'cancelled') {
       this.deps.logger.info('job cancelled', { jobId: id, requestId: options.requestId, was: before.status, reason: options.reason });
     }
     if (job?.status === 'cancelled') {
-      events.cancelled(id);
-      events.finished(id);
+      signals.cancelled(id);
+      signals.finished(id);
     }
     return job;
   }
@@ -234,7 +234,7 @@ export class JobService {
    */
   async waitForEnd(id: string, timeoutMs: number, signal?: AbortSignal): Promise<Job | undefined> {
     const deadline = Date.now() + timeoutMs;
-    const events = this.deps.events;
+    const signals = this.deps.signals;
     for (;;) {
       const job = await this.deps.store.get(id);
       if (!job || isTerminal(job.status)) return job;
@@ -245,7 +245,7 @@ export class JobService {
       signal?.addEventListener('abort', onAbort, { once: true });
       const timer = setTimeout(() => wait.abort(), Math.min(remaining, 1_000));
       try {
-        await events.untilFinished(id, wait.signal);
+        await signals.untilFinished(id, wait.signal);
       } catch {
         // timeout slice or caller gone: loop re-reads the job
       } finally {

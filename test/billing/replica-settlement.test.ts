@@ -159,9 +159,10 @@ describe('settlement across replicas on one PostgreSQL database', () => {
     const [loser, winner] = [...runs].sort((a, b) => (b.code ?? 9) - (a.code ?? 9));
     expect([winner!.code, loser!.code]).toEqual([0, 1]);
     expect(loser!.stderr).toMatch(/another settler holds the settlement lock/);
-    expect(loser!.stdout).not.toMatch(/sent tx/);
-    const tx = /sent tx (0x[0-9a-f]{64})/.exec(winner!.stdout)?.[1];
-    expect(tx, winner!.stdout).toBeDefined();
+    // Progress (each step, the transaction as it is sent) goes to stderr; the report to stdout.
+    expect(loser!.stderr).not.toMatch(/sent tx/);
+    const tx = /sent tx (0x[0-9a-f]{64})/.exec(winner!.stderr)?.[1];
+    expect(tx, winner!.stderr).toBeDefined();
     for (const user of users) expect(winner!.stdout).toMatch(new RegExp(`${user.address}  receipts 2  .*  SUCCESS  tx ${tx}`));
 
     expect(sentTransactions() - sentBefore).toBe(1);

@@ -4,8 +4,8 @@ import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import { migratePostgres, POSTGRES_MIGRATIONS } from '../../src/jobs/postgres/migrations.js';
 import { createPostgresPool } from '../../src/jobs/postgres/pool.js';
 import { postgresJobStore } from '../../src/jobs/postgres/postgres-store.js';
-import { JobEvents } from '../../src/jobs/job-events.js';
-import { listenForJobEvents } from '../../src/jobs/postgres/job-notifications.js';
+import { JobSignals } from '../../src/jobs/job-signals.js';
+import { listenForJobSignals } from '../../src/jobs/postgres/job-notifications.js';
 import { InsufficientBalanceError, ModelBusyError, QueueFullError, type JobStore, type NewJob } from '../../src/jobs/store.js';
 import type { JobSignature } from '../../src/tee/receipt.js';
 import { createTestDatabase, truncateAll, type TestDatabase } from '../helpers/postgres.js';
@@ -280,15 +280,15 @@ describe('postgres job store across processes (two pools on one database)', () =
   });
 
   it('tells every listening process when a job is queued, cancelled or finished, on commit', async () => {
-    const events = new JobEvents();
+    const signals = new JobSignals();
     const heard: string[] = [];
-    events.onQueued((backendId) => heard.push(`queued ${backendId}`));
-    events.onCancelled((id) => heard.push(`cancelled ${id}`));
-    const listener = listenForJobEvents({ url: db.url, events });
+    signals.onQueued((backendId) => heard.push(`queued ${backendId}`));
+    signals.onCancelled((id) => heard.push(`cancelled ${id}`));
+    const listener = listenForJobSignals({ url: db.url, signals });
     await listener.ready;
     try {
       const done = newJob();
-      const finished = (id: string) => events.untilFinished(id, AbortSignal.timeout(5_000));
+      const finished = (id: string) => signals.untilFinished(id, AbortSignal.timeout(5_000));
       // Written through the other process's pool: only the database connects the two.
       let heardDone = finished(done.id);
       await b.create(done, 0);

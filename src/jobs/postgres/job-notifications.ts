@@ -1,11 +1,11 @@
 import pg from 'pg';
-import type { JobEvents } from '../job-events.js';
+import type { JobSignals } from '../job-signals.js';
 import { JOB_EVENTS_CHANNEL } from './pool.js';
 
 /**
  * Every replica's job events, heard here: one connection of its own LISTENs on the store's channel (the
  * PostgreSQL store notifies from inside each transition, see pool.ts) and reports what it hears to this
- * process's JobEvents. A long-poll on one replica so wakes when another completes its job, a runner hears
+ * process's JobSignals. A long-poll on one replica so wakes when another completes its job, a runner hears
  * of work queued elsewhere, and a cancel reaches the replica running the job.
  *
  * A lost connection is opened again with a growing pause. Meanwhile nothing is lost for good: waiters
@@ -14,7 +14,7 @@ import { JOB_EVENTS_CHANNEL } from './pool.js';
 
 export interface JobNotificationsOptions {
   url: string;
-  events: JobEvents;
+  signals: JobSignals;
   connectTimeoutMs?: number;
   /** The connection failed or dropped (it is opened again). */
   onError?: (err: Error) => void;
@@ -29,8 +29,8 @@ export interface JobNotifications {
   close(): Promise<void>;
 }
 
-export function listenForJobEvents(options: JobNotificationsOptions): JobNotifications {
-  const { events } = options;
+export function listenForJobSignals(options: JobNotificationsOptions): JobNotifications {
+  const { signals } = options;
   const retryFirstMs = options.retryFirstMs ?? 250;
   const retryMaxMs = options.retryMaxMs ?? 10_000;
   let client: pg.Client | undefined;
@@ -44,13 +44,13 @@ export function listenForJobEvents(options: JobNotificationsOptions): JobNotific
     const id = payload.slice(space + 1);
     switch (payload.slice(0, space)) {
       case 'finished':
-        events.finished(id);
+        signals.finished(id);
         break;
       case 'cancelled':
-        events.cancelled(id);
+        signals.cancelled(id);
         break;
       case 'queued':
-        events.queued(id);
+        signals.queued(id);
         break;
     }
   };

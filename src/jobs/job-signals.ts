@@ -4,10 +4,10 @@ import { EventEmitter, once } from 'node:events';
  * What happens to jobs, told to whoever waits for it in this process: long-polls and sync requests wait
  * for a job's end, the runner looks for work when a job is queued and stops an attempt whose job was
  * cancelled. This process's own runner and service report here directly; with replicas on PostgreSQL,
- * listenForJobEvents (postgres/job-notifications.ts) reports every replica's events here too, so an event
+ * listenForJobSignals (postgres/job-notifications.ts) reports every replica's events here too, so an event
  * may arrive twice — every listener re-reads the store, never trusts the event alone.
  */
-export class JobEvents {
+export class JobSignals {
   private readonly emitter = new EventEmitter();
 
   constructor() {
