@@ -59,6 +59,8 @@ export interface WebhookOutbox {
   recordWebhookAttempt(id: string, leaseToken: string, outcome: WebhookAttemptOutcome, nowMs: number): Promise<boolean>;
   /** The job's deliveries, oldest first; [] when it has none. */
   webhookDeliveries(jobId: string): Promise<WebhookDelivery[]>;
+  /** Deliveries not yet delivered or given up (due, waiting for their retry, or under way), all replicas. */
+  countPendingWebhookDeliveries(): Promise<number>;
 }
 
 /** A webhook_deliveries row as both stores keep it (integers as numbers from SQLite, as text from BIGINT). */

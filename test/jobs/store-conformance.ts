@@ -683,6 +683,26 @@ export function describeJobStoreConformance(name: string, open: () => Promise<Jo
         for (const job of jobs) expect(await store.webhookDeliveries(job.id)).toEqual([]);
         expect(await store.claimWebhookDeliveries(T0 + 99_999, 1000, 10)).toEqual([]);
       });
+
+      it('counts the deliveries still pending: due, leased or waiting for a retry, not delivered or given up', async () => {
+        expect(await store.countPendingWebhookDeliveries()).toBe(0);
+        const jobs = [newJob({ webhook: HOOK }), newJob({ webhook: HOOK }), newJob({ webhook: HOOK }), newJob()];
+        for (const job of jobs) await store.create(job, 0);
+        // Waiting jobs have no delivery yet; a job without a webhook never has one.
+        expect(await store.countPendingWebhookDeliveries()).toBe(0);
+        for (const job of jobs) await store.cancel(job.id, T0 + 10, T0 + 100);
+        expect(await store.countPendingWebhookDeliveries()).toBe(3);
+        const [delivered, gaveUp, retried] = await store.claimWebhookDeliveries(T0 + 10, 1000, 10);
+        expect(await store.countPendingWebhookDeliveries()).toBe(3);
+        await store.recordWebhookAttempt(delivered!.id, delivered!.leaseToken, { state: 'delivered', status: 200 }, T0 + 20);
+        await store.recordWebhookAttempt(gaveUp!.id, gaveUp!.leaseToken, { state: 'failed', status: 410, error: 'gone' }, T0 + 20);
+        const retry = { state: 'pending' as const, status: 503, error: 'the receiver answered HTTP 503', nextAttemptMs: T0 + 5000 };
+        await store.recordWebhookAttempt(retried!.id, retried!.leaseToken, retry, T0 + 20);
+        expect(await store.countPendingWebhookDeliveries()).toBe(1);
+        const [again] = await store.claimWebhookDeliveries(T0 + 5000, 1000, 10);
+        await store.recordWebhookAttempt(again!.id, again!.leaseToken, { state: 'delivered', status: 204 }, T0 + 5001);
+        expect(await store.countPendingWebhookDeliveries()).toBe(0);
+      });
     });
 
     it('summarises run and total times as nearest-rank percentiles of the jobs that succeeded', async () => {

@@ -550,6 +550,10 @@ export function postgresJobStore(pool: Pool): JobStore {
       return rows.map(webhookDeliveryFromRow);
     },
 
+    async countPendingWebhookDeliveries() {
+      return count("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE state = 'pending'", []);
+    },
+
     async ping() {
       await pool.query('SELECT 1');
     },

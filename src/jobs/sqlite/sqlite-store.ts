@@ -162,6 +162,7 @@ export function sqliteJobStore(db: Database.Database): JobStore {
        WHERE id = @id AND lease_token = @lease_token AND state = 'pending'`,
     ),
     webhookDeliveries: db.prepare<[string], WebhookDeliveryRow>('SELECT * FROM webhook_deliveries WHERE job_id = ? ORDER BY created_ms, id'),
+    countPendingWebhookDeliveries: db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE state = 'pending'"),
     ping: db.prepare('SELECT 1'),
   };
 
@@ -481,6 +482,9 @@ export function sqliteJobStore(db: Database.Database): JobStore {
     },
     async webhookDeliveries(jobId) {
       return stmt.webhookDeliveries.all(jobId).map(webhookDeliveryFromRow);
+    },
+    async countPendingWebhookDeliveries() {
+      return stmt.countPendingWebhookDeliveries.get()!.n;
     },
     async ping() {
       stmt.ping.get();
