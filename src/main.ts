@@ -285,6 +285,7 @@ export async function createDaemon(options: DaemonOptions): Promise<Daemon> {
     config: config.webhooks,
     logger,
     now,
+    onAttemptEnd: (result, ms) => metrics.observeWebhookAttempt(result, ms),
   });
   const app = createApp({
     config,

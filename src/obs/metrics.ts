@@ -3,6 +3,7 @@ import type { BillingStore } from '../billing/store.js';
 import type { Settler } from '../billing/settlement/settler.js';
 import type { AttemptOutcome, JobRunner } from '../jobs/runner.js';
 import type { JobStore } from '../jobs/store.js';
+import { WEBHOOK_ATTEMPT_RESULTS, type WebhookAttemptResult } from '../webhooks/delivery-worker.js';
 
 /** Every metric name starts with this. */
 export const METRICS_PREFIX = 'pixeld_';
@@ -11,6 +12,8 @@ export const METRICS_PREFIX = 'pixeld_';
 const ATTEMPT_BUCKETS_SECONDS = [0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600];
 /** Seconds: most requests answer in milliseconds; sync generations wait for their images. */
 const HTTP_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+/** Seconds: a receiver answers in milliseconds; a slow one runs into webhooks.attemptTimeoutMs (10 s unless set). */
+const WEBHOOK_BUCKETS_SECONDS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
 
 /** What the scrape-time metrics read: made in main.ts once the daemon's parts exist. */
 export interface MetricsSources {
@@ -33,6 +36,8 @@ export class DaemonMetrics {
   readonly registry: Registry;
   private readonly attemptSeconds: Histogram<'backend' | 'outcome'>;
   private readonly httpSeconds: Histogram<'method' | 'route' | 'status'>;
+  private readonly webhookAttempts: Counter<'outcome'>;
+  private readonly webhookSeconds: Histogram;
 
   constructor(registry: Registry) {
     this.registry = registry;
@@ -51,10 +56,29 @@ export class DaemonMetrics {
       buckets: HTTP_BUCKETS_SECONDS,
       registers: [registry],
     });
+    this.webhookAttempts = new Counter({
+      name: `${METRICS_PREFIX}webhook_deliveries_total`,
+      help: 'Webhook delivery attempts this replica made, by outcome: delivered, retry, gave_up, gone (410), refused (address), interrupted (stop)',
+      labelNames: ['outcome'],
+      registers: [registry],
+    });
+    // Every outcome from the start, at 0: rate() and alerts on a rare one (gave_up) see a series before it happens.
+    for (const outcome of WEBHOOK_ATTEMPT_RESULTS) this.webhookAttempts.inc({ outcome }, 0);
+    this.webhookSeconds = new Histogram({
+      name: `${METRICS_PREFIX}webhook_delivery_duration_seconds`,
+      help: 'Duration of one webhook delivery attempt (rendering the body and the POST, until the answer, error or timeout)',
+      buckets: WEBHOOK_BUCKETS_SECONDS,
+      registers: [registry],
+    });
   }
 
   observeAttempt(backendId: string, outcome: AttemptOutcome, ms: number): void {
     this.attemptSeconds.observe({ backend: backendId, outcome }, ms / 1000);
+  }
+
+  observeWebhookAttempt(outcome: WebhookAttemptResult, ms: number): void {
+    this.webhookAttempts.inc({ outcome });
+    this.webhookSeconds.observe(ms / 1000);
   }
 
   /** `route` is the matched express route pattern, or `unmatched`: never a path holding ids. */
@@ -118,6 +142,14 @@ export class DaemonMetrics {
       collect() {
         this.reset();
         this.inc(runner.counters.imagesDelivered);
+      },
+    });
+    new Gauge({
+      name: `${METRICS_PREFIX}webhook_deliveries_pending`,
+      help: 'Webhook deliveries not yet delivered or given up: due, waiting for a retry, or under way (all replicas sharing the store)',
+      registers,
+      async collect() {
+        this.set(await store.countPendingWebhookDeliveries());
       },
     });
     new Gauge({

@@ -28,7 +28,18 @@ export interface WebhookWorkerDeps {
   now: () => number;
   /** 0 ≤ x < 1, for the retry delay's jitter. @default Math.random */
   random?: () => number;
+  /** Told when an attempt ends (recorded or not), with how it ended and how long it took (metrics). */
+  onAttemptEnd?: (result: WebhookAttemptResult, ms: number) => void;
 }
+
+/**
+ * How one attempt ended, as the metrics count it: `delivered` (2xx); `retry` (another status, a timeout or a
+ * connection error, tried again later); `gave_up` (such a failure once retryForMs ran out, or the job was
+ * removed before it was announced); `gone` (410); `refused` (the SSRF guard refused the address);
+ * `interrupted` (the daemon stopped during it; due again at once).
+ */
+export const WEBHOOK_ATTEMPT_RESULTS = ['delivered', 'retry', 'gave_up', 'gone', 'refused', 'interrupted'] as const;
+export type WebhookAttemptResult = (typeof WEBHOOK_ATTEMPT_RESULTS)[number];
 
 /** Undelivered attempts before the next is due: firstRetryDelayMs × 2^(attempts − 1), capped, then jittered. */
 export function retryDelayMs(attempts: number, config: Pick<Config['webhooks'], 'firstRetryDelayMs' | 'maxRetryDelayMs'>, random: number): number {
@@ -89,7 +100,9 @@ export class WebhookDeliveryWorker {
 
   private async attempt(delivery: ClaimedWebhookDelivery): Promise<void> {
     const { store, logger } = this.deps;
-    const outcome = await this.send(delivery);
+    const startedMs = this.deps.now();
+    const { result, outcome } = await this.send(delivery);
+    this.deps.onAttemptEnd?.(result, this.deps.now() - startedMs);
     const recorded = await store.recordWebhookAttempt(delivery.id, delivery.leaseToken, outcome, this.deps.now());
     const fields = { deliveryId: delivery.id, jobId: delivery.jobId, event: delivery.event, url: printableUrl(delivery.url), attempt: delivery.attempts + 1 };
     if (!recorded) {
@@ -103,10 +116,10 @@ export class WebhookDeliveryWorker {
     }
   }
 
-  private async send(delivery: ClaimedWebhookDelivery): Promise<WebhookAttemptOutcome> {
+  private async send(delivery: ClaimedWebhookDelivery): Promise<{ result: WebhookAttemptResult; outcome: WebhookAttemptOutcome }> {
     const { store, secrets, config } = this.deps;
     const job = await store.get(delivery.jobId);
-    if (!job) return { state: 'failed', status: undefined, error: 'the job is gone' };
+    if (!job) return { result: 'gave_up', outcome: { state: 'failed', status: undefined, error: 'the job is gone' } };
     const body = jsonBody(await finishedJobBody(job, delivery.format, this.deps.images, this.deps.now()));
     let status: number | undefined;
     let error: string;
@@ -118,22 +131,28 @@ export class WebhookDeliveryWorker {
         timeoutMs: config.attemptTimeoutMs,
         signal: this.stopping.signal,
       });
-      if (status >= 200 && status < 300) return { state: 'delivered', status };
-      if (status === 410) return { state: 'failed', status, error: 'the receiver answered 410 Gone: it wants no more deliveries' };
+      if (status >= 200 && status < 300) return { result: 'delivered', outcome: { state: 'delivered', status } };
+      if (status === 410) {
+        return { result: 'gone', outcome: { state: 'failed', status, error: 'the receiver answered 410 Gone: it wants no more deliveries' } };
+      }
       error = status >= 300 && status < 400 ? `the receiver answered HTTP ${status} (redirects are not followed)` : `the receiver answered HTTP ${status}`;
     } catch (err) {
       if (this.stopping.signal.aborted) {
-        return { state: 'pending', status: undefined, error: 'the daemon stopped during this attempt', nextAttemptMs: this.deps.now() };
+        const outcome = { state: 'pending', status: undefined, error: 'the daemon stopped during this attempt', nextAttemptMs: this.deps.now() } as const;
+        return { result: 'interrupted', outcome };
       }
-      if (err instanceof WebhookUrlError && err.kind === 'refused') return { state: 'failed', status: undefined, error: err.message };
+      if (err instanceof WebhookUrlError && err.kind === 'refused') {
+        return { result: 'refused', outcome: { state: 'failed', status: undefined, error: err.message } };
+      }
       error = err instanceof WebhookUrlError ? err.message : connectionError(err, config.attemptTimeoutMs);
     }
     const nowMs = this.deps.now();
     const nextAttemptMs = nowMs + retryDelayMs(delivery.attempts + 1, config, (this.deps.random ?? Math.random)());
     if (nextAttemptMs > delivery.createdMs + config.retryForMs) {
-      return { state: 'failed', status, error: `${error}; gave up after ${delivery.attempts + 1} attempts (retried for ${config.retryForMs} ms)` };
+      const given = `${error}; gave up after ${delivery.attempts + 1} attempts (retried for ${config.retryForMs} ms)`;
+      return { result: 'gave_up', outcome: { state: 'failed', status, error: given } };
     }
-    return { state: 'pending', status, error, nextAttemptMs };
+    return { result: 'retry', outcome: { state: 'pending', status, error, nextAttemptMs } };
   }
 }
 

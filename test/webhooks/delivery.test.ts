@@ -6,6 +6,7 @@ import { BackendError } from '../../src/backends/errors.js';
 import type { ConfigInput } from '../../src/config/schema.js';
 import { ControlledBackend } from '../helpers/controlled-backend.js';
 import { startTestDaemon, tempDir, type TestDaemon } from '../helpers/daemon.js';
+import { parseExposition, valueOf, type Exposition } from '../helpers/prometheus.js';
 import { stubResolver, TEST_CA } from '../helpers/remote-image-host.js';
 import { WebhookReceiver } from '../helpers/webhook-receiver.js';
 
@@ -24,6 +25,8 @@ const RESOLVER = stubResolver({
   'other.example.test': ['127.0.0.1'],
   'inside.example.test': ['10.1.2.3'],
   'mixed.example.test': ['93.184.216.34', '192.168.1.10'],
+  // Loopback when the submit checks it, a private address by the time of the delivery: a rebinding DNS server.
+  'rebind.example.test': [['127.0.0.1'], ['10.1.2.3']],
   localhost: ['127.0.0.1'],
 });
 const FAST_RETRIES = { firstRetryDelayMs: 100, maxRetryDelayMs: 200, pollIntervalMs: 20, attemptTimeoutMs: 2_000 };
@@ -49,6 +52,7 @@ async function start(webhooks: Record<string, unknown> = { allowPrivate: ['127.0
         apiKeys: Object.entries(API_KEYS).map(([owner, key]) => ({ owner, sha256: createHash('sha256').update(key).digest('hex') })),
       },
       webhooks: webhooks as ConfigInput['webhooks'],
+      metrics: { access: 'open' },
     },
     backends: new Map([['ctl', backend]]),
     webhookResolver: { lookup: RESOLVER.lookup, ca: TEST_CA },
@@ -89,6 +93,26 @@ async function until<T>(what: string, read: () => Promise<T> | T, done: (value: 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(value)}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+async function scrape(url: string): Promise<Exposition> {
+  const res = await fetch(`${url}/metrics`);
+  expect(res.status).toBe(200);
+  return parseExposition(await res.text());
+}
+
+const ATTEMPTS = 'pixeld_webhook_deliveries_total';
+const PENDING = 'pixeld_webhook_deliveries_pending';
+
+/** The webhook figures of one scrape: short enough to print when a wait for them times out. */
+async function webhookFigures(url: string) {
+  const exp = await scrape(url);
+  return {
+    retry: valueOf(exp, ATTEMPTS, { outcome: 'retry' }),
+    delivered: valueOf(exp, ATTEMPTS, { outcome: 'delivered' }),
+    pending: valueOf(exp, PENDING),
+    timed: valueOf(exp, 'pixeld_webhook_delivery_duration_seconds_count'),
+  };
 }
 
 describe('webhook deliveries', () => {
@@ -251,6 +275,65 @@ describe('webhook deliveries', () => {
     expect(flakyDelivery!.lastError).toMatch(/^the receiver answered HTTP 503; gave up after \d+ attempts/);
     expect(flaky.received.length).toBe(flakyDelivery!.attempts);
     expect(gone.received).toHaveLength(1);
+    const exp = await scrape(daemon.url);
+    expect(valueOf(exp, ATTEMPTS, { outcome: 'gone' })).toBe(1);
+    expect(valueOf(exp, ATTEMPTS, { outcome: 'gave_up' })).toBe(1);
+    expect(valueOf(exp, ATTEMPTS, { outcome: 'retry' })).toBe(flakyDelivery!.attempts - 1);
+    expect(valueOf(exp, ATTEMPTS, { outcome: 'delivered' })).toBe(0);
+    expect(valueOf(exp, PENDING)).toBe(0);
+  });
+
+  it('counts attempts by outcome and times them in /metrics; the pending gauge drops to 0 once delivered', async () => {
+    // A retry 0.5–1 s later: the scrape that sees the 503 counted sees the delivery still pending.
+    const { backend, daemon } = await start({ allowPrivate: ['127.0.0.1/32'], ...FAST_RETRIES, firstRetryDelayMs: 1_000, maxRetryDelayMs: 1_000 });
+    const hook = await receiver(daemon.url);
+    hook.answers = [503, 200];
+    const before = await scrape(daemon.url);
+    expect(before.types.get(ATTEMPTS)).toBe('counter');
+    expect(before.types.get(PENDING)).toBe('gauge');
+    expect(before.types.get('pixeld_webhook_delivery_duration_seconds')).toBe('histogram');
+    // Every outcome has its series from the start, at 0.
+    const outcomes = before.samples.filter((s) => s.name === ATTEMPTS).map((s) => s.labels.outcome);
+    expect(outcomes.sort()).toEqual(['delivered', 'gave_up', 'gone', 'interrupted', 'refused', 'retry']);
+    expect(valueOf(before, ATTEMPTS)).toBe(0);
+    expect(valueOf(before, PENDING)).toBe(0);
+
+    const { body } = await submit(daemon.url, { webhook_url: hook.url('hooks.example.test') });
+    await (await backend.nextCall()).succeed();
+    const retrying = await until('the 503 counted', () => webhookFigures(daemon.url), (f) => f.retry === 1);
+    expect(retrying).toEqual({ retry: 1, delivered: 0, pending: 1, timed: 1 });
+
+    const delivered = await until(
+      'the delivery counted and recorded',
+      () => webhookFigures(daemon.url),
+      (f) => f.delivered === 1 && f.pending === 0,
+    );
+    expect(delivered).toEqual({ retry: 1, delivered: 1, pending: 0, timed: 2 });
+    const after = await scrape(daemon.url);
+    expect(valueOf(after, ATTEMPTS)).toBe(2);
+    expect(hook.received).toHaveLength(2);
+    // Two loopback answers take well under the attempt timeout, and more than nothing.
+    const seconds = valueOf(after, 'pixeld_webhook_delivery_duration_seconds_sum');
+    expect(seconds).toBeGreaterThan(0);
+    expect(seconds).toBeLessThan(FAST_RETRIES.attemptTimeoutMs / 1000);
+    // Neither the URL, the owner nor the job shows in a label.
+    const labelValues = after.samples.flatMap((s) => Object.values(s.labels));
+    expect(labelValues.some((v) => v.includes('hooks.example.test') || v.includes('alpha') || v.includes(body.jobId as string))).toBe(false);
+  });
+
+  it('gives up at once when the address is refused at delivery, and counts it as refused', async () => {
+    const { backend, daemon } = await start();
+    const hook = await receiver(daemon.url);
+    const { res, body } = await submit(daemon.url, { webhook_url: hook.url('rebind.example.test') });
+    expect(res.status).toBe(202);
+    await (await backend.nextCall()).succeed();
+    const [delivery] = await until('the refusal recorded', () => daemon.daemon.store.webhookDeliveries(body.jobId), ([d]) => d?.state === 'failed');
+    expect(delivery).toMatchObject({ attempts: 1, lastStatus: undefined, lastError: 'webhook_url: rebind.example.test is not a public internet address' });
+    expect(hook.received).toEqual([]);
+    const figures = await scrape(daemon.url);
+    expect(valueOf(figures, ATTEMPTS, { outcome: 'refused' })).toBe(1);
+    expect(valueOf(figures, ATTEMPTS)).toBe(1);
+    expect(valueOf(figures, PENDING)).toBe(0);
   });
 
   it('does not follow a redirect: the attempt fails and the target never hears of it', async () => {
