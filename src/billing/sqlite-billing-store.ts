@@ -1,12 +1,22 @@
 import type Database from 'better-sqlite3';
 import { seqKey } from '../jobs/sqlite/database.js';
-import { batchFromRow, earningsByDayFrom, earningsByUserFrom, itemsToJson, receiptFromRow, resultsToJson, type BatchRow, type ReceiptRow } from './stored-rows.js';
+import {
+  batchFromRow,
+  earningsByDayFrom,
+  earningsByUserFrom,
+  itemsToJson,
+  receiptFromRow,
+  resultsToJson,
+  type BatchRow,
+  type EarningsRow,
+  type ReceiptRow,
+} from './stored-rows.js';
 import type { LeafValues } from './leaf.js';
 import type { BatchItem, BillingStore, ItemResult, RecordedItem } from './store.js';
 
 /**
  * Billing in the daemon's SQLite file. Amounts are kept as decimal text and summed as bigint in JS:
- * wei totals overflow SQLite's 64-bit integers.
+ * wei totals overflow SQLite's 64-bit integers. Earnings are the exception (see `earningsRows`).
  */
 
 const sum = (values: Iterable<string>): bigint => {
@@ -17,6 +27,33 @@ const sum = (values: Iterable<string>): bigint => {
 
 const SUCCESS = 0;
 const PARTIAL = 1;
+
+/** The groups earnings are added up by: a receipt's UTC day of creation, or its user. */
+const EARNINGS_KEYS = { day: "strftime('%Y-%m-%d', created, 'unixepoch')", user: 'user' } as const;
+type EarningsKey = keyof typeof EARNINGS_KEYS;
+
+/**
+ * A fee is summed in two parts, its last LOW_DIGITS decimal digits and the digits above them, each CAST to
+ * an integer. A fee of more than MAX_SPLIT_DIGITS digits would leave a high part CAST cannot hold (it
+ * clamps to 2^63 - 1 without a word), so such a fee, or text that is not plain digits, is not split at all.
+ */
+const LOW_DIGITS = 9;
+const MAX_SPLIT_DIGITS = LOW_DIGITS + 18;
+const LOW_SCALE = 10n ** BigInt(LOW_DIGITS);
+
+interface GroupedEarningsRow {
+  key: string;
+  state: string;
+  fee_high: bigint;
+  fee_low: bigint;
+  /** Fees in the group the split cannot carry exactly. */
+  unsplittable: bigint;
+  receipts: bigint;
+  images: bigint;
+}
+
+/** What SQLite's SUM raises when a 64-bit total overflows (better-sqlite3 gives it as the error's message). */
+const isIntegerOverflow = (e: unknown): boolean => e instanceof Error && e.message === 'integer overflow';
 
 export function sqliteBillingStore(db: Database.Database): BillingStore {
   const stmt = {
@@ -93,14 +130,42 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
       'SELECT * FROM settlement_blocks WHERE user = ?',
     ),
     unblock: db.prepare<[string]>('DELETE FROM settlement_blocks WHERE user = ?'),
-    earnings: db.prepare<[], { day: string; state: string; fee_wei: string; images: number }>(
-      "SELECT strftime('%Y-%m-%d', created, 'unixepoch') AS day, state, fee_wei, images FROM receipts",
-    ),
-    earningsOfUsers: db.prepare<[], { user: string; state: string; fee_wei: string; images: number }>(
-      'SELECT user, state, fee_wei, images FROM receipts',
-    ),
+    earnings: {
+      day: groupedEarnings(db, EARNINGS_KEYS.day),
+      user: groupedEarnings(db, EARNINGS_KEYS.user),
+    },
+    earningsOfEachReceipt: {
+      day: earningsOfEachReceipt(db, EARNINGS_KEYS.day),
+      user: earningsOfEachReceipt(db, EARNINGS_KEYS.user),
+    },
     recentBatches: db.prepare<[number], BatchRow>('SELECT * FROM settlement_batches ORDER BY created_ms DESC, id DESC LIMIT ?'),
   };
+
+  /**
+   * Earnings rows grouped by `key` and state, added up by SQLite (the dashboard asks every few seconds, and
+   * millions of receipts read one by one into JS would hold up the daemon). Where a group's fees cannot be
+   * summed exactly in 64-bit parts, the receipts are read one by one and summed as bigint instead.
+   */
+  function earningsRows(key: EarningsKey): EarningsRow[] {
+    let grouped: GroupedEarningsRow[];
+    try {
+      grouped = stmt.earnings[key].all();
+    } catch (e) {
+      if (!isIntegerOverflow(e)) throw e;
+      return eachReceiptRows(key);
+    }
+    if (grouped.some((g) => g.unsplittable > 0n)) return eachReceiptRows(key);
+    return grouped.map((g) => ({
+      key: g.key,
+      state: g.state,
+      feeWei: g.fee_high * LOW_SCALE + g.fee_low,
+      receipts: Number(g.receipts),
+      images: Number(g.images),
+    }));
+  }
+
+  const eachReceiptRows = (key: EarningsKey): EarningsRow[] =>
+    stmt.earningsOfEachReceipt[key].all().map((r) => ({ key: r.key, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images }));
 
   const prepareBatch = db.transaction((batch: { id: string; items: BatchItem[]; createdMs: number }) => {
     const stored = itemsToJson(batch.items);
@@ -245,18 +310,32 @@ export function sqliteBillingStore(db: Database.Database): BillingStore {
       stmt.unblock.run(user);
     },
     async earningsByDay() {
-      return earningsByDayFrom(
-        stmt.earnings.all().map((r) => ({ key: r.day, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
-      );
+      return earningsByDayFrom(earningsRows('day'));
     },
     async earningsByUser(limit) {
-      return earningsByUserFrom(
-        stmt.earningsOfUsers.all().map((r) => ({ key: r.user, state: r.state, feeWei: BigInt(r.fee_wei), receipts: 1, images: r.images })),
-        limit,
-      );
+      return earningsByUserFrom(earningsRows('user'), limit);
     },
     async recentBatches(limit) {
       return stmt.recentBatches.all(limit).map(batchFromRow);
     },
   };
+}
+
+/** Receipts' fees, counts and images per group and state; integers as bigint (a part's sum passes 2^53). */
+function groupedEarnings(db: Database.Database, key: string): Database.Statement<[], GroupedEarningsRow> {
+  return db
+    .prepare<[], GroupedEarningsRow>(
+      `SELECT ${key} AS key, state,
+         SUM(CAST(substr(fee_wei, 1, max(length(fee_wei) - ${LOW_DIGITS}, 0)) AS INTEGER)) AS fee_high,
+         SUM(CAST(substr(fee_wei, -${LOW_DIGITS}) AS INTEGER)) AS fee_low,
+         SUM(length(fee_wei) > ${MAX_SPLIT_DIGITS} OR fee_wei GLOB '*[^0-9]*') AS unsplittable,
+         COUNT(*) AS receipts, SUM(images) AS images
+       FROM receipts GROUP BY 1, 2`,
+    )
+    .safeIntegers(true);
+}
+
+/** Each receipt's group, state, fee and images: for the bigint sum when the grouped one cannot be exact. */
+function earningsOfEachReceipt(db: Database.Database, key: string): Database.Statement<[], { key: string; state: string; fee_wei: string; images: number }> {
+  return db.prepare(`SELECT ${key} AS key, state, fee_wei, images FROM receipts`);
 }

@@ -110,7 +110,7 @@ function resultsFromJson(text: string): ItemResult[] {
   return (JSON.parse(text) as StoredResult[]).map((r) => ({ ...r, unsettledWei: BigInt(r.unsettledWei) }));
 }
 
-/** Receipts of one group (a UTC day, a user) in one state, as each store groups them (SQLite: one receipt per row). */
+/** Receipts of one group (a UTC day, a user) in one state, summed by the store's SQL (or one receipt, where SQLite cannot sum exactly). */
 export interface EarningsRow {
   /** The group: a day or a user. */
   key: string;

@@ -1,5 +1,7 @@
 import { getAddress } from 'ethers';
+import fc from 'fast-check';
 import { beforeEach, describe, expect, it } from 'vitest';
+import { earningsByDayFrom, earningsByUserFrom, type EarningsRow } from '../../src/billing/stored-rows.js';
 import type { BillingStore } from '../../src/billing/store.js';
 import { newJobId, type JobResult } from '../../src/jobs/model.js';
 import type { JobStore, NewJob } from '../../src/jobs/store.js';
@@ -430,6 +432,95 @@ export function describeBillingStoreConformance(name: string, open: () => Promis
       ]);
       expect((await billing.earningsByUser(2)).map((e) => e.user)).toEqual([ALICE, BOB]);
       expect(await billing.earningsByUser(0)).toEqual([]);
+    });
+
+    /** A receipt of `owner` for `feeWei` created at `created`, left in `state` (offchain: the owner is not an address). */
+    async function receiptIn(state: 'unsettled' | 'settled' | 'partial' | 'void' | 'invalid', owner: string, feeWei: bigint, created: number) {
+      const r = await paid(owner, { feeWei, created });
+      const at = { txHash: '0x1', block: 1, nowMs: 1, note: '' };
+      if (state === 'settled' || state === 'partial') await billing.markPaidOnChain([{ jobId: r.jobId, root: '0x', proof: [] }], state, at);
+      if (state === 'void' || state === 'invalid') await billing.markUnbillable([{ jobId: r.jobId, state, note: 'x' }]);
+    }
+
+    const zero = { receipts: 0, images: 0, settledWei: 0n, partialWei: 0n, unsettledWei: 0n, offchainWei: 0n, unbillableWei: 0n };
+
+    it('adds up fees near and above 2^63 exactly, and a great many small ones', async () => {
+      const near = [2n ** 63n - 1n, 2n ** 63n, 2n ** 63n + 1n, 2n ** 64n + 999_999_999n, 10n ** 27n - 1n];
+      for (const fee of near) await receiptIn('settled', ALICE, fee, JAN_1);
+      for (let i = 0; i < 40; i += 1) await receiptIn('unsettled', ALICE, 999_999_999n, JAN_1 + DAY);
+      for (let i = 0; i < 40; i += 1) await receiptIn('unsettled', BOB, 1n, JAN_1 + DAY);
+      const nearTotal = near.reduce((a, b) => a + b);
+      expect(await billing.earningsByDay()).toEqual([
+        { day: '2026-01-01', ...zero, receipts: 5, images: 5, settledWei: nearTotal },
+        { day: '2026-01-02', ...zero, receipts: 80, images: 80, unsettledWei: 40n * 999_999_999n + 40n },
+      ]);
+      expect(await billing.earningsByUser(10)).toEqual([
+        { user: ALICE, ...zero, receipts: 45, images: 45, settledWei: nearTotal, unsettledWei: 40n * 999_999_999n },
+        { user: BOB, ...zero, receipts: 40, images: 40, unsettledWei: 40n },
+      ]);
+    });
+
+    it('adds up exactly a group whose fees pass 2^63 even in parts of nine digits', async () => {
+      // Twenty fees of 27 digits: their parts above the last nine digits sum past 2^63.
+      const wide = 10n ** 27n - 1n;
+      for (let i = 0; i < 20; i += 1) await receiptIn('unsettled', ALICE, wide, JAN_1);
+      await receiptIn('settled', BOB, 5n, JAN_1 + DAY);
+      expect(await billing.earningsByDay()).toEqual([
+        { day: '2026-01-01', ...zero, receipts: 20, images: 20, unsettledWei: 20n * wide },
+        { day: '2026-01-02', ...zero, receipts: 1, images: 1, settledWei: 5n },
+      ]);
+      expect(await billing.earningsByUser(1)).toEqual([{ user: ALICE, ...zero, receipts: 20, images: 20, unsettledWei: 20n * wide }]);
+    });
+
+    it('adds up exactly fees of more digits than a 64-bit part can hold', async () => {
+      // One such fee alone in its group: nothing overflows, the fee is simply too wide to split.
+      const huge = 2n ** 255n + 12_345n;
+      await receiptIn('partial', ALICE, huge, JAN_1);
+      await receiptIn('settled', ALICE, 3n, JAN_1);
+      await receiptIn('void', BOB, 7n, JAN_1);
+      expect(await billing.earningsByDay()).toEqual([
+        { day: '2026-01-01', ...zero, receipts: 3, images: 3, settledWei: 3n, partialWei: huge, unbillableWei: 7n },
+      ]);
+      expect(await billing.earningsByUser(10)).toEqual([
+        { user: ALICE, ...zero, receipts: 2, images: 2, settledWei: 3n, partialWei: huge },
+        { user: BOB, ...zero, receipts: 1, images: 1, unbillableWei: 7n },
+      ]);
+    });
+
+    it('adds up earnings as the fold of every receipt one by one does, on any receipts', async () => {
+      const owners = [ALICE, BOB, 'router-x'];
+      const states = ['unsettled', 'settled', 'partial', 'void', 'invalid'] as const;
+      const fee = fc.oneof(
+        fc.bigInt({ min: 0n, max: 10n ** 12n }),
+        fc.bigInt({ min: 2n ** 62n, max: 2n ** 65n }),
+        fc.bigInt({ min: 10n ** 26n, max: 10n ** 27n - 1n }),
+        fc.bigInt({ min: 0n, max: 2n ** 256n - 1n }),
+      );
+      const receipt = fc.record({
+        owner: fc.integer({ min: 0, max: owners.length - 1 }),
+        state: fc.constantFrom(...states),
+        feeWei: fee,
+        day: fc.integer({ min: 0, max: 3 }),
+      });
+      // The store keeps every run's receipts: the expected fold is over all of them.
+      const all: EarningsRow[] = [];
+      const byUser: EarningsRow[] = [];
+      await fc.assert(
+        fc.asyncProperty(fc.array(receipt, { maxLength: 12 }), async (receipts) => {
+          for (const r of receipts) {
+            const owner = owners[r.owner]!;
+            await receiptIn(r.state, owner, r.feeWei, JAN_1 + r.day * DAY + 7);
+            // An off-chain user's receipt is never unsettled, so marking it changes nothing.
+            const kept = owner === 'router-x' ? 'offchain' : r.state;
+            const day = new Date((JAN_1 + r.day * DAY) * 1000).toISOString().slice(0, 10);
+            all.push({ key: day, state: kept, feeWei: r.feeWei, receipts: 1, images: 1 });
+            byUser.push({ key: owner, state: kept, feeWei: r.feeWei, receipts: 1, images: 1 });
+          }
+          expect(await billing.earningsByDay()).toEqual(earningsByDayFrom(all));
+          expect(await billing.earningsByUser(10)).toEqual(earningsByUserFrom(byUser, 10));
+        }),
+        { numRuns: 15 },
+      );
     });
 
     it('lists the newest batches first, in every state, up to the limit', async () => {

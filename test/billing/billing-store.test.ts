@@ -30,6 +30,66 @@ describe('sqlite billing store', () => {
   });
 });
 
+/** Every `all()` of the statements `db` prepares from now on: its SQL and how many rows it gave. */
+function recordReads(db: Database.Database): Array<{ sql: string; rows: number }> {
+  const reads: Array<{ sql: string; rows: number }> = [];
+  const prepare = db.prepare.bind(db);
+  db.prepare = ((sql: string) => {
+    const statement = prepare(sql);
+    const all = statement.all.bind(statement);
+    statement.all = (...params: unknown[]) => {
+      const rows = all(...params);
+      reads.push({ sql, rows: rows.length });
+      return rows;
+    };
+    return statement;
+  }) as typeof db.prepare;
+  return reads;
+}
+
+describe('sqlite earnings', () => {
+  /** 2026-01-01T00:00:00Z, in seconds. */
+  const JAN_1 = 1_767_225_600;
+
+  it('reads one row per group and state, from an index that holds what it sums, unless a group is too large to sum in SQL', async () => {
+    const db = openSqliteDatabase(path.join(tempDir(), 'pixeld.sqlite'));
+    const insert = db.prepare<[string, string, string, number, string]>(
+      "INSERT INTO receipts (job_id, user, provider, fee_wei, images, created, leaf, receipt, state) VALUES (?, ?, 'p', ?, 1, ?, '{}', '{}', ?)",
+    );
+    // 2 users x 2 days x 2 states, 5 receipts each.
+    let n = 0;
+    for (const user of ['u1', 'u2']) {
+      for (const created of [JAN_1, JAN_1 + 86_400]) {
+        for (const state of ['settled', 'unsettled']) {
+          for (let i = 0; i < 5; i += 1) insert.run(`job-${(n += 1)}`, user, '1000000000000000000', created, state);
+        }
+      }
+    }
+    const reads = recordReads(db);
+    const billing = sqliteBillingStore(db);
+
+    expect((await billing.earningsByDay()).map((d) => [d.day, d.receipts])).toEqual([
+      ['2026-01-01', 20],
+      ['2026-01-02', 20],
+    ]);
+    expect((await billing.earningsByUser(10)).map((u) => [u.user, u.receipts])).toEqual([
+      ['u1', 20],
+      ['u2', 20],
+    ]);
+    expect(reads.map((r) => r.rows)).toEqual([4, 4]);
+    const plans = reads.map((r) => db.prepare<[], { detail: string }>(`EXPLAIN QUERY PLAN ${r.sql}`).all().map((p) => p.detail));
+    expect(plans).toEqual([['SCAN receipts USING COVERING INDEX receipts_earnings_by_day'], ['SCAN receipts USING COVERING INDEX receipts_earnings_by_user']]);
+
+    // Fees whose parts above the last nine digits add up past 2^63: the grouped read stops at SQLite's
+    // integer overflow (it returns nothing), and the receipts are read one by one.
+    for (let i = 0; i < 20; i += 1) insert.run(`wide-${i}`, 'u3', '9'.repeat(27), JAN_1, 'unsettled');
+    reads.length = 0;
+    const days = await billing.earningsByDay();
+    expect(reads.map((r) => r.rows)).toEqual([60]);
+    expect(days[0]).toMatchObject({ day: '2026-01-01', receipts: 40, unsettledWei: 10n * 10n ** 18n + 20n * (10n ** 27n - 1n) });
+  });
+});
+
 /** A batch as an earlier pixeld stored it, before items were indexed by user and nonce. */
 const OLD_BATCH_ITEMS = JSON.stringify([
   { user: '0x00000000000000000000000000000000000A11cE', nonce: '12', totalFeeWei: '5', requestsHash: '0xr', signature: '0xs', receipts: [{ jobId: 'job_x', proof: [] }] },

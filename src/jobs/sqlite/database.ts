@@ -192,6 +192,11 @@ export const MIGRATIONS: readonly string[] = [
      VALUES ('msg_' || lower(hex(randomblob(16))), NEW.id, 'job.' || NEW.status, NEW.owner, NEW.webhook_url, NEW.webhook_format,
        'pending', NEW.finished_ms, NEW.finished_ms);
    END;`,
+  // Earnings per UTC day and per user, summed by SQLite (sqlite-billing-store.ts): each read from an index
+  // holding every column it reads (created too, for the day) in group order, so it neither reads the
+  // receipts' JSON nor sorts. The day expression is the store's to the character, or SQLite will not use it.
+  `CREATE INDEX receipts_earnings_by_day ON receipts (strftime('%Y-%m-%d', created, 'unixepoch'), state, fee_wei, images, created);
+   CREATE INDEX receipts_earnings_by_user ON receipts (user, state, fee_wei, images);`,
 ];
 
 /** What each of MIGRATIONS does, for `pixeld migrate` (one name per migration, same order). */
@@ -206,6 +211,7 @@ export const MIGRATION_NAMES: readonly string[] = [
   'settlement items by user and nonce',
   'job history: events per job, images delivered, indexes for listing jobs and their activity',
   'webhooks: the URL on jobs, the outbox of deliveries and its trigger',
+  'indexes for earnings per day and per user',
 ];
 
 /** A sequence number as stored: zero-padded so that SQL text order is numeric order. */
