@@ -94,9 +94,10 @@ export async function openSse(url: string, headers: Record<string, string> = {})
   const res = await fetch(url, { headers: { accept: 'text/event-stream', ...headers }, signal: abort.signal });
   const parser = new SseParser();
   const queued: SseEvent[] = [];
-  const reader = res.body!.getReader();
+  // A 204 (an ended job with nothing left to send) has no body at all.
+  const reader = res.body?.getReader();
   const decoder = new TextDecoder();
-  let ended = false;
+  let ended = reader === undefined;
 
   const next = async (timeoutMs = 10_000): Promise<SseEvent | undefined> => {
     const deadline = Date.now() + timeoutMs;
@@ -107,7 +108,7 @@ export async function openSse(url: string, headers: Record<string, string> = {})
       const timeout = new Promise<'timeout'>((resolve) => {
         timer = setTimeout(() => resolve('timeout'), remaining);
       });
-      const read = await Promise.race([reader.read(), timeout]);
+      const read = await Promise.race([reader!.read(), timeout]);
       clearTimeout(timer);
       if (read === 'timeout') throw new Error(`no event within ${timeoutMs} ms`);
       if (read.done) ended = true;
@@ -121,6 +122,7 @@ export async function openSse(url: string, headers: Record<string, string> = {})
     headers: res.headers,
     async errorBody() {
       let text = '';
+      if (reader === undefined) throw new Error(`HTTP ${res.status} has no body`);
       for (let read = await reader.read(); !read.done; read = await reader.read()) text += decoder.decode(read.value, { stream: true });
       return JSON.parse(text + decoder.decode()) as Record<string, any>;
     },

@@ -53,6 +53,11 @@ export function jobEventStreamRoutes(deps: AppDeps): Router {
       const job = await findJob(deps, req, String(req.params.jobId));
       const after = resumePoint(req);
       if (shape === '0g' && job.status === 'completed' && isExpired(job, deps.now())) throw expiredError(job);
+      // EventSource reconnects whenever a stream ends, with the last id it got; 204 is what tells it to stop.
+      if (isTerminal(job.status) && (await nothingLeftToSend(deps, job, after))) {
+        res.status(204).end();
+        return;
+      }
       const max = deps.config.jobs.maxEventStreamsPerOwner;
       const open = openStreams.get(req.owner) ?? 0;
       if (open >= max) {
@@ -71,6 +76,15 @@ export function jobEventStreamRoutes(deps: AppDeps): Router {
     });
   }
   return router;
+}
+
+/**
+ * Whether a stream of this ended job would send nothing: the client already has its last event, or the job
+ * ended before histories were kept and has none. An expiry noted after the end is no reason to reconnect.
+ */
+async function nothingLeftToSend(deps: AppDeps, job: Job, after: number): Promise<boolean> {
+  const events = await deps.service.jobEvents(job.id);
+  return !events.some((e) => e.seq > after && e.type !== 'results_expired');
 }
 
 /**
@@ -137,7 +151,7 @@ async function streamEvents(deps: AppDeps, job: Job, shape: WebhookFormat, after
         }
         const last = events.filter((e) => e.type !== 'results_expired').at(-1);
         if (last !== undefined && TERMINAL_EVENTS.has(last.type)) break;
-        // A job that ended before job histories were kept has none, and will get no more.
+        // No history while streaming: the sweeper deleted the finished job with its events; nothing more will come.
         if (last === undefined && isTerminal((await deps.service.get(job.id))?.status ?? 'failed')) break;
         // Previews belong after the started event that this stream has now sent (a late stream gets those sent so far).
         if (status === 'processing') unlisten ??= deps.service.livePartialImagesOf(job.id)?.listen(relayPartialImage);
