@@ -28,6 +28,8 @@ export interface ImageRequestContext {
   remoteImages?: FetchRemoteImageDeps;
   /** The request goes to an async submit, which answers at once: `stream: true` is refused there. @default false */
   asyncSubmit?: boolean;
+  /** Aborts when the client goes away: remote image downloads stop. */
+  signal?: AbortSignal;
 }
 
 /** What a `stream: true` request wants besides its job. */
@@ -308,6 +310,7 @@ async function imageUrlBytes(url: string, param: string, ctx: ImageRequestContex
     maxBytes: ctx.limits.maxInputImageBytes,
     timeoutMs: ctx.limits.remoteImageTimeoutMs,
     maxRedirects: ctx.limits.remoteImageMaxRedirects,
+    signal: ctx.signal,
   });
 }
 

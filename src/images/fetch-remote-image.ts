@@ -37,6 +37,8 @@ export interface FetchRemoteImageParameters {
   /** The whole download, every lookup and redirect included. */
   timeoutMs: number;
   maxRedirects: number;
+  /** The caller went away: nobody will use the image, so the download stops (and its connection closes). */
+  signal?: AbortSignal;
 }
 
 /** Only what is reachable on the public internet: IPv4 outside every special-purpose range, IPv6 global unicast. */
@@ -55,15 +57,16 @@ const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 export async function fetchRemoteImage(deps: FetchRemoteImageDeps, params: FetchRemoteImageParameters): Promise<Buffer> {
   const { param } = params;
   const deadline = AbortSignal.timeout(params.timeoutMs);
+  const stop = params.signal === undefined ? deadline : AbortSignal.any([deadline, params.signal]);
   let url = httpsUrl(params.url, param);
   try {
     for (let redirects = 0; ; redirects++) {
-      const address = await checkedAddress(deps, url, param, deadline);
+      const address = await checkedAddress(deps, url, param, stop);
       const agent = new Agent({ connect: { ca: deps.ca, lookup: answerOnly(url.hostname, address) } });
       try {
         const response = await request(url, {
           dispatcher: agent,
-          signal: deadline,
+          signal: stop,
           headers: { accept: 'image/png, image/jpeg, image/webp', 'user-agent': 'pixeld' },
         });
         if (REDIRECT_STATUSES.has(response.statusCode)) {
@@ -97,6 +100,9 @@ export async function fetchRemoteImage(deps: FetchRemoteImageDeps, params: Fetch
     }
   } catch (err) {
     if (err instanceof PixeldError) throw err;
+    if (params.signal?.aborted) {
+      throw new PixeldError('image_fetch_failed', `${param}.image_url: the download stopped, the request was closed`, { param, cause: err });
+    }
     if (deadline.aborted) {
       throw new PixeldError('image_fetch_failed', `${param}.image_url was not downloaded within ${params.timeoutMs} ms`, {
         param,

@@ -94,6 +94,21 @@ describe('parseImageRequest with an https image_url', () => {
     expect(err).toMatchObject({ code: 'payload_too_large', status: 413, param: 'images[0]' });
   });
 
+  it('stops a download when the request closes (the context signal)', async () => {
+    const host = await startRemoteImageHost((_req, res) => {
+      res.writeHead(200);
+      res.write(png.subarray(0, 8));
+    });
+    hosts.push(host);
+    const resolver = stubResolver({ 'images.example.test': [TEST_HOST_ADDRESS] });
+    const gone = new AbortController();
+    const ctx = { ...context({ fetchRemoteImages: true, remoteImageTimeoutMs: 30_000 }, testRemoteImageDeps(resolver)), signal: gone.signal };
+    const parsing = parseImageRequest('edit', jsonBody({ prompt: 'p', images: [{ image_url: `https://images.example.test:${host.port}/cat.png` }] }), ctx);
+    setTimeout(() => gone.abort(), 200);
+    const err = await refusal(parsing);
+    expect(err).toMatchObject({ code: 'image_fetch_failed', param: 'images[0]', message: expect.stringContaining('the request was closed') });
+  });
+
   it('refuses a download that is not an image with invalid_image', async () => {
     const host = await startRemoteImageHost((_req, res) => res.end('<html>not found</html>'));
     hosts.push(host);

@@ -264,6 +264,26 @@ describe('fetchRemoteImage', () => {
     expect(Date.now() - started).toBeLessThan(3_000);
   });
 
+  it('stops a download when its caller goes away (signal), closing the connection long before the timeout', async () => {
+    let closed: Promise<boolean> = new Promise(() => undefined);
+    const server = await startServer((_req, res) => {
+      closed = new Promise((resolve) => res.on('close', () => resolve(!res.writableFinished)));
+      res.writeHead(200);
+      res.write(IMAGE_BYTES.subarray(0, 4));
+    });
+    const resolver = stubResolver({ 'images.example.test': [TEST_HOST_ADDRESS] });
+    const gone = new AbortController();
+    setTimeout(() => gone.abort(), 200);
+    const started = Date.now();
+    const err = await refusal(
+      fetchRemoteImage(deps(resolver), params(`https://images.example.test:${server.port}/slow.png`, { timeoutMs: 10_000, signal: gone.signal })),
+    );
+    expect(err).toMatchObject({ code: 'image_fetch_failed', param: 'images[0]' });
+    expect(err.message).toContain('the request was closed');
+    expect(await closed).toBe(true);
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
+
   it('times out a resolver that never answers', async () => {
     const deps_: FetchRemoteImageDeps = { lookup: () => new Promise(() => {}), isAllowedAddress: allowTestHost, ca: TEST_CA };
     const err = await refusal(fetchRemoteImage(deps_, params('https://images.example.test/cat.png', { timeoutMs: 200 })));

@@ -41,12 +41,19 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     tmpDir: deps.blobs.tmpDir,
   });
   const asyncSubmit = mode === 'async-0g' || req.query.async === 'true';
+  // A client gone while its image_urls download: nobody will take the answer, so the downloads stop.
+  const gone = new AbortController();
+  const onClose = () => {
+    if (!res.writableFinished) gone.abort();
+  };
+  res.on('close', onClose);
   const request = await parseImageRequest(kind, body, {
     catalog: deps.catalog,
     limits: deps.config.limits,
     tmpPath: () => deps.blobs.tempPath(),
     asyncSubmit,
-  });
+    signal: gone.signal,
+  }).finally(() => res.off('close', onClose));
   const { webhook, reservation } = await admit(deps, req, res, request, mode).catch(async (err: unknown) => {
     // The uploads are the service's from submit on; refused before it, they are ours to remove.
     await Promise.all([...request.images, ...(request.mask ? [request.mask] : [])].map((i) => removeQuietly(i.tmpPath)));
