@@ -13,6 +13,11 @@ import { jsonBody, type ImagesResponse } from './render.js';
 
 /** A comment line is sent after this long without an event, so proxies and clients keep the stream open. @default 15_000 */
 export const SSE_HEARTBEAT_MS = 15_000;
+/**
+ * A client that takes nothing of a pending write for this long is gone, or holding the socket on purpose: the
+ * response is destroyed, freeing the socket and the event it held. Two heartbeats' time. @default 30_000
+ */
+export const SSE_STALL_MS = 2 * SSE_HEARTBEAT_MS;
 
 export function partialImageEventName(kind: JobKind): string {
   return kind === 'generation' ? 'image_generation.partial_image' : 'image_edit.partial_image';
@@ -25,7 +30,7 @@ export function completedEventName(kind: JobKind): string {
 /**
  * One response's event stream. Events are written one after the other in the order they were sent, each
  * waiting for the socket to drain before the next (a slow reader holds them here, not in Node's buffers).
- * Writes after the client left are dropped.
+ * Writes after the client left are dropped; a client that reads nothing for stallMs is cut off.
  */
 export class SseStream {
   private tail: Promise<void> = Promise.resolve();
@@ -35,6 +40,7 @@ export class SseStream {
   constructor(
     private readonly res: Response,
     private readonly heartbeatMs: number = SSE_HEARTBEAT_MS,
+    private readonly stallMs: number = SSE_STALL_MS,
   ) {}
 
   /** Sends the status line and headers at once: the caller learns the job id before any image exists. */
@@ -93,7 +99,10 @@ export class SseStream {
     this.armHeartbeat();
     if (this.res.write(bytes)) return;
     await new Promise<void>((resolve) => {
+      // Without this a reader that stops reading would hold the socket, the event and the stream's caller forever.
+      const stalled = setTimeout(() => this.res.destroy(), this.stallMs);
       const done = () => {
+        clearTimeout(stalled);
         this.res.off('drain', done);
         this.res.off('close', done);
         resolve();

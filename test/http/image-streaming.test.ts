@@ -383,4 +383,29 @@ describe('SseStream', () => {
     expect(written).toEqual([0, 1, 2, 3, 4, 5]);
     expect(parseSse(Buffer.concat(chunks).toString('utf8')).events.map((e) => e.data.i)).toEqual([0, 1, 2, 3, 4, 5]);
   });
+
+  it('cuts off a client that reads nothing for stallMs: the response is destroyed and the stream ends', async () => {
+    let ended: Promise<unknown> | undefined;
+    let serverClosed: Promise<boolean> | undefined;
+    const app = express();
+    app.get('/events', (_req, res) => {
+      serverClosed = new Promise((resolve) => res.on('close', () => resolve(res.destroyed && !res.writableFinished)));
+      const stream = new SseStream(res, 15_000, 300);
+      stream.open({});
+      ended = Promise.all([
+        stream.send('big', async () => Buffer.from(JSON.stringify({ pad: 'x'.repeat(8 * 1024 * 1024) }))),
+        stream.send('after', async () => Buffer.from('{}')),
+      ]).then(() => stream.end());
+    });
+    server = createServer(app);
+    await new Promise<void>((resolve) => server!.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as AddressInfo).port;
+    const response = await new Promise<IncomingMessage>((resolve) => httpGet(`http://127.0.0.1:${port}/events`, resolve));
+    response.pause();
+    const started = Date.now();
+    expect(await serverClosed).toBe(true);
+    await ended;
+    expect(Date.now() - started).toBeLessThan(10_000);
+    response.destroy();
+  });
 });

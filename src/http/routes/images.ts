@@ -84,7 +84,8 @@ async function submit(deps: AppDeps, kind: JobKind, req: Request, res: Response,
     res.status(created ? 202 : 200).location(`/v1/jobs/${job.id}`).json(theRouterJobBody(job, deps.now(), undefined));
     return;
   }
-  if (request.stream) await streamWhenDone(deps, job, partials, req, res);
+  // A replay (same Idempotency-Key) streams the first request's job: its previews stay with that request's sink.
+  if (request.stream) await streamWhenDone(deps, job, created ? partials : undefined, req, res);
   else await answerWhenDone(deps, job, req, res);
 }
 
@@ -190,7 +191,7 @@ async function streamWhenDone(
   } catch (err) {
     await stream.sendError(toPixeldError(err, deps.logger, req.requestId));
   } finally {
-    deps.service.stopPartialImages(job.id);
+    if (partials) deps.service.stopPartialImages(job.id);
     await stream.end();
   }
 }
