@@ -25,8 +25,37 @@ export interface FetchRemoteImageDeps {
   ca: string | undefined;
 }
 
+/**
+ * getaddrinfo runs on libuv's thread pool (4 threads), which file and crypto work share. A caller's host name
+ * whose DNS never answers holds a thread until the system resolver gives up (seconds), long after our deadline
+ * stopped waiting: unbounded, a burst of such names would stall every blob read and write. At most this many
+ * caller-named lookups run at once; the others wait their turn.
+ */
+export const MAX_CONCURRENT_LOOKUPS = 2;
+
+/** `lookup`, with at most `max` calls in flight; further calls start, in order, as earlier ones settle. */
+export function boundedLookup(lookup: FetchRemoteImageDeps['lookup'], max: number): FetchRemoteImageDeps['lookup'] {
+  let running = 0;
+  const waiting: Array<() => void> = [];
+  return async (hostname, options) => {
+    // A settling call hands its slot straight to the next waiter, so no newcomer can slip in between.
+    if (running >= max) await new Promise<void>((resolve) => waiting.push(resolve));
+    else running += 1;
+    try {
+      return await lookup(hostname, options);
+    } finally {
+      const next = waiting.shift();
+      if (next) next();
+      else running -= 1;
+    }
+  };
+}
+
+/** The system resolver (bounded), shared by remote images and webhook deliveries: one budget of threads. */
+export const systemHostLookup = boundedLookup(systemLookup, MAX_CONCURRENT_LOOKUPS);
+
 /** The system resolver, public addresses only, Node's CAs: what the daemon runs with. */
-export const SYSTEM_REMOTE_IMAGE_DEPS: FetchRemoteImageDeps = { lookup: systemLookup, isAllowedAddress: isPublicAddress, ca: undefined };
+export const SYSTEM_REMOTE_IMAGE_DEPS: FetchRemoteImageDeps = { lookup: systemHostLookup, isAllowedAddress: isPublicAddress, ca: undefined };
 
 export interface FetchRemoteImageParameters {
   url: string;

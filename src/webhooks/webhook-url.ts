@@ -1,7 +1,6 @@
 import type { LookupAddress } from 'node:dns';
-import { lookup as systemLookup } from 'node:dns/promises';
 import { Agent, request } from 'undici';
-import { answerOnly, hostOf, resolveHost, type FetchRemoteImageDeps } from '../images/fetch-remote-image.js';
+import { answerOnly, hostOf, resolveHost, systemHostLookup, type FetchRemoteImageDeps } from '../images/fetch-remote-image.js';
 import type { WebhookAddressPolicy } from './allow-list.js';
 
 /**
@@ -19,7 +18,7 @@ export interface WebhookNetDeps {
   ca: string | undefined;
 }
 
-export const systemWebhookNet = (policy: WebhookAddressPolicy): WebhookNetDeps => ({ lookup: systemLookup, policy, ca: undefined });
+export const systemWebhookNet = (policy: WebhookAddressPolicy): WebhookNetDeps => ({ lookup: systemHostLookup, policy, ca: undefined });
 
 /** Why a webhook URL may not be used: refused for good (`refused`), or its host did not resolve this time. */
 export class WebhookUrlError extends Error {

@@ -1,6 +1,7 @@
+import type { LookupAddress } from 'node:dns';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PixeldError, type ErrorCode } from '../../src/errors.js';
-import { fetchRemoteImage, isPublicAddress, type FetchRemoteImageDeps, type FetchRemoteImageParameters } from '../../src/images/fetch-remote-image.js';
+import { boundedLookup, fetchRemoteImage, isPublicAddress, type FetchRemoteImageDeps, type FetchRemoteImageParameters } from '../../src/images/fetch-remote-image.js';
 import {
   allowTestHost,
   startRemoteImageHost,
@@ -303,5 +304,39 @@ describe('fetchRemoteImage', () => {
     }
     expect((await refusal(fetchRemoteImage(deps(resolver), params('not a url')))).code).toBe('invalid_image');
     expect(server.requests).toHaveLength(1);
+  });
+});
+
+describe('boundedLookup', () => {
+  it('runs at most max lookups at once; the others start in order as earlier ones settle, failed ones too', async () => {
+    const started: string[] = [];
+    const pending = new Map<string, { resolve: (a: LookupAddress[]) => void; reject: (e: Error) => void }>();
+    const lookup = boundedLookup(
+      (hostname) =>
+        new Promise<LookupAddress[]>((resolve, reject) => {
+          started.push(hostname);
+          pending.set(hostname, { resolve, reject });
+        }),
+      2,
+    );
+    const tick = () => new Promise((r) => setImmediate(r));
+    const answers = ['a', 'b', 'c', 'd'].map((h) => lookup(h, { all: true }).catch((e: Error) => e.message));
+    await tick();
+    expect(started).toEqual(['a', 'b']);
+    pending.get('a')!.reject(new Error('ENOTFOUND a'));
+    await tick();
+    expect(started).toEqual(['a', 'b', 'c']);
+    // A newcomer waits behind d, which was first in line.
+    const late = lookup('e', { all: true });
+    pending.get('b')!.resolve([{ address: '93.184.216.34', family: 4 }]);
+    await tick();
+    expect(started).toEqual(['a', 'b', 'c', 'd']);
+    pending.get('c')!.resolve([]);
+    pending.get('d')!.resolve([]);
+    await tick();
+    expect(started).toEqual(['a', 'b', 'c', 'd', 'e']);
+    pending.get('e')!.resolve([]);
+    expect(await Promise.all(answers)).toEqual(['ENOTFOUND a', [{ address: '93.184.216.34', family: 4 }], [], []]);
+    expect(await late).toEqual([]);
   });
 });
